@@ -1,0 +1,48 @@
+"""Stores keep idempotency records. Pick one by object or by URL (:func:`store_from_url`).
+
+``MemoryStore`` and ``SQLiteStore`` need nothing beyond the standard library. The networked
+stores are imported on first use and need their extra: ``DynamoDBStore``
+(``idempotence[dynamodb]``), ``RedisStore`` (``idempotence[redis]``), ``PostgresStore``
+(``idempotence[postgres]``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._base import Clock, Store, decide_claim
+from ._memory import MemoryStore
+from ._registry import register_scheme, store_from_url
+from ._sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from ._dynamodb import DynamoDBStore
+    from ._postgres import PostgresStore
+    from ._redis import RedisStore
+
+__all__ = [
+    "Clock",
+    "DynamoDBStore",
+    "MemoryStore",
+    "PostgresStore",
+    "RedisStore",
+    "SQLiteStore",
+    "Store",
+    "decide_claim",
+    "register_scheme",
+    "store_from_url",
+]
+
+_LAZY = {
+    "DynamoDBStore": "idempotence.stores._dynamodb",
+    "RedisStore": "idempotence.stores._redis",
+    "PostgresStore": "idempotence.stores._postgres",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'idempotence.stores' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,194 @@
+"""The store interface: five atomic operations on records, sync and async.
+
+A store keeps one :class:`~idempotence.Record` per key and offers:
+
+``claim(key, fingerprint, lease=, ttl=)``
+    One atomic round trip. Creates an ``IN_PROGRESS`` record (fence 1, or the previous
+    fence + 1), or takes over a record whose retention ended or whose lease lapsed (with
+    the same fingerprint; fence + 1), or fails and returns the existing record.
+``complete(key, fence, result, ttl=)``
+    Store the encoded result and mark the record ``COMPLETED``, only if ``fence`` is still
+    the record's and it is in progress. Returns whether it did.
+``release(key, fence)``
+    Delete an in-progress record the caller owns (fence-conditional), so a retry can run.
+``renew(key, fence, lease=)``
+    Extend the lease of an in-progress record the caller owns (fence-conditional).
+``get(key)`` / ``delete(key)``
+    Read (retention enforced on read: an expired record reads as ``None``) / forget a key.
+
+Each has an ``a``-prefixed async twin (``aclaim``...). The defaults run the sync method in a
+worker thread; stores with a native async client override them. Any exception raised by a
+store method that is not already an :class:`~idempotence.IdempotencyError` is translated
+into :class:`~idempotence.StoreError` at this boundary (the original is chained).
+
+To write a store: subclass :class:`Store`, implement the six sync methods (and the async
+ones if you have an async client), and run :mod:`idempotence.testing`'s conformance suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+from .._errors import IdempotencyError, StoreError
+from .._record import Claim, Record, Status
+
+__all__ = ["Clock", "Store", "decide_claim"]
+
+Clock = Callable[[], float]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+_OPERATIONS = (
+    "claim", "complete", "release", "renew", "get", "delete",
+    "aclaim", "acomplete", "arelease", "arenew", "aget", "adelete",
+)  # fmt: skip
+
+
+def _translate(name: str, method: _F) -> _F:
+    """Wrap a store method so foreign exceptions surface as ``StoreError``."""
+    if getattr(method, "__idempotence_wrapped__", False):
+        return method
+
+    def fail(self: Store, exc: Exception) -> StoreError:
+        return StoreError(
+            f"{type(self).__name__}.{name} failed: {type(exc).__name__}: {exc}. The function "
+            "was not run. Check that the store is reachable and configured, then retry."
+        )
+
+    wrapper: Any
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(self, *args, **kwargs)
+            except IdempotencyError:
+                raise
+            except Exception as exc:
+                raise fail(self, exc) from exc
+
+    else:
+
+        @functools.wraps(method)
+        def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except IdempotencyError:
+                raise
+            except Exception as exc:
+                raise fail(self, exc) from exc
+
+    wrapper.__idempotence_wrapped__ = True
+    return wrapper  # type: ignore[no-any-return]
+
+
+class Store(ABC):
+    """Base class of every store. See the module docstring for the contract."""
+
+    #: Largest encoded result the store can keep; larger results complete as "not stored".
+    max_result_bytes: ClassVar[int] = 64 * 1024 * 1024
+    #: Whether ``clock`` is read by the store itself (False: the server's clock decides).
+    uses_client_clock: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in _OPERATIONS:
+            if name in cls.__dict__:
+                setattr(cls, name, _translate(name, cls.__dict__[name]))
+
+    # -- sync ---------------------------------------------------------------------------
+    @abstractmethod
+    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        """Atomically claim ``key`` or return the existing record (one round trip)."""
+
+    @abstractmethod
+    def complete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
+        """Store ``result`` and mark completed, if ``fence`` still owns the key."""
+
+    @abstractmethod
+    def release(self, key: str, fence: int) -> bool:
+        """Delete the in-progress record, if ``fence`` still owns the key."""
+
+    @abstractmethod
+    def renew(self, key: str, fence: int, *, lease: float) -> bool:
+        """Extend the lease to now + ``lease``, if ``fence`` still owns the key."""
+
+    @abstractmethod
+    def get(self, key: str) -> Record | None:
+        """The live record of ``key``, or ``None`` (absent or past retention)."""
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Forget ``key`` whatever its state. Returns whether a record was removed."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to close by default
+        """Release connections. The store may be used again afterwards (it reconnects)."""
+
+    # -- async (defaults: the sync method in a worker thread) ---------------------------
+    async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        """Async :meth:`claim`."""
+        return await asyncio.to_thread(self.claim, key, fingerprint, lease=lease, ttl=ttl)
+
+    async def acomplete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
+        """Async :meth:`complete`."""
+        return await asyncio.to_thread(self.complete, key, fence, result, ttl=ttl)
+
+    async def arelease(self, key: str, fence: int) -> bool:
+        """Async :meth:`release`."""
+        return await asyncio.to_thread(self.release, key, fence)
+
+    async def arenew(self, key: str, fence: int, *, lease: float) -> bool:
+        """Async :meth:`renew`."""
+        return await asyncio.to_thread(self.renew, key, fence, lease=lease)
+
+    async def aget(self, key: str) -> Record | None:
+        """Async :meth:`get`."""
+        return await asyncio.to_thread(self.get, key)
+
+    async def adelete(self, key: str) -> bool:
+        """Async :meth:`delete`."""
+        return await asyncio.to_thread(self.delete, key)
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        self.close()
+
+
+def decide_claim(
+    existing: Record | None,
+    key: str,
+    fingerprint: str,
+    *,
+    now: float,
+    lease: float,
+    ttl: float,
+) -> Claim:
+    """The claim rule, as a pure function (the reference the native stores implement).
+
+    ``existing`` is the stored record (possibly past retention). Returns the claim outcome;
+    when acquired, ``record`` is the one to write.
+    """
+    if existing is not None and not existing.is_expired(now):
+        lapsed = existing.status is Status.IN_PROGRESS and now >= existing.lease_expires_at
+        if not (lapsed and existing.fingerprint == fingerprint):
+            return Claim(acquired=False, record=existing, now=now)
+    fence = existing.fence + 1 if existing is not None else 1
+    record = Record(
+        key=key,
+        status=Status.IN_PROGRESS,
+        fingerprint=fingerprint,
+        fence=fence,
+        lease_expires_at=now + lease,
+        expires_at=now + max(ttl, lease),
+    )
+    return Claim(acquired=True, record=record, now=now)
+
+
+def system_clock() -> float:
+    """Wall-clock seconds since the epoch."""
+    return time.time()

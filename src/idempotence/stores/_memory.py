@@ -1,0 +1,125 @@
+"""In-process store: a dict behind a lock. For tests and single-process tools."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+from .._record import Claim, Record, Status
+from ._base import Clock, Store, decide_claim, system_clock
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(Store):
+    """Records in a dict of this process, guarded by a lock.
+
+    Not shared between processes; use it in tests and for single-process programs. ``clock``
+    (seconds since the epoch) can be injected to test leases and retention without sleeping.
+    ``round_trips`` counts operations, as a networked store would count requests.
+    """
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or system_clock
+        self._records: dict[str, Record] = {}
+        self._lock = threading.Lock()
+        self.round_trips = 0
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryStore:
+        """``memory://`` (every call gives a new, empty store)."""
+        return cls()
+
+    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        with self._lock:
+            self.round_trips += 1
+            outcome = decide_claim(
+                self._records.get(key), key, fingerprint, now=self.clock(), lease=lease, ttl=ttl
+            )
+            if outcome.acquired:
+                self._records[key] = outcome.record
+            return outcome
+
+    def _owned(self, key: str, fence: int, now: float) -> Record | None:
+        record = self._records.get(key)
+        if (
+            record is None
+            or record.fence != fence
+            or record.status is not Status.IN_PROGRESS
+            or record.is_expired(now)
+        ):
+            return None
+        return record
+
+    def complete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
+        with self._lock:
+            self.round_trips += 1
+            now = self.clock()
+            record = self._owned(key, fence, now)
+            if record is None:
+                return False
+            self._records[key] = dataclasses.replace(
+                record, status=Status.COMPLETED, result=bytes(result), expires_at=now + ttl
+            )
+            return True
+
+    def release(self, key: str, fence: int) -> bool:
+        with self._lock:
+            self.round_trips += 1
+            now = self.clock()
+            record = self._owned(key, fence, now)
+            if record is None:
+                return False
+            # Keep the record (and its fence) but end its retention: it reads as absent and
+            # the next claim takes it over with fence + 1, so a zombie's fence stays stale.
+            self._records[key] = dataclasses.replace(record, expires_at=now)
+            return True
+
+    def renew(self, key: str, fence: int, *, lease: float) -> bool:
+        with self._lock:
+            self.round_trips += 1
+            now = self.clock()
+            record = self._owned(key, fence, now)
+            if record is None:
+                return False
+            self._records[key] = dataclasses.replace(
+                record,
+                lease_expires_at=now + lease,
+                expires_at=max(record.expires_at, now + lease),
+            )
+            return True
+
+    def get(self, key: str) -> Record | None:
+        with self._lock:
+            self.round_trips += 1
+            record = self._records.get(key)
+            if record is None or record.is_expired(self.clock()):
+                return None
+            return record
+
+    def delete(self, key: str) -> bool:
+        with self._lock:
+            self.round_trips += 1
+            return self._records.pop(key, None) is not None
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    # The dict never blocks: the async twins run inline instead of in a worker thread.
+    async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        return self.claim(key, fingerprint, lease=lease, ttl=ttl)
+
+    async def acomplete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
+        return self.complete(key, fence, result, ttl=ttl)
+
+    async def arelease(self, key: str, fence: int) -> bool:
+        return self.release(key, fence)
+
+    async def arenew(self, key: str, fence: int, *, lease: float) -> bool:
+        return self.renew(key, fence, lease=lease)
+
+    async def aget(self, key: str) -> Record | None:
+        return self.get(key)
+
+    async def adelete(self, key: str) -> bool:
+        return self.delete(key)

@@ -1,0 +1,188 @@
+"""Embedded store: one SQLite file in WAL mode, safe across threads and processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import threading
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .._record import Claim, Record, Status
+from ._base import Clock, Store, decide_claim, system_clock
+
+__all__ = ["SQLiteStore"]
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_COLUMNS = "key, status, fingerprint, fence, lease_expires_at, expires_at, result"
+
+
+def _row_to_record(row: tuple[object, ...] | None) -> Record | None:
+    if row is None:
+        return None
+    key, status, fingerprint, fence, lease_expires_at, expires_at, result = row
+    return Record(
+        key=str(key),
+        status=Status(status),
+        fingerprint=str(fingerprint),
+        fence=int(fence),  # type: ignore[call-overload]
+        lease_expires_at=float(lease_expires_at),  # type: ignore[arg-type]
+        expires_at=float(expires_at),  # type: ignore[arg-type]
+        result=bytes(result) if result is not None else None,  # type: ignore[call-overload]
+    )
+
+
+class SQLiteStore(Store):
+    """Records in one table of a SQLite database file.
+
+    Each thread (and each process) uses its own connection; the file is in WAL mode, and a
+    claim is one ``BEGIN IMMEDIATE`` transaction, which SQLite serialises across threads and
+    processes, so two processes racing on one key run the body once. Completed/released
+    rows are kept until their retention ends; call :meth:`purge` to delete expired rows.
+
+    The default store of :func:`idempotence.idempotent`. It is local to one machine: on
+    Lambda each execution environment has its own ``/tmp``, so use a shared store there.
+    """
+
+    max_result_bytes = 256 * 1024 * 1024
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "idempotence.db",
+        *,
+        table: str = "idempotency",
+        clock: Clock | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        if not _IDENT.match(table):
+            raise ValueError(f"invalid table name {table!r}: use letters, digits and '_'")
+        self.path = os.fspath(path)
+        self.table = table
+        self.clock: Clock = clock or system_clock
+        self.timeout = timeout
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        """``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
+        ``sqlite://:memory:`` is refused (each connection would see its own database);
+        query options: ``table``, ``timeout``."""
+        parts = urlsplit(url)
+        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+        if not path or path == ":memory:":
+            raise ValueError(
+                f"{url!r}: give a file path, e.g. sqlite:///idempotence.db "
+                "(an in-memory SQLite database is not shared between connections; "
+                "use memory:// instead)"
+            )
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        return cls(
+            path,
+            table=query.get("table", "idempotency"),
+            timeout=float(query.get("timeout", 30.0)),
+        )
+
+    # -- connections --------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        pid = os.getpid()
+        if conn is not None and getattr(self._local, "pid", None) == pid:
+            return conn
+        conn = sqlite3.connect(
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.table} ("
+            "key TEXT PRIMARY KEY, status TEXT NOT NULL, fingerprint TEXT NOT NULL, "
+            "fence INTEGER NOT NULL, lease_expires_at REAL NOT NULL, "
+            "expires_at REAL NOT NULL, result BLOB) WITHOUT ROWID"
+        )
+        self._local.conn, self._local.pid = conn, pid
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+
+    # -- operations ---------------------------------------------------------------------
+    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM {self.table} WHERE key = ?", (key,)
+            ).fetchone()
+            outcome = decide_claim(
+                _row_to_record(row), key, fingerprint, now=self.clock(), lease=lease, ttl=ttl
+            )
+            if outcome.acquired:
+                r = outcome.record
+                conn.execute(
+                    f"INSERT OR REPLACE INTO {self.table} ({_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                    (key, r.status.value, fingerprint, r.fence, r.lease_expires_at, r.expires_at),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return outcome
+
+    def _update_owned(self, assignments: str, params: tuple[object, ...], key: str, fence: int) -> bool:
+        cursor = self._conn().execute(
+            f"UPDATE {self.table} SET {assignments} "
+            "WHERE key = ? AND fence = ? AND status = 'IN_PROGRESS' AND expires_at > ?",
+            (*params, key, fence, self.clock()),
+        )
+        return cursor.rowcount == 1
+
+    def complete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
+        return self._update_owned(
+            "status = 'COMPLETED', result = ?, expires_at = ?",
+            (sqlite3.Binary(result), self.clock() + ttl),
+            key,
+            fence,
+        )
+
+    def release(self, key: str, fence: int) -> bool:
+        # Keep the row and its fence; ending retention makes it read as absent.
+        return self._update_owned("expires_at = ?", (self.clock(),), key, fence)
+
+    def renew(self, key: str, fence: int, *, lease: float) -> bool:
+        until = self.clock() + lease
+        return self._update_owned(
+            "lease_expires_at = ?, expires_at = MAX(expires_at, ?)", (until, until), key, fence
+        )
+
+    def get(self, key: str) -> Record | None:
+        row = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM {self.table} WHERE key = ? AND expires_at > ?",
+            (key, self.clock()),
+        ).fetchone()
+        return _row_to_record(row)
+
+    def delete(self, key: str) -> bool:
+        cursor = self._conn().execute(f"DELETE FROM {self.table} WHERE key = ?", (key,))
+        return cursor.rowcount == 1
+
+    def purge(self) -> int:
+        """Delete rows whose retention has ended. Returns how many were deleted.
+
+        Rows are only deleted once a lease could no longer be held either, so an expired row
+        that still fences a paused invocation is kept while that lease is live.
+        """
+        now = self.clock()
+        cursor = self._conn().execute(
+            f"DELETE FROM {self.table} WHERE expires_at <= ? AND lease_expires_at <= ?",
+            (now, now),
+        )
+        return cursor.rowcount
