@@ -1,0 +1,62 @@
+"""idempotence: a request, message or event delivered twice has its effect once.
+
+Decorate a function (sync or ``async``) and its duplicates are answered from a record in a
+shared store instead of running again::
+
+    from idempotence import Idempotency
+
+    idem = Idempotency("sqlite:///idempotency.db", ttl=3600)
+
+    @idem(key="order_id")
+    def create_order(order: dict) -> dict: ...
+
+See ``docs/`` for the protocol, the stores and the adapters.
+"""
+
+from __future__ import annotations
+
+from ._codec import JSONSerializer, Serializer, UnencodableError
+from ._config import IdempotencyConfig
+from ._errors import (
+    AlreadyInProgressError,
+    CorruptRecordError,
+    IdempotencyError,
+    InvalidKeyError,
+    KeyReuseError,
+    LeaseLostError,
+    MissingDependencyError,
+    MissingKeyError,
+    ResultNotStoredError,
+    StoredErrorReplay,
+    StoreError,
+)
+from ._idempotency import Idempotency, IdempotentFunction, default_store_url, idempotent
+from ._record import Claim, Record, Status
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyInProgressError",
+    "Claim",
+    "CorruptRecordError",
+    "Idempotency",
+    "IdempotencyConfig",
+    "IdempotencyError",
+    "IdempotentFunction",
+    "InvalidKeyError",
+    "JSONSerializer",
+    "KeyReuseError",
+    "LeaseLostError",
+    "MissingDependencyError",
+    "MissingKeyError",
+    "Record",
+    "ResultNotStoredError",
+    "Serializer",
+    "Status",
+    "StoreError",
+    "StoredErrorReplay",
+    "UnencodableError",
+    "__version__",
+    "default_store_url",
+    "idempotent",
+]

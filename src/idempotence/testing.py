@@ -127,9 +127,7 @@ class StoreContract:
         assert outcome.now == pytest.approx(clock(), abs=1e-3)
         assert s.get(key) == record
 
-    def test_second_claim_fails_and_returns_existing_record(
-        self, s: StoreDriver, key: str
-    ) -> None:
+    def test_second_claim_fails_and_returns_existing_record(self, s: StoreDriver, key: str) -> None:
         first = s.claim(key, "fp", lease=LEASE, ttl=TTL)
         second = s.claim(key, "other", lease=LEASE, ttl=TTL)
         assert not second.acquired

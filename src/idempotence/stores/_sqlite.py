@@ -137,7 +137,9 @@ class SQLiteStore(Store):
             raise
         return outcome
 
-    def _update_owned(self, assignments: str, params: tuple[object, ...], key: str, fence: int) -> bool:
+    def _update_owned(
+        self, assignments: str, params: tuple[object, ...], key: str, fence: int
+    ) -> bool:
         cursor = self._conn().execute(
             f"UPDATE {self.table} SET {assignments} "
             "WHERE key = ? AND fence = ? AND status = 'IN_PROGRESS' AND expires_at > ?",
@@ -164,10 +166,14 @@ class SQLiteStore(Store):
         )
 
     def get(self, key: str) -> Record | None:
-        row = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM {self.table} WHERE key = ? AND expires_at > ?",
-            (key, self.clock()),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                f"SELECT {_COLUMNS} FROM {self.table} WHERE key = ? AND expires_at > ?",
+                (key, self.clock()),
+            )
+            .fetchone()
+        )
         return _row_to_record(row)
 
     def delete(self, key: str) -> bool:

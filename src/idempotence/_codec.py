@@ -1,0 +1,252 @@
+"""Result encoding: JSON with type tags, rebuilt type-faithfully, never pickle.
+
+The default :class:`JSONSerializer` writes plain JSON for JSON's own types and a tagged
+object (``{"$tuple": [...]}``) for the rest, so ``{}``, ``0``, ``False``, ``None``, tuples,
+sets, bytes, datetimes, ``Decimal``, ``UUID``, enums, dataclasses and pydantic models come
+back equal and of the same type. Classes (enums, dataclasses, models) are looked up among
+the types named by the function's return annotation first, then among classes already
+imported in this process; a record can never make us import a module or call anything but
+a dataclass/model/enum constructor.
+
+A stored record is an :data:`envelope`: one version byte, one kind byte, then the body:
+``V`` a value (serializer bytes), ``E`` an exception stored through ``store_errors``, ``N``
+a result that could not be stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import json
+import math
+import sys
+import typing
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ._errors import CorruptRecordError
+
+__all__ = ["JSONSerializer", "Serializer", "UnencodableError"]
+
+
+class UnencodableError(Exception):
+    """Raised by a serializer for a value it cannot encode."""
+
+
+class Serializer(Protocol):
+    """Turns results into bytes and back. ``hint`` is the function's resolved return
+    annotation (or ``None``), used to rebuild classes."""
+
+    def encode(self, value: Any) -> bytes: ...
+
+    def decode(self, data: bytes, hint: Any) -> Any: ...
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _classes_in(hint: Any, found: dict[str, type], depth: int = 0) -> None:
+    """Collect enum/dataclass/model classes reachable from a type annotation."""
+    if depth > 20 or hint is None:
+        return
+    if isinstance(hint, type):
+        name = _qualname(hint)
+        if name in found:
+            return
+        if issubclass(hint, enum.Enum) or dataclasses.is_dataclass(hint) or _is_model(hint):
+            found[name] = hint
+        if dataclasses.is_dataclass(hint):
+            try:
+                field_hints = typing.get_type_hints(hint)
+            except Exception:
+                field_hints = {}
+            for field_hint in field_hints.values():
+                _classes_in(field_hint, found, depth + 1)
+        return
+    for arg in typing.get_args(hint):
+        _classes_in(arg, found, depth + 1)
+
+
+def _is_model(cls: type) -> bool:
+    return callable(getattr(cls, "model_validate", None)) and callable(
+        getattr(cls, "model_dump", None)
+    )
+
+
+def _lookup(name: str, allowed: dict[str, type]) -> type:
+    cls = allowed.get(name)
+    if cls is not None:
+        return cls
+    module_name, _, qualname = name.partition(":")
+    obj: Any = sys.modules.get(module_name)  # never import: only already-loaded modules
+    for part in qualname.split("."):
+        if obj is None or part.startswith("<"):
+            obj = None
+            break
+        obj = getattr(obj, part, None)
+    if isinstance(obj, type):
+        return obj
+    raise CorruptRecordError(
+        f"cannot rebuild a stored {name}: the class is not importable here. Annotate the "
+        "function's return type so replays know the class."
+    )
+
+
+class JSONSerializer:
+    """The default serializer (see the module docstring)."""
+
+    def encode(self, value: Any) -> bytes:
+        try:
+            return json.dumps(
+                self._enc(value, 0), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode("utf-8")
+        except RecursionError as exc:
+            raise UnencodableError("the result is nested too deeply to encode") from exc
+
+    def decode(self, data: bytes, hint: Any) -> Any:
+        allowed: dict[str, type] = {}
+        _classes_in(hint, allowed)
+        try:
+            tree = json.loads(data)
+        except ValueError as exc:
+            raise CorruptRecordError(f"stored result is not valid JSON: {exc}") from exc
+        return self._dec(tree, allowed)
+
+    # -- encoding -----------------------------------------------------------------------
+    def _enc(self, v: Any, depth: int) -> Any:
+        if depth > 200:
+            raise UnencodableError("the result is nested more than 200 levels deep")
+        t = type(v)
+        if v is None or t is bool or t is int or t is str:
+            return v
+        if t is float:
+            return v if math.isfinite(v) else {"$float": repr(v)}
+        d = depth + 1
+        if t is list:
+            return [self._enc(x, d) for x in v]
+        if t is dict:
+            if all(type(k) is str and not k.startswith("$") for k in v):
+                return {k: self._enc(x, d) for k, x in v.items()}
+            return {"$dict": [[self._enc(k, d), self._enc(x, d)] for k, x in v.items()]}
+        if t is tuple:
+            return {"$tuple": [self._enc(x, d) for x in v]}
+        if isinstance(v, enum.Enum):
+            return {"$enum": _qualname(t), "v": self._enc(v.value, d)}
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            fields = {
+                f.name: self._enc(getattr(v, f.name), d) for f in dataclasses.fields(v) if f.init
+            }
+            return {"$dataclass": _qualname(t), "v": fields}
+        if _is_model(t):
+            return {"$model": _qualname(t), "v": v.model_dump(mode="json")}
+        simple = _SIMPLE_ENCODERS.get(t)
+        if simple is not None:
+            return {simple[0]: simple[1](v)}
+        if t in (set, frozenset):
+            return {"$" + t.__name__: [self._enc(x, d) for x in v]}
+        if isinstance(v, (int, str, float)):  # subclasses of builtins (not enums)
+            raise UnencodableError(f"subclass {t.__qualname__} of a builtin type is not encodable")
+        raise UnencodableError(
+            f"a result of type {t.__qualname__} cannot be stored as JSON; return JSON-like data, "
+            "a dataclass or a pydantic model, or pass serializer="
+        )
+
+    # -- decoding -----------------------------------------------------------------------
+    def _dec(self, v: Any, allowed: dict[str, type]) -> Any:
+        if isinstance(v, list):
+            return [self._dec(x, allowed) for x in v]
+        if not isinstance(v, dict):
+            return v
+        tag = next(iter(v), None) if v else None
+        if tag is None or not tag.startswith("$"):
+            return {k: self._dec(x, allowed) for k, x in v.items()}
+        body = v[tag]
+        try:
+            if tag == "$tuple":
+                return tuple(self._dec(x, allowed) for x in body)
+            if tag == "$dict":
+                return {self._dec(k, allowed): self._dec(x, allowed) for k, x in body}
+            if tag == "$set":
+                return {self._dec(x, allowed) for x in body}
+            if tag == "$frozenset":
+                return frozenset(self._dec(x, allowed) for x in body)
+            if tag == "$float":
+                return float(body)
+            if tag == "$enum":
+                cls = _lookup(body, allowed)
+                if not issubclass(cls, enum.Enum):
+                    raise CorruptRecordError(f"{body} is not an enum")
+                return cls(self._dec(v["v"], allowed))
+            if tag == "$dataclass":
+                cls = _lookup(body, allowed)
+                if not dataclasses.is_dataclass(cls):
+                    raise CorruptRecordError(f"{body} is not a dataclass")
+                return cls(**{k: self._dec(x, allowed) for k, x in v["v"].items()})
+            if tag == "$model":
+                cls = _lookup(body, allowed)
+                if not _is_model(cls):
+                    raise CorruptRecordError(f"{body} is not a pydantic model")
+                return cls.model_validate(v["v"])  # type: ignore[attr-defined]
+            decoder = _SIMPLE_DECODERS.get(tag)
+            if decoder is not None:
+                return decoder(body)
+        except CorruptRecordError:
+            raise
+        except Exception as exc:
+            raise CorruptRecordError(f"cannot decode stored {tag} value: {exc}") from exc
+        raise CorruptRecordError(f"unknown tag {tag!r} in stored result")
+
+
+def _timedelta(body: list[int]) -> dt.timedelta:
+    return dt.timedelta(days=body[0], seconds=body[1], microseconds=body[2])
+
+
+_SIMPLE_ENCODERS: dict[type, tuple[str, Callable[[Any], Any]]] = {
+    bytes: ("$bytes", lambda b: base64.b64encode(b).decode("ascii")),
+    bytearray: ("$bytearray", lambda b: base64.b64encode(b).decode("ascii")),
+    dt.datetime: ("$datetime", dt.datetime.isoformat),
+    dt.date: ("$date", dt.date.isoformat),
+    dt.time: ("$time", dt.time.isoformat),
+    dt.timedelta: ("$timedelta", lambda t: [t.days, t.seconds, t.microseconds]),
+    decimal.Decimal: ("$decimal", str),
+    uuid.UUID: ("$uuid", str),
+}
+_SIMPLE_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "$bytes": base64.b64decode,
+    "$bytearray": lambda s: bytearray(base64.b64decode(s)),
+    "$datetime": dt.datetime.fromisoformat,
+    "$date": dt.date.fromisoformat,
+    "$time": dt.time.fromisoformat,
+    "$timedelta": _timedelta,
+    "$decimal": decimal.Decimal,
+    "$uuid": uuid.UUID,
+}
+
+# -- envelope ----------------------------------------------------------------------------
+ENVELOPE_VERSION = 1
+KIND_VALUE = ord("V")
+KIND_ERROR = ord("E")
+KIND_NOT_STORED = ord("N")
+
+
+def envelope(kind: int, body: bytes) -> bytes:
+    """Frame ``body`` as a stored result of ``kind``."""
+    return bytes((ENVELOPE_VERSION, kind)) + body
+
+
+def open_envelope(data: bytes) -> tuple[int, bytes]:
+    """Split a stored result into (kind, body); refuse unknown versions and kinds."""
+    if len(data) < 2 or data[0] != ENVELOPE_VERSION:
+        version = data[0] if data else None
+        raise CorruptRecordError(
+            f"stored result has format version {version!r}, this library reads "
+            f"version {ENVELOPE_VERSION}; forget the key or upgrade idempotence"
+        )
+    if data[1] not in (KIND_VALUE, KIND_ERROR, KIND_NOT_STORED):
+        raise CorruptRecordError(f"stored result has unknown kind {data[1]!r}")
+    return data[1], data[2:]

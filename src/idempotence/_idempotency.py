@@ -1,0 +1,446 @@
+"""``Idempotency``: decorators that make functions idempotent over a store."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+import typing
+import warnings
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
+
+from ._codec import (
+    KIND_ERROR,
+    KIND_NOT_STORED,
+    KIND_VALUE,
+    UnencodableError,
+    envelope,
+    open_envelope,
+)
+from ._config import IdempotencyConfig
+from ._errors import (
+    CorruptRecordError,
+    MissingKeyError,
+    ResultNotStoredError,
+    StoredErrorReplay,
+)
+from ._keys import (
+    KeySelector,
+    canonical_json,
+    check_namespace,
+    compile_selector,
+    digest,
+    is_missing,
+)
+from ._protocol import LocalCache, Plan
+from ._record import Record
+from ._shells import run_async, run_sync
+from .stores._base import Store
+from .stores._registry import store_from_url
+
+__all__ = ["Idempotency", "IdempotentFunction", "default_store_url", "idempotent"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+_DISABLED_VALUES = {"1", "true", "yes", "on"}
+_SELF_NAMES = {"self", "cls"}
+
+
+def default_store_url() -> str:
+    """``IDEMPOTENCE_STORE`` if set; else a SQLite file (``/tmp`` on AWS Lambda, where the
+    code directory is read-only; ``.idempotence.db`` in the working directory elsewhere)."""
+    url = os.environ.get("IDEMPOTENCE_STORE")
+    if url:
+        return url
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        return "sqlite:////tmp/idempotence.db"
+    return "sqlite:///.idempotence.db"
+
+
+class IdempotentFunction(Protocol[P, R_co]):
+    """What an idempotent decorator returns: the function, plus ways to inspect it."""
+
+    @property
+    def __wrapped__(self) -> Callable[P, R_co]:
+        """The undecorated function."""
+        ...
+
+    @property
+    def idempotency_config(self) -> IdempotencyConfig:
+        """The options in force for this function."""
+        ...
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def key_for(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """The idempotency key a call with these arguments uses."""
+        ...
+
+    def fingerprint_for(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """The fingerprint a call with these arguments records."""
+        ...
+
+    def record_for(self, *args: P.args, **kwargs: P.kwargs) -> Record | None:
+        """The stored record for these arguments, or ``None``."""
+        ...
+
+    def forget(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Delete the stored record for these arguments (the next call runs again)."""
+        ...
+
+
+class _Bound(Generic[P, R]):
+    """One decorated function: its payload binding, selectors and codec. Pure, no I/O."""
+
+    def __init__(self, fn: Callable[P, R], config: IdempotencyConfig, namespace: str) -> None:
+        self.fn = fn
+        self.config = config
+        self.namespace = check_namespace(namespace)
+        self.signature = inspect.signature(fn)
+        params = [p for p in self.signature.parameters.values() if p.name not in _SELF_NAMES]
+        if config.payload is not None:
+            if config.payload not in self.signature.parameters:
+                raise TypeError(
+                    f"payload={config.payload!r} is not a parameter of {fn.__qualname__}"
+                )
+            self.payload_name: str | None = config.payload
+        elif len(params) == 1 and params[0].kind not in (
+            inspect.Parameter.VAR_POSITIONAL,
+            inspect.Parameter.VAR_KEYWORD,
+        ):
+            self.payload_name = params[0].name
+        else:
+            self.payload_name = None  # all arguments, as a mapping
+        self.key_select: KeySelector | None = (
+            compile_selector(config.key, what="key") if config.key is not None else None
+        )
+        fp = config.fingerprint
+        self.fingerprint_select: KeySelector | None = (
+            compile_selector(fp, what="fingerprint") if fp not in (None, False) else None  # type: ignore[arg-type]
+        )
+        spec = config.key
+        self.key_spec = (
+            spec
+            if isinstance(spec, str) or spec is None
+            else getattr(spec, "__qualname__", repr(spec))
+        )
+        self.cache = LocalCache(config.local_cache) if config.local_cache else None
+        self._hint: Any = ...
+        self.is_async = inspect.iscoroutinefunction(fn)
+
+    # -- derivation ------------------------------------------------------------------------
+    def payload(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError:
+            raise  # a wrong call: the same error the function itself would raise
+        if self.payload_name is not None:
+            if self.payload_name in bound.arguments:
+                return bound.arguments[self.payload_name]
+            bound.apply_defaults()
+            return bound.arguments.get(self.payload_name)
+        bound.apply_defaults()
+        return {k: v for k, v in bound.arguments.items() if k not in _SELF_NAMES}
+
+    def key(self, payload: Any) -> str | None:
+        """The key for ``payload``, or ``None`` when it has no key material and the key is
+        optional (``required=False``)."""
+        if self.key_select is None:
+            material = payload
+        else:
+            material = self.key_select(payload)
+            if is_missing(material):
+                if self.config.required:
+                    raise MissingKeyError(
+                        f"no idempotency key in this call to {self.fn.__qualname__}: key="
+                        f"{self.key_spec!r} selected {material!r}. Pass the key material, fix "
+                        "key=, or set required=False to run such calls without idempotency."
+                    )
+                return None
+        scope = self.config.scope
+        if callable(scope):
+            scope = scope(payload)
+        return f"{self.namespace}#{digest([self.key_spec, scope, material])}"
+
+    def fingerprint(self, payload: Any) -> str:
+        if self.config.fingerprint is False:
+            return "-"
+        if self.fingerprint_select is not None:
+            return digest(self.fingerprint_select(payload))
+        return digest(payload)
+
+    # -- results ---------------------------------------------------------------------------
+    def hint(self) -> Any:
+        if self._hint is ...:
+            try:
+                self._hint = typing.get_type_hints(self.fn).get("return")
+            except Exception:
+                self._hint = self.fn.__annotations__.get("return")
+                if isinstance(self._hint, str):
+                    self._hint = None
+        return self._hint
+
+    def encode(self, store: Store) -> Callable[[Any], bytes]:
+        serializer = self.config.serializer
+        limit = store.max_result_bytes
+
+        def encode(result: Any) -> bytes:
+            data = envelope(KIND_VALUE, serializer.encode(result))
+            if len(data) > limit:
+                raise UnencodableError(
+                    f"the encoded result is {len(data)} bytes, more than this store keeps "
+                    f"({limit} bytes)"
+                )
+            return data
+
+        return encode
+
+    def encode_error(self, exc: BaseException) -> bytes:
+        cls = type(exc)
+        try:
+            args = self.config.serializer.encode(list(exc.args))
+        except UnencodableError:
+            args = self.config.serializer.encode([str(exc)])
+        head = canonical_json({"type": f"{cls.__module__}:{cls.__qualname__}", "message": str(exc)})
+        return envelope(KIND_ERROR, head + b"\n" + args)
+
+    def replay(self, record: Record) -> Any:
+        data = record.result
+        if data is None:
+            raise CorruptRecordError(
+                f"completed record {record.key!r} holds no result", key=record.key
+            )
+        kind, body = open_envelope(data)
+        if kind == KIND_VALUE:
+            value = self.config.serializer.decode(body, self.hint())
+            if self.config.on_replay is not None:
+                value = self.config.on_replay(value, record)
+            return value
+        if kind == KIND_NOT_STORED:
+            raise ResultNotStoredError(
+                f"an earlier call under {record.key!r} ran, but its result could not be kept "
+                f"({body.decode('utf-8', 'replace')}); it is not run again.",
+                key=record.key,
+            )
+        head, _, args_data = body.partition(b"\n")
+        try:
+            meta = json.loads(head)
+            type_name, message = str(meta["type"]), str(meta["message"])
+            args = self.config.serializer.decode(args_data, None)
+        except Exception as exc:
+            raise CorruptRecordError(
+                f"stored error of {record.key!r} is corrupt: {exc}", key=record.key
+            ) from exc
+        for cls in self.config.store_errors:
+            if f"{cls.__module__}:{cls.__qualname__}" == type_name:
+                try:
+                    error = cls(*args)
+                except Exception:
+                    break  # its constructor does not take its own args: report generically
+                raise error
+        raise StoredErrorReplay(
+            f"replay of stored {type_name}: {message} (add the class to store_errors to get "
+            "the original type back)",
+            key=record.key,
+            type_name=type_name,
+            args=args,
+        )
+
+    def plan(self, key: str, payload: Any, store: Store) -> Plan:
+        c = self.config
+        return Plan(
+            key=key,
+            fingerprint=self.fingerprint(payload),
+            lease=c.lease_s,
+            ttl=c.ttl_s,
+            encode=self.encode(store),
+            replay=self.replay,
+            encode_not_stored=_not_stored,
+            encode_error=self.encode_error if c.store_errors else None,
+            store_errors=c.store_errors,
+            should_store=c.should_store,
+            wait=c.on_in_progress == "wait",
+            wait_timeout=c.wait_timeout_s,
+            cache=self.cache,
+            fail_open=c.fail_open,
+        )
+
+
+def _not_stored(reason: str) -> bytes:
+    return envelope(KIND_NOT_STORED, reason.encode("utf-8"))
+
+
+def _disabled() -> bool:
+    return os.environ.get("IDEMPOTENCE_DISABLED", "").lower() in _DISABLED_VALUES
+
+
+class Idempotency:
+    """Makes functions idempotent over one store.
+
+    ``store`` is a :class:`~idempotence.stores.Store`, a store URL (see
+    :func:`~idempotence.stores.store_from_url`), or ``None`` for
+    :func:`default_store_url`; URLs are resolved on first use. ``options`` are the defaults
+    of every decorator made here (see :class:`IdempotencyConfig`); a ``namespace`` given here
+    prefixes each function's ``module.qualname``, while one given to a decorator replaces it.
+
+    Use it as a decorator, bare or with overrides::
+
+        idem = Idempotency("sqlite:///idempotency.db", ttl=3600)
+
+        @idem(key="order_id")
+        def create_order(order: dict) -> dict: ...
+
+        @idem
+        async def send_email(msg: dict) -> None: ...
+    """
+
+    def __init__(self, store: Store | str | None = None, /, **options: Any) -> None:
+        self.config = IdempotencyConfig(**options)
+        self._store: Store | None = store if isinstance(store, Store) else None
+        self._store_url = store if isinstance(store, str) else None
+        if store is not None and not isinstance(store, (Store, str)):
+            raise TypeError(f"store must be a Store or a URL string, got {type(store).__name__}")
+
+    @property
+    def store(self) -> Store:
+        """The store (built from the URL on first access)."""
+        if self._store is None:
+            self._store = store_from_url(self._store_url or default_store_url())
+        return self._store
+
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> IdempotentFunction[P, R]: ...
+
+    @overload
+    def __call__(
+        self, fn: None = None, /, **options: Any
+    ) -> Callable[[Callable[P, R]], IdempotentFunction[P, R]]: ...
+
+    def __call__(
+        self, fn: Callable[P, R] | None = None, /, **options: Any
+    ) -> IdempotentFunction[P, R] | Callable[[Callable[P, R]], IdempotentFunction[P, R]]:
+        if fn is None:
+            return lambda f: self._decorate(f, options)
+        if options:
+            raise TypeError("pass options as @idem(key=...), not together with the function")
+        return self._decorate(fn, {})
+
+    def namespace_for(self, fn: Callable[..., Any], override: str | None) -> str:
+        """The key namespace of ``fn`` (see the class docstring)."""
+        if override is not None:
+            return override
+        name = f"{fn.__module__}.{fn.__qualname__}"
+        prefix = self.config.namespace
+        return f"{prefix}.{name}" if prefix else name
+
+    def _decorate(self, fn: Callable[P, R], options: dict[str, Any]) -> IdempotentFunction[P, R]:
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                f"{fn.__qualname__} is a generator: its results cannot be stored; "
+                "decorate a function that returns a value"
+            )
+        config = self.config.replace(**options) if options else self.config
+        bound = _Bound(fn, config, self.namespace_for(fn, options.get("namespace")))
+        idem = self
+        warned: list[bool] = []
+
+        def passthrough() -> bool:
+            if not _disabled():
+                return False
+            if not warned:
+                warned.append(True)
+                warnings.warn(
+                    f"IDEMPOTENCE_DISABLED is set: {fn.__qualname__} runs without idempotency",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return True
+
+        wrapper: Any
+        if bound.is_async:
+            afn = typing.cast(Callable[..., Awaitable[Any]], fn)
+
+            @functools.wraps(fn)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                if passthrough():
+                    return await afn(*args, **kwargs)
+                payload = bound.payload(args, kwargs)
+                key = bound.key(payload)
+                if key is None:
+                    return await afn(*args, **kwargs)
+                store = idem.store
+                return await run_async(
+                    bound.plan(key, payload, store),
+                    store,
+                    lambda: afn(*args, **kwargs),
+                    heartbeat=config.heartbeat,
+                )
+
+        else:
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                if passthrough():
+                    return fn(*args, **kwargs)
+                payload = bound.payload(args, kwargs)
+                key = bound.key(payload)
+                if key is None:
+                    return fn(*args, **kwargs)
+                store = idem.store
+                return run_sync(
+                    bound.plan(key, payload, store),
+                    store,
+                    lambda: fn(*args, **kwargs),
+                    heartbeat=config.heartbeat,
+                )
+
+        def key_for(*args: Any, **kwargs: Any) -> str:
+            key = bound.key(bound.payload(args, kwargs))
+            if key is None:
+                raise MissingKeyError(f"this call to {fn.__qualname__} has no key material")
+            return key
+
+        def fingerprint_for(*args: Any, **kwargs: Any) -> str:
+            return bound.fingerprint(bound.payload(args, kwargs))
+
+        def record_for(*args: Any, **kwargs: Any) -> Record | None:
+            return idem.store.get(key_for(*args, **kwargs))
+
+        def forget(*args: Any, **kwargs: Any) -> bool:
+            key = key_for(*args, **kwargs)
+            if bound.cache is not None:
+                bound.cache.clear()
+            return idem.store.delete(key)
+
+        wrapper.key_for = key_for
+        wrapper.fingerprint_for = fingerprint_for
+        wrapper.record_for = record_for
+        wrapper.forget = forget
+        wrapper.idempotency_config = config
+        return typing.cast(IdempotentFunction[P, R], wrapper)
+
+
+_default = Idempotency()
+
+
+@overload
+def idempotent(fn: Callable[P, R], /) -> IdempotentFunction[P, R]: ...
+
+
+@overload
+def idempotent(
+    fn: None = None, /, **options: Any
+) -> Callable[[Callable[P, R]], IdempotentFunction[P, R]]: ...
+
+
+def idempotent(
+    fn: Callable[P, R] | None = None, /, **options: Any
+) -> IdempotentFunction[P, R] | Callable[[Callable[P, R]], IdempotentFunction[P, R]]:
+    """Module-level decorator over the default store (``IDEMPOTENCE_STORE`` or SQLite, see
+    :func:`default_store_url`), resolved on first call. Same options as
+    :class:`Idempotency`."""
+    return _default(fn, **options) if fn is None else _default(fn)

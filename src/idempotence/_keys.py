@@ -1,0 +1,162 @@
+"""Key and fingerprint derivation: canonical JSON, a FIPS-safe hash, JMESPath selection.
+
+Canonical JSON: keys sorted, no whitespace, UTF-8, NaN/Infinity refused. Objects JSON does
+not have are written in one stable form: dataclasses and pydantic models as their fields,
+datetimes/dates/times as ISO 8601, ``Decimal``/``UUID`` as strings, bytes as base64, sets
+as sorted lists, enums as their value. The hash is SHA-256 (allowed under FIPS, unlike md5).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jmespath
+from jmespath import functions as jmespath_functions
+
+from ._errors import InvalidKeyError
+
+__all__ = ["KeySelector", "canonical_json", "compile_selector", "digest", "is_missing"]
+
+KeySelector = Callable[[Any], Any]
+
+_MAX_NAMESPACE = 200
+
+
+def _default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump):  # pydantic v2 model
+        return dump(mode="json")
+    if isinstance(obj, (dt.datetime, dt.date, dt.time)):
+        return obj.isoformat()
+    if isinstance(obj, dt.timedelta):
+        return obj.total_seconds()
+    if isinstance(obj, (decimal.Decimal, uuid.UUID)):
+        return str(obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(obj)).decode("ascii")
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=canonical_json)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    raise TypeError(f"objects of type {type(obj).__qualname__} have no canonical JSON form")
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The canonical JSON bytes of ``obj`` (see the module docstring).
+
+    Raises :class:`InvalidKeyError` when ``obj`` has no canonical form.
+    """
+    try:
+        return json.dumps(
+            obj,
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+            default=_default,
+        ).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidKeyError(
+            f"cannot derive an idempotency key or fingerprint from this data ({exc}). "
+            "Select JSON-representable fields with key=/fingerprint= (a JMESPath expression "
+            "or a function), or convert the value first."
+        ) from exc
+
+
+def digest(material: Any) -> str:
+    """A 128-bit SHA-256 digest (hex) of the canonical JSON of ``material``."""
+    return hashlib.sha256(canonical_json(material)).hexdigest()[:32]
+
+
+def is_missing(value: Any) -> bool:
+    """Whether selected key material counts as absent: ``None``, ``""``, or a list whose
+    items are all absent (a JMESPath multi-select that found nothing)."""
+    if value is None or value == "":
+        return True
+    if isinstance(value, list):
+        return all(is_missing(v) for v in value)
+    return False
+
+
+class _Functions(jmespath_functions.Functions):
+    """JMESPath functions for keys: ``json(s)`` parses a JSON string (``powertools_json``
+    is the same function under Powertools' name, so existing expressions keep working)."""
+
+    @jmespath_functions.signature({"types": ["string"]})
+    def _func_json(self, value: str) -> Any:
+        return json.loads(value)
+
+    @jmespath_functions.signature({"types": ["string"]})
+    def _func_powertools_json(self, value: str) -> Any:
+        return json.loads(value)
+
+    @jmespath_functions.signature({"types": ["string"]})
+    def _func_powertools_base64(self, value: str) -> str:
+        return base64.b64decode(value).decode("utf-8")
+
+    @jmespath_functions.signature({"types": ["string"]})
+    def _func_base64_json(self, value: str) -> Any:
+        return json.loads(base64.b64decode(value))
+
+
+_OPTIONS = jmespath.Options(custom_functions=_Functions())
+
+
+def _plain(payload: Any) -> Any:
+    """``payload`` as JSON-like data JMESPath can walk (dicts and lists pass as they are)."""
+    if isinstance(payload, (dict, list, str, int, float, bool)) or payload is None:
+        return payload
+    if isinstance(payload, Mapping):
+        return dict(payload)
+    return json.loads(canonical_json(payload))
+
+
+def compile_selector(spec: str | KeySelector, *, what: str) -> KeySelector:
+    """Turn a JMESPath expression or a function into a selector on the payload.
+
+    JMESPath expressions are compiled once; they support ``json()`` /
+    ``powertools_json()`` to parse a JSON string such as an HTTP body.
+    """
+    if callable(spec):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise TypeError(f"{what} must be a JMESPath expression (str) or a function")
+    try:
+        expression = jmespath.compile(spec)
+    except jmespath.exceptions.JMESPathError as exc:
+        raise ValueError(f"invalid JMESPath expression for {what}: {spec!r}: {exc}") from exc
+
+    def select(payload: Any) -> Any:
+        try:
+            return expression.search(_plain(payload), options=_OPTIONS)
+        except (jmespath.exceptions.JMESPathError, ValueError) as exc:
+            raise InvalidKeyError(
+                f"{what} expression {spec!r} failed on this payload: {exc}"
+            ) from exc
+
+    return select
+
+
+def check_namespace(namespace: str) -> str:
+    """Validate a key namespace: 1-200 printable ASCII characters."""
+    if (
+        not namespace
+        or len(namespace) > _MAX_NAMESPACE
+        or not namespace.isprintable()
+        or not namespace.isascii()
+    ):
+        raise InvalidKeyError(
+            f"invalid namespace {namespace!r}: use 1-{_MAX_NAMESPACE} printable ASCII characters"
+        )
+    return namespace

@@ -1,0 +1,163 @@
+"""Sync and async shells that drive the sans-I/O :func:`~idempotence._protocol.protocol`.
+
+Each shell only maps operations to store calls (``claim`` / ``aclaim``...), runs the body
+under a lease heartbeat, and sleeps; every decision lives in the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from ._protocol import ClaimOp, CompleteOp, Plan, ReleaseOp, RunOp, SleepOp, protocol
+from .stores._base import Store
+
+__all__ = ["run_async", "run_sync"]
+
+log = logging.getLogger("idempotence")
+
+
+class _Heartbeats:
+    """One daemon thread renews the leases of every running sync invocation of the process.
+
+    Registering and cancelling are a dict insert and pop; the thread wakes only when a
+    lease is due for renewal (every ``lease / 3``), so a fast call costs no thread.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active: dict[int, list[Any]] = {}  # id -> [due, store, key, fence, lease]
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+        self._next_wake = float("inf")
+
+    @contextlib.contextmanager
+    def beating(self, store: Store, key: str, fence: int, lease: float) -> Iterator[None]:
+        interval = lease / 3
+        with self._cond:
+            self._seq += 1
+            ident = self._seq
+            due = time.monotonic() + interval
+            self._active[ident] = [due, store, key, fence, lease]
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="idempotence-heartbeat", daemon=True
+                )
+                self._thread.start()
+            elif due < self._next_wake:
+                self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active.pop(ident, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [(i, e) for i, e in self._active.items() if e[0] <= now]
+                for _, entry in due:
+                    entry[0] = now + entry[4] / 3
+                self._next_wake = min((e[0] for e in self._active.values()), default=now + 60)
+                if not due:
+                    self._cond.wait(self._next_wake - now)
+                    continue
+            for ident, (_, store, key, fence, lease) in due:
+                try:
+                    if not store.renew(key, fence, lease=lease):
+                        log.warning("lease on %s was lost; the result will not be kept", key)
+                        with self._cond:
+                            self._active.pop(ident, None)
+                except Exception:
+                    log.warning("could not renew the lease on %s", key, exc_info=True)
+
+
+_heartbeats = _Heartbeats()
+
+
+def run_sync(plan: Plan, store: Store, body: Callable[[], Any], *, heartbeat: bool) -> Any:
+    """Run one invocation synchronously: ``body()`` runs at most once per key."""
+    machine = protocol(plan)
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = machine.send(value) if error is None else machine.throw(error)
+        except StopIteration as done:
+            return done.value
+        value, error = None, None
+        try:
+            if type(op) is ClaimOp:
+                value = store.claim(op.key, op.fingerprint, lease=op.lease, ttl=op.ttl)
+            elif type(op) is RunOp:
+                if heartbeat and op.fence is not None:
+                    with _heartbeats.beating(store, op.key, op.fence, op.lease):
+                        value = body()
+                else:
+                    value = body()
+            elif type(op) is CompleteOp:
+                value = store.complete(op.key, op.fence, op.result, ttl=op.ttl)
+            elif type(op) is ReleaseOp:
+                value = store.release(op.key, op.fence)
+            elif type(op) is SleepOp:
+                time.sleep(op.seconds)
+        except BaseException as exc:
+            error = exc
+
+
+async def _renew_forever(store: Store, key: str, fence: int, lease: float) -> None:
+    while True:
+        await asyncio.sleep(lease / 3)
+        try:
+            if not await store.arenew(key, fence, lease=lease):
+                log.warning("lease on %s was lost; the result will not be kept", key)
+                return
+        except Exception:
+            log.warning("could not renew the lease on %s", key, exc_info=True)
+
+
+async def _beating(
+    body: Callable[[], Awaitable[Any]], store: Store, key: str, fence: int, lease: float
+) -> Any:
+    task = asyncio.get_running_loop().create_task(_renew_forever(store, key, fence, lease))
+    try:
+        return await body()
+    finally:
+        task.cancel()
+
+
+async def run_async(
+    plan: Plan, store: Store, body: Callable[[], Awaitable[Any]], *, heartbeat: bool
+) -> Any:
+    """Run one invocation on the running event loop: ``await body()`` at most once per key."""
+    machine = protocol(plan)
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = machine.send(value) if error is None else machine.throw(error)
+        except StopIteration as done:
+            return done.value
+        value, error = None, None
+        try:
+            if type(op) is ClaimOp:
+                value = await store.aclaim(op.key, op.fingerprint, lease=op.lease, ttl=op.ttl)
+            elif type(op) is RunOp:
+                if heartbeat and op.fence is not None:
+                    value = await _beating(body, store, op.key, op.fence, op.lease)
+                else:
+                    value = await body()
+            elif type(op) is CompleteOp:
+                value = await store.acomplete(op.key, op.fence, op.result, ttl=op.ttl)
+            elif type(op) is ReleaseOp:
+                value = await store.arelease(op.key, op.fence)
+            elif type(op) is SleepOp:
+                await asyncio.sleep(op.seconds)
+        except BaseException as exc:
+            error = exc
