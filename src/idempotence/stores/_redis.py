@@ -240,8 +240,9 @@ class RedisStore(Store):
     methods run it in a worker thread; with only ``async_client``, the sync methods fail.
     Store-built clients use ``socket_timeout`` / ``socket_connect_timeout`` (5 s) and no
     command retries (a timed-out script may have run; the caller fails closed with
-    :class:`~idempotence.StoreError`); other keyword arguments go to
-    ``redis.Redis.from_url`` (e.g. ``retry=``, ``max_connections=``, ``ssl_ca_certs=``).
+    :class:`~idempotence.StoreError`) and speak RESP2 (``protocol=2``; redis-py 8.1 does
+    not replace a server-closed pooled async RESP3 connection); other keyword arguments go
+    to ``redis.Redis.from_url`` (e.g. ``retry=``, ``max_connections=``, ``protocol=3``).
 
     ``max_result_bytes`` is 64 MiB: below Redis's 512 MB string limit, and a completed
     record's result travels in every replaying claim, so keep results small.
@@ -278,6 +279,9 @@ class RedisStore(Store):
         self.prefix = prefix
         self.clock = clock
         self._options: dict[str, Any] = {
+            # RESP2: the scripts need nothing newer, and redis-py 8.1's async pool hands out
+            # server-closed RESP3 connections instead of reconnecting (redis-py #4252).
+            "protocol": 2,
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": socket_connect_timeout,
             **options,

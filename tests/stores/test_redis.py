@@ -1,0 +1,423 @@
+"""RedisStore against a real Redis (127.0.0.1:6379, db 15, a prefix of its own per session)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+import redis.asyncio.connection
+import redis.connection
+
+from idempotence import StoreError
+from idempotence._record import Status
+from idempotence.stores import store_from_url
+from idempotence.stores._redis import SCRIPTS, RedisStore
+from idempotence.testing import LEASE, TTL, ManualClock, StoreContract, StoreDriver
+from tests.conftest import backend_unavailable
+
+REDIS_URL = os.environ.get("IDEMPOTENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+PREFIX = f"idempotence-test:{uuid.uuid4().hex}:"
+
+
+@pytest.fixture(scope="session")
+def admin() -> Iterator[Any]:
+    """A plain client on the test database; deletes this session's keys at the end."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        backend_unavailable(f"Redis not reachable at {REDIS_URL}: {exc}")
+    yield client
+    for key in client.scan_iter(match=PREFIX + "*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def url(admin: Any) -> str:
+    return REDIS_URL
+
+
+class TestRedisStore(StoreContract):
+    @pytest.fixture
+    def store(self, clock: ManualClock, url: str) -> Iterator[RedisStore]:
+        store = RedisStore(url, prefix=PREFIX, clock=clock)
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def store_url(self, url: str) -> str:
+        return f"{url}?prefix={PREFIX}"
+
+
+@pytest.fixture(params=["sync", "async"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def driven(url: str, mode: str) -> Iterator[StoreDriver]:
+    """A store with a manual clock, driven through its sync or its async methods."""
+    driver = StoreDriver(RedisStore(url, prefix=PREFIX, clock=ManualClock()), mode)
+    yield driver
+    driver.close()
+    driver.store.close()
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Every command sent to Redis by any (sync or async) connection, in order."""
+    log: list[tuple[Any, ...]] = []
+    sync_send: Any = redis.connection.AbstractConnection.send_command
+    async_send: Any = redis.asyncio.connection.AbstractConnection.send_command
+
+    def send(self: Any, *args: Any, **kwargs: Any) -> Any:
+        log.append(args)
+        return sync_send(self, *args, **kwargs)
+
+    async def asend(self: Any, *args: Any, **kwargs: Any) -> Any:
+        log.append(args)
+        return await async_send(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_command", send)
+    monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "send_command", asend)
+    return log
+
+
+def _key() -> str:
+    return f"k#{uuid.uuid4().hex}"
+
+
+# -- round trips and one key per script ----------------------------------------------------
+def test_every_operation_is_one_round_trip_on_one_key(
+    driven: StoreDriver, sent: list[tuple[Any, ...]]
+) -> None:
+    s = driven
+    warm = _key()  # connect, and load every script, before counting
+    fence = s.claim(warm, "fp", lease=LEASE, ttl=TTL).record.fence
+    s.renew(warm, fence, lease=LEASE)
+    s.get(warm)
+    s.release(warm, fence)
+    fence = s.claim(warm, "fp", lease=LEASE, ttl=TTL).record.fence
+    s.complete(warm, fence, b"r", ttl=TTL)
+    s.delete(warm)
+
+    def one(name: str, *args: Any, **kwargs: Any) -> Any:
+        before = len(sent)
+        outcome = getattr(s, name)(*args, **kwargs)
+        commands = sent[before:]
+        assert len(commands) == 1, (name, commands)
+        command, _sha, numkeys, redis_key = commands[0][:4]
+        assert (command, numkeys) == ("EVALSHA", 1)  # one key per script: Cluster-safe
+        assert redis_key == PREFIX + args[0]
+        return outcome
+
+    key, other = _key(), _key()
+    claim = one("claim", key, "fp", lease=LEASE, ttl=TTL)
+    assert claim.acquired
+    fence = claim.record.fence
+    assert one("renew", key, fence, lease=LEASE)
+    assert one("complete", key, fence, b"result", ttl=TTL)
+    replay = one("claim", key, "fp", lease=LEASE, ttl=TTL)
+    assert (replay.acquired, replay.record.result) == (False, b"result")
+    assert one("get", key).result == b"result"
+    other_fence = one("claim", other, "fp", lease=LEASE, ttl=TTL).record.fence
+    assert one("release", other, other_fence)
+    assert one("delete", key)
+
+
+def test_scripts_name_only_their_one_key() -> None:
+    for name, script in SCRIPTS.items():
+        assert set(re.findall(r"KEYS\[(\d+)\]", script.source)) == {"1"}, name
+
+
+def test_flushed_script_cache_costs_one_extra_round_trip(
+    driven: StoreDriver, admin: Any, sent: list[tuple[Any, ...]]
+) -> None:
+    driven.get(_key())  # connected
+    admin.script_flush()
+    before = len(sent)
+    assert driven.claim(_key(), "fp", lease=LEASE, ttl=TTL).acquired
+    assert [c[0] for c in sent[before:]] == ["EVALSHA", "EVAL"]
+    before = len(sent)
+    assert driven.claim(_key(), "fp", lease=LEASE, ttl=TTL).acquired
+    assert [c[0] for c in sent[before:]] == ["EVALSHA"]
+
+
+# -- time, precision, expiry ------------------------------------------------------------------
+def test_server_clock_decides_by_default(url: str, admin: Any) -> None:
+    assert RedisStore.uses_client_clock is False
+    store = RedisStore(url, prefix=PREFIX)
+    try:
+        seconds, micros = admin.time()
+        outcome = store.claim(_key(), "fp", lease=LEASE, ttl=TTL)
+        assert outcome.now == pytest.approx(seconds + micros / 1e6, abs=5)
+        assert outcome.record.lease_expires_at == outcome.now + LEASE
+    finally:
+        store.close()
+
+
+def test_times_round_trip_exactly(url: str, mode: str) -> None:
+    clock = ManualClock(1_700_000_000.123456789)
+    s = StoreDriver(RedisStore(url, prefix=PREFIX, clock=clock), mode)
+    try:
+        key = _key()
+        claim = s.claim(key, "fp", lease=0.1, ttl=1 / 3)
+        assert claim.now == clock()
+        assert claim.record.lease_expires_at == clock() + 0.1
+        assert claim.record.expires_at == clock() + 1 / 3
+        assert s.get(key) == claim.record
+        clock.advance(0.01)
+        assert s.renew(key, claim.record.fence, lease=0.7)
+        record = s.get(key)
+        assert record is not None
+        assert record.lease_expires_at == record.expires_at == clock() + 0.7
+    finally:
+        s.close()
+        s.store.close()
+
+
+def test_unicode_keys_and_fingerprints(driven: StoreDriver) -> None:
+    key = "ключ/🔑 " + _key()
+    claim = driven.claim(key, "empreinte-é", lease=LEASE, ttl=TTL)
+    assert claim.acquired
+    assert driven.claim(key, "x", lease=LEASE, ttl=TTL).record == claim.record
+
+
+def test_key_ttl_follows_retention_and_release_keeps_the_fence(
+    driven: StoreDriver, admin: Any
+) -> None:
+    # The store's clock is a ManualClock (2023) while Redis runs on real time: TTLs are
+    # relative, so records are not deleted on write.
+    s, key = driven, _key()
+    fence = s.claim(key, "fp", lease=LEASE, ttl=TTL).record.fence
+    assert TTL * 1000 - 5000 < admin.pttl(PREFIX + key) <= TTL * 1000
+    assert s.complete(key, fence, b"r", ttl=60)
+    assert 55_000 < admin.pttl(PREFIX + key) <= 60_000
+
+    released = _key()
+    fence = s.claim(released, "fp", lease=LEASE, ttl=TTL).record.fence
+    assert s.release(released, fence)
+    assert s.get(released) is None
+    assert admin.hget(PREFIX + released, "fence") == str(fence).encode()
+    assert admin.pttl(PREFIX + released) > (TTL - 5) * 1000  # kept until its retention
+    assert s.claim(released, "fp", lease=LEASE, ttl=TTL).record.fence == fence + 1
+
+    renewed = _key()
+    fence = s.claim(renewed, "fp", lease=10, ttl=20).record.fence
+    assert s.renew(renewed, fence, lease=100)
+    assert admin.pttl(PREFIX + renewed) > 95_000
+
+    zero = _key()
+    fence = s.claim(zero, "fp", lease=LEASE, ttl=TTL).record.fence
+    assert s.complete(zero, fence, b"r", ttl=0)
+    assert s.get(zero) is None
+    assert 0 < admin.pttl(PREFIX + zero) <= 1000  # the floor: the fence outlives the write
+
+
+def test_result_size_limit_is_documented() -> None:
+    assert RedisStore.max_result_bytes == 64 * 1024 * 1024
+
+
+# -- failures and recovery --------------------------------------------------------------------
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _fails_fast(store: RedisStore, mode: str, limit: float) -> None:
+    s = StoreDriver(store, mode)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StoreError, match=r"RedisStore\.a?claim failed"):
+            s.claim(_key(), "fp", lease=LEASE, ttl=TTL)
+    finally:
+        s.close()
+        store.close()
+    assert time.monotonic() - started < limit
+
+
+def test_server_down_raises_store_error_fast(mode: str) -> None:
+    _fails_fast(RedisStore(f"redis://127.0.0.1:{_closed_port()}/0"), mode, limit=2.0)
+
+
+def test_unresponsive_server_times_out(mode: str) -> None:
+    with socket.socket() as server:  # accepts connections (backlog), never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3)
+        _fails_fast(store, mode, limit=3.0)
+
+
+def _kill_connections(admin: Any, name: str) -> int:
+    ids = [c["id"] for c in admin.client_list() if c.get("name") == name]
+    for client_id in ids:
+        admin.client_kill_filter(_id=client_id)
+    return len(ids)
+
+
+def _idle(s: StoreDriver, seconds: float) -> None:
+    """Time passes between calls (with the event loop running, for an async store)."""
+    if s.loop is None:
+        time.sleep(seconds)
+    else:
+        s.loop.run_until_complete(asyncio.sleep(seconds))
+
+
+def test_recovers_after_its_connections_are_killed(url: str, admin: Any, mode: str) -> None:
+    name = f"idem-test-{uuid.uuid4().hex[:12]}"
+    s = StoreDriver(RedisStore(url, prefix=PREFIX, client_name=name), mode)
+    try:
+        key = _key()
+        assert s.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
+        assert _kill_connections(admin, name) >= 1
+        _idle(s, 0.1)
+        # The pool notices the closed connection before sending and reconnects.
+        assert not s.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
+        record = s.get(key)
+        assert record is not None
+        assert record.status is Status.IN_PROGRESS
+    finally:
+        s.close()
+        s.store.close()
+
+
+def test_a_dead_connection_fails_one_call_at_most(url: str, admin: Any, mode: str) -> None:
+    # An async connection killed while its loop was not running is only found dead when
+    # used: that call fails closed (a script's reply lost in flight is never retried, as
+    # it may have run), and the next call reconnects.
+    name = f"idem-test-{uuid.uuid4().hex[:12]}"
+    s = StoreDriver(RedisStore(url, prefix=PREFIX, client_name=name), mode)
+    try:
+        key = _key()
+        assert s.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
+        assert _kill_connections(admin, name) >= 1
+        if mode == "async":
+            with pytest.raises(StoreError, match="ConnectionError"):
+                s.get(key)
+        else:  # the sync pool polls the socket at checkout and reconnects
+            assert s.get(key) is not None
+        record = s.get(key)
+        assert record is not None
+        assert record.status is Status.IN_PROGRESS
+    finally:
+        s.close()
+        s.store.close()
+
+
+# -- clients ---------------------------------------------------------------------------------
+def test_injected_sync_client_serves_sync_and_async_and_stays_open(url: str) -> None:
+    client = redis.Redis.from_url(url)
+    store = RedisStore(client=client, prefix=PREFIX)
+    try:
+        key = _key()
+        fence = store.claim(key, "fp", lease=LEASE, ttl=TTL).record.fence
+        assert asyncio.run(store.acomplete(key, fence, b"r", ttl=TTL))
+        asyncio.run(store.aclose())
+        store.close()
+        assert client.ping()
+        assert store.claim(key, "fp", lease=LEASE, ttl=TTL).record.result == b"r"
+    finally:
+        client.close()
+
+
+def test_injected_async_client(url: str) -> None:
+    key = _key()
+
+    async def main() -> None:
+        client = redis.asyncio.Redis.from_url(url)
+        store = RedisStore(async_client=client, prefix=PREFIX)
+        fence = (await store.aclaim(key, "fp", lease=LEASE, ttl=TTL)).record.fence
+        assert await store.acomplete(key, fence, b"r", ttl=TTL)
+        await store.aclose()
+        assert await client.ping()  # not closed by the store
+        record = await store.aget(key)
+        assert record is not None
+        assert record.result == b"r"
+        with pytest.raises(StoreError, match="async_client"):
+            store.get(key)
+        await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_decoding_clients_are_refused(url: str) -> None:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    with pytest.raises(ValueError, match="decode_responses=False"):
+        RedisStore(client=client)
+    client.close()
+    with pytest.raises(ValueError, match="decode_responses=False"):
+        RedisStore(url, decode_responses=True)
+
+
+def test_one_store_across_asyncio_run_calls(
+    url: str, admin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # AWS Lambda style: asyncio.run per invocation, the store lives across them, no aclose.
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    name = f"idem-test-{uuid.uuid4().hex[:12]}"
+    store = RedisStore(url, prefix=PREFIX, client_name=name)
+    key = _key()
+
+    async def invocation() -> bool:
+        return (await store.aclaim(key, "fp", lease=LEASE, ttl=TTL)).acquired
+
+    assert asyncio.run(invocation())
+    # The loop's client was closed when asyncio.run shut its loop down.
+    assert not [c for c in admin.client_list() if c.get("name") == name]
+    assert not asyncio.run(invocation())
+    assert len(store._loop_clients) == 1  # the first loop's entry was dropped
+    gc.collect()
+    assert unraisable == []  # no "unclosed connection/transport" warnings
+    store.close()
+
+
+# -- URLs and packaging ----------------------------------------------------------------------
+def test_url_forms(url: str) -> None:
+    store = store_from_url(f"{url}?prefix=custom:&socket_timeout=2")
+    assert isinstance(store, RedisStore)
+    assert (store.prefix, store.url) == ("custom:", f"{url}?socket_timeout=2")
+    try:
+        key = _key()
+        assert store.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
+        assert store.delete(key)
+    finally:
+        store.close()
+    tls = store_from_url("rediss://user:secret@redis.invalid:6380/2")
+    assert isinstance(tls, RedisStore)
+    assert (tls.prefix, tls.url) == ("idempotence:", "rediss://user:secret@redis.invalid:6380/2")
+
+
+def test_module_imports_without_redis() -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "from idempotence import MissingDependencyError\n"
+        "from idempotence.stores._redis import RedisStore\n"
+        "try:\n    RedisStore()\nexcept MissingDependencyError as e:\n    print(e)\n"
+    )
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": src},
+    )
+    assert "idempotence[redis]" in out.stdout
