@@ -6,6 +6,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .._record import Claim, Record, Status
@@ -93,14 +94,27 @@ class SQLiteStore(Store):
         conn = sqlite3.connect(
             self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
-        conn.execute("PRAGMA journal_mode=WAL")
+        # Switching to WAL and creating the table race when several processes open a new
+        # file at once, and SQLite reports some of those conflicts without waiting on its
+        # busy handler: retry them within the timeout.
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self.table} ("
+                    "key TEXT PRIMARY KEY, status TEXT NOT NULL, fingerprint TEXT NOT NULL, "
+                    "fence INTEGER NOT NULL, lease_expires_at REAL NOT NULL, "
+                    "expires_at REAL NOT NULL, result BLOB) WITHOUT ROWID"
+                )
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    conn.close()
+                    raise
+                time.sleep(0.01)
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.table} ("
-            "key TEXT PRIMARY KEY, status TEXT NOT NULL, fingerprint TEXT NOT NULL, "
-            "fence INTEGER NOT NULL, lease_expires_at REAL NOT NULL, "
-            "expires_at REAL NOT NULL, result BLOB) WITHOUT ROWID"
-        )
         self._local.conn, self._local.pid = conn, pid
         with self._lock:
             self._connections.append(conn)
