@@ -1,0 +1,621 @@
+"""PostgreSQL store: one table, one statement per operation, psycopg 3 (sync and async)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import threading
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from .._lazy import require
+from .._record import Claim, Record, Status
+from ._base import Clock, Store
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection, Connection
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+__all__ = ["PostgresStore"]
+
+_T = TypeVar("_T")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
+_COLUMNS = ("key", "status", "fingerprint", "fence", "lease_expires_at", "expires_at", "result")
+_COLS = ", ".join(_COLUMNS)
+#: The server's clock, in float epoch seconds. ``statement_timestamp()`` is stable within
+#: one statement (every reference reads the same instant) and, unlike ``now()``, does not
+#: go back to the start of an enclosing transaction on injected non-autocommit connections.
+_SERVER_NOW = "extract(epoch FROM statement_timestamp())::float8"
+_CLIENT_NOW = "%(now)s::float8"
+#: How often a claim is re-sent when a concurrent first insert of the key was invisible to
+#: the statement's snapshot (see ``_claim_sql``). One retry settles it; more is paranoia.
+_CLAIM_ATTEMPTS = 4
+#: Options of ours in a store URL, removed before the URL is handed to libpq.
+_URL_OPTIONS = ("table", "pool_size", "pool_timeout", "auto_create")
+
+
+class _Again:
+    """Marker returned by a row parser: the statement must be sent again."""
+
+
+_AGAIN = _Again()
+
+
+@dataclass(frozen=True, slots=True)
+class _Op(Generic[_T]):
+    """One statement and how to read its outcome; run by the sync or async shell."""
+
+    query: str
+    params: Mapping[str, object]
+    parse: Callable[[list[tuple[Any, ...]], int], _T | _Again]
+
+
+def _table_sql(table: str) -> str:
+    if not _IDENT.match(table):
+        raise ValueError(
+            f"invalid table name {table!r}: use letters, digits and '_' "
+            "(optionally prefixed by a schema: 'schema.table')"
+        )
+    # Validated above, so quoting cannot be escaped; quoted, the name is taken verbatim.
+    return ".".join(f'"{part}"' for part in table.split("."))
+
+
+def _ddl(table: str) -> str:
+    name = _table_sql(table)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {name} (\n"
+        "    key              text PRIMARY KEY,\n"
+        "    status           text NOT NULL CHECK (status IN ('IN_PROGRESS', 'COMPLETED')),\n"
+        "    fingerprint      text NOT NULL,\n"
+        "    fence            bigint NOT NULL,\n"
+        "    lease_expires_at double precision NOT NULL,  -- epoch seconds\n"
+        "    expires_at       double precision NOT NULL,  -- epoch seconds, end of retention\n"
+        "    result           bytea\n"
+        ")  -- room on each page keeps complete/renew/release updates HOT\n"
+        "WITH (fillfactor = 80);\n"
+    )
+
+
+def _takeover(alias: str, now: str) -> str:
+    """SQL condition: the record ``alias`` may be claimed at ``now`` (``decide_claim``)."""
+    return (
+        f"({alias}.expires_at <= {now} OR ({alias}.status = 'IN_PROGRESS' "
+        f"AND {alias}.lease_expires_at <= {now} AND {alias}.fingerprint = %(fingerprint)s))"
+    )
+
+
+def _claim_sql(table: str, now: str) -> str:
+    """The claim statement.
+
+    ``cur`` reads the key in the statement's snapshot. If it shows a record this claim cannot
+    take over (``blocked``), that record is the answer and nothing is written or locked, so a
+    replay is a pure read. Otherwise ``won`` inserts the key, or on conflict takes it over
+    (fence + 1): ON CONFLICT locks the *latest* committed row version and re-evaluates the
+    takeover condition on it, so of N concurrent claimers exactly one wins. A loser whose
+    snapshot predates the winner reads the row again in ``raced`` with ``FOR SHARE``, which
+    under READ COMMITTED follows the update chain to the latest version (the winner's, with
+    its fence) instead of the stale snapshot version. One case is left: the key did not exist
+    in the snapshot and was inserted by a transaction that committed after the statement
+    began; no part of the statement can see that row, the statement returns no row, and the
+    caller sends it again (a new snapshot then sees the winner).
+    """
+    return f"""
+WITH cur AS (
+    SELECT {_COLS} FROM {table} WHERE key = %(key)s::text
+), blocked AS (
+    SELECT {_COLS} FROM cur WHERE NOT {_takeover("cur", now)}
+), won AS (
+    INSERT INTO {table} AS r ({_COLS})
+    SELECT %(key)s::text, 'IN_PROGRESS', %(fingerprint)s::text, 1,
+           {now} + %(lease)s::float8, {now} + %(keep)s::float8, NULL
+    WHERE NOT EXISTS (SELECT FROM blocked)
+    ON CONFLICT (key) DO UPDATE SET
+        status = 'IN_PROGRESS', fingerprint = EXCLUDED.fingerprint, fence = r.fence + 1,
+        lease_expires_at = EXCLUDED.lease_expires_at, expires_at = EXCLUDED.expires_at,
+        result = NULL
+    WHERE {_takeover("r", now)}
+    RETURNING {", ".join("r." + c for c in _COLUMNS)}
+), raced AS (
+    SELECT {_COLS} FROM {table}
+    WHERE key = %(key)s::text AND NOT EXISTS (SELECT FROM blocked)
+      AND NOT EXISTS (SELECT FROM won)
+    FOR SHARE
+)
+SELECT {_COLS}, TRUE, {now} FROM won
+UNION ALL SELECT {_COLS}, FALSE, {now} FROM blocked
+UNION ALL SELECT {_COLS}, FALSE, {now} FROM raced
+"""
+
+
+def _owned(table: str, now: str, assignments: str) -> str:
+    return (
+        f"UPDATE {table} SET {assignments} WHERE key = %(key)s::text AND fence = %(fence)s::int8 "
+        f"AND status = 'IN_PROGRESS' AND expires_at > {now}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """All SQL of one store (table name and clock source baked in)."""
+
+    ddl: str
+    claim: str
+    complete: str
+    release: str
+    renew: str
+    get: str
+    delete: str
+    purge: str
+
+    @classmethod
+    def build(cls, table: str, now: str) -> _Statements:
+        t = _table_sql(table)
+        return cls(
+            ddl=_ddl(table),
+            claim=_claim_sql(t, now),
+            complete=_owned(
+                t,
+                now,
+                f"status = 'COMPLETED', result = %(result)s, expires_at = {now} + %(ttl)s::float8",
+            ),
+            # Keep the row and its fence; ending retention makes it read as absent and the
+            # next claim takes it over with fence + 1, so the released owner stays fenced.
+            release=_owned(t, now, f"expires_at = {now}"),
+            renew=_owned(
+                t,
+                now,
+                f"lease_expires_at = {now} + %(lease)s::float8, "
+                f"expires_at = greatest(expires_at, {now} + %(lease)s::float8)",
+            ),
+            get=f"SELECT {_COLS} FROM {t} WHERE key = %(key)s::text AND expires_at > {now}",
+            delete=f"DELETE FROM {t} WHERE key = %(key)s::text",
+            purge=f"DELETE FROM {t} WHERE expires_at <= {now} AND lease_expires_at <= {now}",
+        )
+
+
+def _record(row: tuple[Any, ...]) -> Record:
+    key, status, fingerprint, fence, lease_expires_at, expires_at, result = row[:7]
+    return Record(
+        key=key,
+        status=Status(status),
+        fingerprint=fingerprint,
+        fence=int(fence),
+        lease_expires_at=float(lease_expires_at),
+        expires_at=float(expires_at),
+        result=bytes(result) if result is not None else None,
+    )
+
+
+def _parse_claim(rows: list[tuple[Any, ...]], rowcount: int) -> Claim | _Again:
+    if not rows:
+        return _AGAIN
+    row = rows[0]
+    return Claim(acquired=bool(row[7]), record=_record(row), now=float(row[8]))
+
+
+def _parse_get(rows: list[tuple[Any, ...]], rowcount: int) -> Record | None:
+    return _record(rows[0]) if rows else None
+
+
+def _parse_changed(rows: list[tuple[Any, ...]], rowcount: int) -> bool:
+    return rowcount == 1
+
+
+def _parse_count(rows: list[tuple[Any, ...]], rowcount: int) -> int:
+    return max(rowcount, 0)
+
+
+def _parse_none(rows: list[tuple[Any, ...]], rowcount: int) -> None:
+    return None
+
+
+async def _close_with_loop(pool: AsyncConnectionPool[Any]) -> AsyncGenerator[None, None]:
+    """Suspended for the life of an event loop; closing it closes ``pool``.
+
+    ``asyncio.run`` closes every live async generator of its loop before closing the loop
+    (``loop.shutdown_asyncgens()``), so a pool created in an ``asyncio.run(...)`` (one Lambda
+    invocation, say) is closed on its own loop at the end of the run. By then ``asyncio.run``
+    has cancelled the pool's worker tasks, which makes ``pool.close()`` stop early with
+    ``CancelledError`` before it closes the idle connections, so they are closed here.
+    """
+    try:
+        yield
+    finally:
+        idle = list(getattr(pool, "_pool", ()))  # psycopg_pool's idle connections
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await pool.close()
+        for conn in idle:
+            if not conn.closed:
+                await conn.close()
+
+
+@dataclass(slots=True)
+class _LoopPool:
+    pool: AsyncConnectionPool[Any]
+    keeper: AsyncGenerator[None, None]
+
+
+class PostgresStore(Store):
+    """Records in one PostgreSQL table; every operation is one SQL statement.
+
+    Connection sources (give one): ``url`` (a ``postgresql://`` URL or libpq conninfo string;
+    the store then owns a small sync pool, opened on first use, and one async pool per
+    running event loop, so ``asyncio.run`` per invocation never touches a pool of a dead
+    loop), or an injected ``pool`` (``psycopg_pool.ConnectionPool``), ``async_pool``
+    (``AsyncConnectionPool``), ``connection`` / ``aconnection`` (a single psycopg
+    connection, used by all threads/tasks). An event loop run by hand (not ``asyncio.run``)
+    should ``await store.aclose()`` before it is closed, or its pool's tasks die with it.
+    Injected objects are used as given and never
+    closed by the store; give them ``autocommit=True`` (otherwise each operation costs a
+    BEGIN/COMMIT on top) and READ COMMITTED isolation (the default). With only a sync source,
+    the async methods run the sync ones in a worker thread; with only an async source, the
+    sync methods raise.
+
+    Time is the server's (``statement_timestamp()``, in epoch seconds) unless ``clock`` is
+    given, in which case the client's ``clock()`` is sent with each statement (tests use a
+    :class:`~idempotence.testing.ManualClock`). All processes sharing a table should use the
+    same kind of clock.
+
+    The table is created automatically the first time a statement finds it missing (no cost
+    while it exists; ``auto_create=False`` turns that off). To create it in a migration
+    instead, run :meth:`migration_sql` or call :meth:`create_table`.
+
+    Failures are fast: connecting gives up after ``connect_timeout`` seconds and waiting for
+    a pooled connection after ``pool_timeout`` seconds, both surfacing as
+    :class:`~idempotence.StoreError`. When an operation finds its connection dead (server
+    restart, failover, terminated backend), it fails once with ``StoreError`` and the
+    store's own pools drop their other idle connections, so the next call reconnects.
+
+    Released and expired rows stay until :meth:`purge` deletes them (run it periodically;
+    it scans the table, as ``expires_at`` is deliberately not indexed so that updates stay
+    HOT).
+    """
+
+    uses_client_clock = False
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        pool: ConnectionPool[Any] | None = None,
+        async_pool: AsyncConnectionPool[Any] | None = None,
+        connection: Connection[Any] | None = None,
+        aconnection: AsyncConnection[Any] | None = None,
+        table: str = "idempotency",
+        clock: Clock | None = None,
+        connect_timeout: float = 5,
+        pool_size: int = 10,
+        pool_timeout: float = 5.0,
+        auto_create: bool = True,
+        connect_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        sources = [s for s in (url, pool, connection) if s is not None]
+        asources = [s for s in (async_pool, aconnection) if s is not None]
+        if url is not None and (sources[1:] or asources):
+            raise ValueError("give either url or injected pools/connections, not both")
+        if len(sources) > 1 or len(asources) > 1:
+            raise ValueError("give at most one sync and one async connection source")
+        if not sources and not asources:
+            raise ValueError("give url, pool, async_pool, connection or aconnection")
+        for conn in (connection, aconnection):
+            if conn is not None and not conn.autocommit:
+                raise ValueError("an injected connection must have autocommit=True")
+        self.table = table
+        self.clock = clock
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self.pool_size = pool_size
+        self.pool_timeout = pool_timeout
+        self.auto_create = auto_create
+        self.connect_kwargs = dict(connect_kwargs or {})
+        self._sql = _Statements.build(table, _CLIENT_NOW if clock is not None else _SERVER_NOW)
+        self._pool = pool
+        self._async_pool = async_pool
+        self._connection = connection
+        self._aconnection = aconnection
+        self._owned_pool: ConnectionPool[Any] | None = None
+        self._owned_pool_pid = 0
+        self._owned_apools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPool] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        """``postgresql://user:password@host:5432/db?table=idempotency`` (or ``postgres://``).
+
+        Store options in the query (``table``, ``pool_size``, ``pool_timeout``,
+        ``auto_create``, and ``connect_timeout``, which libpq also reads) are taken out; the
+        rest of the URL (``sslmode``...) goes to libpq unchanged.
+        """
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        options = {k: v for k, v in query if k in (*_URL_OPTIONS, "connect_timeout")}
+        rest = [(k, v) for k, v in query if k not in _URL_OPTIONS]
+        conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
+        return cls(
+            conninfo,
+            table=options.get("table", "idempotency"),
+            connect_timeout=float(options.get("connect_timeout", 5)),
+            pool_size=int(options.get("pool_size", 10)),
+            pool_timeout=float(options.get("pool_timeout", 5.0)),
+            auto_create=options.get("auto_create", "true").lower() in {"1", "true", "yes", "on"},
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(table={self.table!r})"
+
+    def migration_sql(self) -> str:
+        """The ``CREATE TABLE IF NOT EXISTS`` statement of this store's table, for users
+        who run schema migrations themselves (then pass ``auto_create=False``). Needs no
+        connection."""
+        return self._sql.ddl
+
+    # -- statements as data -------------------------------------------------------------
+    def _params(self, **params: object) -> dict[str, object]:
+        if self.clock is not None:
+            params["now"] = float(self.clock())
+        return params
+
+    def _claim_op(self, key: str, fingerprint: str, lease: float, ttl: float) -> _Op[Claim]:
+        params = self._params(
+            key=key, fingerprint=fingerprint, lease=float(lease), keep=float(max(ttl, lease))
+        )
+        return _Op(self._sql.claim, params, _parse_claim)
+
+    def _complete_op(self, key: str, fence: int, result: bytes, ttl: float) -> _Op[bool]:
+        params = self._params(key=key, fence=fence, result=bytes(result), ttl=float(ttl))
+        return _Op(self._sql.complete, params, _parse_changed)
+
+    def _release_op(self, key: str, fence: int) -> _Op[bool]:
+        return _Op(self._sql.release, self._params(key=key, fence=fence), _parse_changed)
+
+    def _renew_op(self, key: str, fence: int, lease: float) -> _Op[bool]:
+        params = self._params(key=key, fence=fence, lease=float(lease))
+        return _Op(self._sql.renew, params, _parse_changed)
+
+    def _get_op(self, key: str) -> _Op[Record | None]:
+        return _Op(self._sql.get, self._params(key=key), _parse_get)
+
+    def _delete_op(self, key: str) -> _Op[bool]:
+        return _Op(self._sql.delete, {"key": key}, _parse_changed)
+
+    def _purge_op(self) -> _Op[int]:
+        return _Op(self._sql.purge, self._params(), _parse_count)
+
+    def _ddl_op(self) -> _Op[None]:
+        return _Op(self._sql.ddl, {}, _parse_none)
+
+    # -- pools ---------------------------------------------------------------------------
+    def _pool_options(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"autocommit": True, **self.connect_kwargs}
+        kwargs["connect_timeout"] = max(1, round(self.connect_timeout))
+        return {
+            "conninfo": self.url,
+            "kwargs": kwargs,
+            "min_size": 0,
+            "max_size": self.pool_size,
+            "timeout": self.pool_timeout,
+            "open": False,
+        }
+
+    def _sync_pool(self) -> ConnectionPool[Any]:
+        pool = self._owned_pool
+        if pool is not None and self._owned_pool_pid == os.getpid():
+            return pool
+        with self._lock:
+            # A pool inherited through fork() is unusable (its threads stayed behind);
+            # leave it to the parent and start one for this process.
+            if self._owned_pool is None or self._owned_pool_pid != os.getpid():
+                pool_mod = require("psycopg_pool", "postgres")
+                new: ConnectionPool[Any] = pool_mod.ConnectionPool(**self._pool_options())
+                new.open(wait=False)
+                self._owned_pool, self._owned_pool_pid = new, os.getpid()
+            return self._owned_pool
+
+    async def _loop_pool(self) -> AsyncConnectionPool[Any]:
+        loop = asyncio.get_running_loop()
+        entry = self._owned_apools.get(loop)
+        if entry is not None and not entry.pool.closed:
+            return entry.pool
+        pool_mod = require("psycopg_pool", "postgres")
+        pool: AsyncConnectionPool[Any] = pool_mod.AsyncConnectionPool(**self._pool_options())
+        await pool.open(wait=False)
+        entry = self._owned_apools.get(loop)
+        if entry is not None and not entry.pool.closed:  # another task got there first
+            await pool.close()
+            return entry.pool
+        keeper = _close_with_loop(pool)
+        await keeper.__anext__()
+        self._owned_apools[loop] = _LoopPool(pool, keeper)
+        return pool
+
+    @contextmanager
+    def _sync_conn(self) -> Iterator[Connection[Any]]:
+        if self._connection is not None:
+            yield self._connection
+            return
+        owned = self._pool is None
+        pool = self._pool if self._pool is not None else self._sync_pool()
+        broken = False
+        try:
+            with pool.connection() as conn:
+                try:
+                    yield conn
+                finally:
+                    broken = conn.closed
+        finally:
+            if broken and owned:
+                # Its idle siblings were most likely cut off by the same event.
+                if hasattr(pool, "drain"):  # psycopg_pool >= 3.3
+                    pool.drain()
+                else:
+                    pool.check()
+
+    @asynccontextmanager
+    async def _async_conn(self) -> AsyncIterator[AsyncConnection[Any]]:
+        if self._aconnection is not None:
+            yield self._aconnection
+            return
+        owned = self._async_pool is None
+        pool = self._async_pool if self._async_pool is not None else await self._loop_pool()
+        broken = False
+        try:
+            async with pool.connection() as conn:
+                try:
+                    yield conn
+                finally:
+                    broken = conn.closed
+        finally:
+            if broken and owned:
+                if hasattr(pool, "drain"):  # psycopg_pool >= 3.3
+                    await pool.drain()
+                else:
+                    await pool.check()
+
+    @property
+    def _has_async_source(self) -> bool:
+        return any(s is not None for s in (self.url, self._async_pool, self._aconnection))
+
+    # -- the two shells ------------------------------------------------------------------
+    def _missing_table(self, exc: Exception) -> bool:
+        errors = require("psycopg", "postgres").errors
+        return isinstance(exc, errors.UndefinedTable)
+
+    def _tolerable_ddl_race(self, exc: Exception) -> bool:
+        # Concurrent CREATE TABLE IF NOT EXISTS can collide in the catalog; the table exists.
+        errors = require("psycopg", "postgres").errors
+        return isinstance(exc, (errors.UniqueViolation, errors.DuplicateTable))
+
+    def _run(self, op: _Op[_T], *, auto_create: bool = True) -> _T:
+        if self._connection is None and self._pool is None and self.url is None:
+            raise RuntimeError(
+                "this PostgresStore has only an async connection source; use the a* methods"
+            )
+        created = not (auto_create and self.auto_create)
+        for _ in range(_CLAIM_ATTEMPTS):
+            try:
+                with self._sync_conn() as conn:
+                    cur = conn.execute(op.query, op.params)
+                    rows = cur.fetchall() if cur.description is not None else []
+                    outcome = op.parse(rows, cur.rowcount)
+            except Exception as exc:
+                if created or not self._missing_table(exc):
+                    raise
+                self.create_table()
+                created = True
+                continue
+            if not isinstance(outcome, _Again):
+                return outcome
+        raise RuntimeError(f"claim did not settle after {_CLAIM_ATTEMPTS} attempts")
+
+    async def _arun(self, op: _Op[_T], *, auto_create: bool = True) -> _T:
+        if not self._has_async_source:
+            return await asyncio.to_thread(self._run, op, auto_create=auto_create)
+        created = not (auto_create and self.auto_create)
+        for _ in range(_CLAIM_ATTEMPTS):
+            try:
+                async with self._async_conn() as conn:
+                    cur = await conn.execute(op.query, op.params)
+                    rows = await cur.fetchall() if cur.description is not None else []
+                    outcome = op.parse(rows, cur.rowcount)
+            except Exception as exc:
+                if created or not self._missing_table(exc):
+                    raise
+                await self.acreate_table()
+                created = True
+                continue
+            if not isinstance(outcome, _Again):
+                return outcome
+        raise RuntimeError(f"claim did not settle after {_CLAIM_ATTEMPTS} attempts")
+
+    # -- schema and maintenance ----------------------------------------------------------
+    def create_table(self) -> None:
+        """Create the table if it does not exist (idempotent, safe to race)."""
+        try:
+            self._run(self._ddl_op(), auto_create=False)
+        except Exception as exc:
+            if not self._tolerable_ddl_race(exc):
+                raise
+
+    async def acreate_table(self) -> None:
+        """Async :meth:`create_table`."""
+        try:
+            await self._arun(self._ddl_op(), auto_create=False)
+        except Exception as exc:
+            if not self._tolerable_ddl_race(exc):
+                raise
+
+    def purge(self) -> int:
+        """Delete rows whose retention has ended and whose lease is over too (so an expired
+        row that still fences a paused invocation is kept while that lease is live).
+        Returns how many were deleted. One statement; scans the table."""
+        return self._run(self._purge_op())
+
+    async def apurge(self) -> int:
+        """Async :meth:`purge`."""
+        return await self._arun(self._purge_op())
+
+    def close(self) -> None:
+        """Close the sync pool this store created. Async pools belong to their event loop:
+        :meth:`aclose` closes the current loop's, and each is closed when its
+        ``asyncio.run`` ends. Injected pools/connections are left alone. The store
+        reconnects if used again."""
+        with self._lock:
+            pool, self._owned_pool = self._owned_pool, None
+            owned_here = self._owned_pool_pid == os.getpid()
+        if pool is not None and owned_here:
+            pool.close()
+
+    async def aclose(self) -> None:
+        """Close the current event loop's async pool and the sync pool this store created."""
+        entry = self._owned_apools.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry.keeper.aclose()
+        if self._owned_pool is not None:
+            await asyncio.to_thread(self.close)
+
+    # -- operations: thin shells over the shared statements ------------------------------
+    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        return self._run(self._claim_op(key, fingerprint, lease, ttl))
+
+    def complete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
+        return self._run(self._complete_op(key, fence, result, ttl))
+
+    def release(self, key: str, fence: int) -> bool:
+        """End retention of the in-progress record (kept with its fence; reads as absent;
+        the next claim takes over with fence + 1), if ``fence`` still owns the key."""
+        return self._run(self._release_op(key, fence))
+
+    def renew(self, key: str, fence: int, *, lease: float) -> bool:
+        return self._run(self._renew_op(key, fence, lease))
+
+    def get(self, key: str) -> Record | None:
+        return self._run(self._get_op(key))
+
+    def delete(self, key: str) -> bool:
+        return self._run(self._delete_op(key))
+
+    async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        return await self._arun(self._claim_op(key, fingerprint, lease, ttl))
+
+    async def acomplete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
+        return await self._arun(self._complete_op(key, fence, result, ttl))
+
+    async def arelease(self, key: str, fence: int) -> bool:
+        return await self._arun(self._release_op(key, fence))
+
+    async def arenew(self, key: str, fence: int, *, lease: float) -> bool:
+        return await self._arun(self._renew_op(key, fence, lease))
+
+    async def aget(self, key: str) -> Record | None:
+        return await self._arun(self._get_op(key))
+
+    async def adelete(self, key: str) -> bool:
+        return await self._arun(self._delete_op(key))
