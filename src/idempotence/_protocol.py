@@ -200,6 +200,8 @@ def protocol(plan: Plan) -> Generator[Op, Any, Any]:
     fence = claim.record.fence
     try:
         result = yield RunOp(plan.key, fence, plan.lease)
+    except GeneratorExit:  # the driver was abandoned: nothing more may be yielded
+        raise
     except BaseException as exc:
         if plan.encode_error is not None and isinstance(exc, plan.store_errors):
             stored = yield CompleteOp(plan.key, fence, plan.encode_error(exc), plan.ttl)

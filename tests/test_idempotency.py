@@ -1,0 +1,788 @@
+"""The decorators, end to end over real stores (memory, SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+
+from idempotence import (
+    AlreadyInProgressError,
+    CorruptRecordError,
+    Idempotency,
+    InvalidKeyError,
+    KeyReuseError,
+    LeaseLostError,
+    MissingKeyError,
+    Record,
+    ResultNotStoredError,
+    Status,
+    StoredErrorReplay,
+    StoreError,
+    idempotent,
+)
+from idempotence.stores import MemoryStore, SQLiteStore, Store
+from idempotence.testing import ManualClock
+
+
+@dataclasses.dataclass(frozen=True)
+class Receipt:
+    order_id: str
+    amount: decimal.Decimal
+    at: dt.datetime
+    tags: tuple[str, ...] = ()
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Invoice(pydantic.BaseModel):
+    number: int
+    issued: dt.date
+    lines: list[str]
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+def idem(store: MemoryStore) -> Idempotency:
+    return Idempotency(store)
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+        self.lock = threading.Lock()
+
+    def hit(self) -> int:
+        with self.lock:
+            self.n += 1
+            return self.n
+
+
+# -- type-faithful replays ----------------------------------------------------------------
+VALUES: list[Any] = [
+    {},
+    [],
+    0,
+    "",
+    False,
+    None,
+    0.0,
+    (1, "a", None),
+    {"nested": [{"x": (1, 2)}, {1, 2}], 3: "int key", "$dollar": b"\x00\xff"},
+    dt.datetime(2026, 11, 27, 7, 20, 1, 123456, tzinfo=dt.timezone.utc),
+    dt.date(2026, 1, 2),
+    dt.timedelta(days=1, seconds=2, microseconds=3),
+    decimal.Decimal("10.50"),
+    uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    Color.RED,
+    Receipt("o-1", decimal.Decimal("9.99"), dt.datetime(2026, 1, 1, 12), ("a", "b")),
+    Invoice(number=7, issued=dt.date(2026, 1, 1), lines=["x"]),
+    float("inf"),
+    frozenset({"a"}),
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
+def test_replay_is_equal_and_of_the_same_type(tmp_path: Path, value: Any) -> None:
+    path = tmp_path / "idem.db"
+
+    def make(counter: Counter) -> Any:
+        @Idempotency(SQLiteStore(path))
+        def produce(request: dict[str, int]) -> Any:
+            counter.hit()
+            return value
+
+        produce.__annotations__["return"] = type(value)
+        return produce
+
+    first, second = Counter(), Counter()
+    original = make(first)({"id": 1})
+    replay = make(second)({"id": 1})  # a fresh decorator: decoded from the store
+    assert (first.n, second.n) == (1, 0)
+    assert replay == original == value
+    assert type(replay) is type(value)
+
+
+def test_replay_in_another_process_rebuilds_the_annotated_type(tmp_path: Path) -> None:
+    module = tmp_path / "orders_mod.py"
+    module.write_text(
+        textwrap.dedent(
+            f"""
+            from __future__ import annotations
+            import dataclasses, decimal, sys
+            from idempotence import Idempotency
+
+            idem = Idempotency("sqlite:///{tmp_path}/shared.db")
+
+            @dataclasses.dataclass
+            class Charge:
+                id: str
+                amount: decimal.Decimal
+
+            @idem(key="order_id")
+            def charge(order: dict) -> Charge:
+                print("EXECUTED", file=sys.stderr)
+                return Charge(order["order_id"], decimal.Decimal("1.10"))
+
+            if __name__ == "__main__":
+                print(repr(charge({{"order_id": "o-9"}})))
+            """
+        )
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, str(module)], capture_output=True, text=True, check=True, cwd=tmp_path
+        )
+        for _ in range(2)
+    ]
+    assert [r.stderr.count("EXECUTED") for r in runs] == [1, 0]
+    assert runs[0].stdout == runs[1].stdout == "Charge(id='o-9', amount=Decimal('1.10'))\n"
+
+
+def test_stored_results_are_json_not_pickle(idem: Idempotency, store: MemoryStore) -> None:
+    @idem
+    def f(x: int) -> Receipt:
+        return Receipt("o", decimal.Decimal(1), dt.datetime(2026, 1, 1))
+
+    f(1)
+    record = f.record_for(1)
+    assert record is not None
+    assert record.result is not None
+    assert record.result[:2] == b"\x01V"
+    assert record.result[2:3] == b"{"
+    assert b"$dataclass" in record.result
+
+
+# -- the protocol through the decorator ---------------------------------------------------
+def test_new_key_costs_two_round_trips_and_a_replay_one(
+    idem: Idempotency, store: MemoryStore
+) -> None:
+    @idem(key="id")
+    def f(order: dict[str, int]) -> int:
+        return order["id"]
+
+    assert f({"id": 5}) == 5
+    assert store.round_trips == 2
+    assert f({"id": 5}) == 5
+    assert store.round_trips == 3
+
+
+def test_local_cache_hit_costs_no_round_trip(store: MemoryStore) -> None:
+    calls = Counter()
+
+    @Idempotency(store, local_cache=16)
+    def f(x: int) -> int:
+        calls.hit()
+        return x * 2
+
+    assert f(2) == 4
+    trips = store.round_trips
+    assert [f(2) for _ in range(5)] == [4] * 5
+    assert (store.round_trips, calls.n) == (trips, 1)
+
+
+def test_exception_releases_so_a_retry_runs(idem: Idempotency) -> None:
+    calls = Counter()
+
+    @idem
+    def flaky(x: int) -> str:
+        if calls.hit() == 1:
+            raise ConnectionError("downstream down")
+        return "ok"
+
+    with pytest.raises(ConnectionError, match="downstream down"):
+        flaky(1)
+    assert flaky.record_for(1) is None
+    assert flaky(1) == "ok"
+    assert flaky(1) == "ok"
+    assert calls.n == 2
+
+
+class OutOfStock(Exception):
+    pass
+
+
+def test_store_errors_are_replayed_without_running(idem: Idempotency) -> None:
+    calls = Counter()
+
+    @idem(store_errors=(OutOfStock,))
+    def reserve(sku: str) -> None:
+        calls.hit()
+        raise OutOfStock(sku, 0)
+
+    for _ in range(3):
+        with pytest.raises(OutOfStock) as info:
+            reserve("sku-1")
+        assert info.value.args == ("sku-1", 0)
+    assert calls.n == 1
+
+
+def test_stored_error_of_unknown_type_replays_as_stored_error_replay(
+    store: MemoryStore,
+) -> None:
+    @Idempotency(store, store_errors=(OutOfStock,))(namespace="ns")
+    def first(sku: str) -> None:
+        raise OutOfStock(sku)
+
+    @Idempotency(store)(namespace="ns")
+    def second(sku: str) -> None:
+        raise AssertionError("must not run")
+
+    with pytest.raises(OutOfStock):
+        first("a")
+    with pytest.raises(StoredErrorReplay) as info:
+        second("a")
+    assert info.value.type_name.endswith(":OutOfStock")
+
+
+def test_same_key_other_payload_is_key_reuse(idem: Idempotency) -> None:
+    @idem(key="id")
+    def f(order: dict[str, Any]) -> int:
+        return 1
+
+    f({"id": 1, "amount": 10})
+    with pytest.raises(KeyReuseError):
+        f({"id": 1, "amount": 99})
+    assert f({"amount": 10, "id": 1}) == 1  # key order does not matter
+
+
+def test_fingerprint_false_disables_the_payload_check(idem: Idempotency) -> None:
+    @idem(key="id", fingerprint=False)
+    def f(order: dict[str, Any]) -> Any:
+        return order["amount"]
+
+    assert f({"id": 1, "amount": 10}) == 10
+    assert f({"id": 1, "amount": 99}) == 10
+
+
+def test_fingerprint_expression_selects_what_must_match(idem: Idempotency) -> None:
+    @idem(key="id", fingerprint="amount")
+    def f(order: dict[str, Any]) -> Any:
+        return order["amount"]
+
+    assert f({"id": 1, "amount": 10, "trace": "a"}) == 10
+    assert f({"id": 1, "amount": 10, "trace": "b"}) == 10
+    with pytest.raises(KeyReuseError):
+        f({"id": 1, "amount": 11})
+
+
+def _hold(
+    idem: Idempotency, **options: Any
+) -> tuple[Any, threading.Event, threading.Event, Counter]:
+    started, release = threading.Event(), threading.Event()
+    calls = Counter()
+
+    @idem(**options)
+    def slow(x: int) -> str:
+        calls.hit()
+        started.set()
+        release.wait(10)
+        return f"done-{x}"
+
+    return slow, started, release, calls
+
+
+def test_live_claim_raises_already_in_progress(idem: Idempotency) -> None:
+    slow, started, release, calls = _hold(idem, lease=30)
+    worker = threading.Thread(target=slow, args=(1,))
+    worker.start()
+    assert started.wait(5)
+    with pytest.raises(AlreadyInProgressError) as info:
+        slow(1)
+    assert 25 < info.value.retry_after <= 30
+    release.set()
+    worker.join()
+    assert slow(1) == "done-1"
+    assert calls.n == 1
+
+
+def test_wait_returns_the_first_callers_result(idem: Idempotency) -> None:
+    slow, started, release, calls = _hold(idem, on_in_progress="wait", wait_timeout=10)
+    worker = threading.Thread(target=slow, args=(2,))
+    worker.start()
+    assert started.wait(5)
+    threading.Timer(0.3, release.set).start()
+    assert slow(2) == "done-2"
+    worker.join()
+    assert calls.n == 1
+
+
+def test_lease_lapse_takeover_and_late_original_gets_lease_lost() -> None:
+    clock = ManualClock()
+    store = MemoryStore(clock=clock)
+    idem = Idempotency(store, lease=10, heartbeat=False)
+    calls = Counter()
+    results: dict[str, Any] = {}
+
+    @idem
+    def job(x: int) -> str:
+        n = calls.hit()
+        if n == 1:  # the original: paused past its lease while a retry takes over
+            clock.advance(11)
+            retry = threading.Thread(target=lambda: results.setdefault("retry", job(x)))
+            retry.start()
+            retry.join()
+        return f"run-{n}"
+
+    with pytest.raises(LeaseLostError) as info:
+        job(1)
+    assert info.value.result == "run-1"
+    assert results["retry"] == "run-2"
+    assert job(1) == "run-2"  # the successor's result stands
+    record = job.record_for(1)
+    assert record is not None
+    assert record.fence == 2
+
+
+def test_heartbeat_keeps_a_long_call_alive() -> None:
+    store = MemoryStore()
+    idem = Idempotency(store, lease=0.3)
+    slow, started, release, calls = _hold(idem)
+    worker = threading.Thread(target=slow, args=(3,))
+    worker.start()
+    assert started.wait(5)
+    time.sleep(0.8)  # well past the 0.3 s lease: only renewals keep the claim
+    with pytest.raises(AlreadyInProgressError):
+        slow(3)
+    release.set()
+    worker.join()
+    assert calls.n == 1
+
+
+def test_without_heartbeat_a_long_call_loses_its_lease() -> None:
+    idem = Idempotency(MemoryStore(), lease=0.2, heartbeat=False)
+    slow, started, release, calls = _hold(idem)
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            slow(4)
+        except LeaseLostError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=first)
+    worker.start()
+    assert started.wait(5)
+    time.sleep(0.3)
+    release.set()  # the takeover below runs straight through
+    assert slow(4) == "done-4"
+    worker.join()
+    assert calls.n == 2
+    assert len(errors) == 1
+
+
+# -- keys ---------------------------------------------------------------------------------
+def test_functions_and_decorators_sharing_a_store_never_collide(idem: Idempotency) -> None:
+    def impl(order: dict[str, int]) -> str:
+        return "impl"
+
+    @idem
+    def a(order: dict[str, int]) -> str:
+        return "a"
+
+    @idem
+    def b(order: dict[str, int]) -> str:
+        return "b"
+
+    by_id = idem(key="id")(impl)
+    by_sku = idem(key="sku")(impl)
+    payload = {"id": 1, "sku": 1}
+    assert (a(payload), b(payload)) == ("a", "b")
+    assert by_id.key_for(payload) != by_sku.key_for(payload)
+    assert by_id(payload) == by_sku(payload) == "impl"
+    assert len({a.key_for(payload), b.key_for(payload), by_id.key_for(payload)}) == 3
+
+
+def test_key_is_canonical_and_positional_or_keyword(idem: Idempotency) -> None:
+    @idem(key=lambda o: o["id"], payload="order")
+    def charge(order: dict[str, Any], *, amount: int) -> int:
+        return amount
+
+    assert charge.key_for({"id": 1, "b": [1, 2]}, amount=1) == charge.key_for(
+        order={"b": [1, 2], "id": 1}, amount=2
+    )
+    assert charge.key_for({"id": 1}, amount=1).startswith(
+        "tests.test_idempotency.test_key_is_canonical_and_positional_or_keyword.<locals>.charge#"
+    )
+
+
+def test_several_parameters_make_a_mapping_payload(idem: Idempotency) -> None:
+    calls = Counter()
+
+    @idem
+    def transfer(src: str, dst: str, amount: int = 5) -> int:
+        calls.hit()
+        return amount
+
+    assert transfer("a", "b") == 5
+    assert transfer(src="a", dst="b", amount=5) == 5
+    assert transfer("a", "b", 6) == 6
+    assert calls.n == 2
+
+
+def test_namespace_prefix_and_override(store: MemoryStore) -> None:
+    def f(x: int) -> int:
+        return x
+
+    prefixed = Idempotency(store, namespace="svc")(f)
+    replaced = Idempotency(store, namespace="svc")(namespace="orders.v2")(f)
+    assert prefixed.key_for(1).startswith("svc.tests.test_idempotency.")
+    assert replaced.key_for(1).startswith("orders.v2#")
+
+
+def test_scope_separates_tenants(idem: Idempotency) -> None:
+    @idem(key="id", scope=lambda o: o["tenant"], fingerprint="id")
+    def f(order: dict[str, Any]) -> Any:
+        return order["tenant"]
+
+    assert f({"id": 1, "tenant": "a"}) == "a"
+    assert f({"id": 1, "tenant": "b"}) == "b"
+
+
+def test_missing_key_raises_or_runs_when_optional(idem: Idempotency) -> None:
+    calls = Counter()
+
+    @idem(key="order_id")
+    def strict(order: dict[str, Any]) -> None:
+        calls.hit()
+
+    @idem(key="order_id", required=False)
+    def lenient(order: dict[str, Any]) -> None:
+        calls.hit()
+
+    with pytest.raises(MissingKeyError, match="order_id"):
+        strict({"id": 1})
+    lenient({"id": 1})
+    lenient({"id": 1})
+    assert calls.n == 2
+
+
+def test_uncanonical_payload_is_invalid_key(idem: Idempotency) -> None:
+    @idem
+    def f(x: Any) -> None:
+        return None
+
+    with pytest.raises(InvalidKeyError):
+        f(float("nan"))
+    with pytest.raises(InvalidKeyError):
+        f(object())
+
+
+def test_json_body_keys_with_powertools_spelling(idem: Idempotency) -> None:
+    @idem(key="powertools_json(body).order_id")
+    def a(event: dict[str, Any]) -> int:
+        return 1
+
+    @idem(key="json(body).order_id")
+    def b(event: dict[str, Any]) -> int:
+        return 1
+
+    event = {"body": '{"order_id": "o-1", "x": 2}'}
+    other = {"body": '{"x": 3, "order_id": "o-1"}'}
+    assert a.key_for(event) == a.key_for(other)
+    assert b.key_for(event) == b.key_for(other)
+    assert b.key_for(event) != b.key_for({"body": '{"order_id": "o-2"}'})
+    with pytest.raises(MissingKeyError):
+        a({"body": "{}"})
+
+
+# -- concurrency ----------------------------------------------------------------------------
+@pytest.mark.parametrize("make_store", [MemoryStore, "sqlite"])
+def test_32_threads_one_key_run_the_body_once(make_store: Any, tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "t.db") if make_store == "sqlite" else make_store()
+    calls = Counter()
+    barrier = threading.Barrier(32)
+
+    @Idempotency(store, on_in_progress="wait", wait_timeout=30)
+    def once(x: int) -> dict[str, int]:
+        calls.hit()
+        time.sleep(0.05)
+        return {"x": x}
+
+    results: list[Any] = []
+
+    def call() -> None:
+        barrier.wait()
+        results.append(once(7))
+
+    threads = [threading.Thread(target=call) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls.n == 1
+    assert results == [{"x": 7}] * 32
+
+
+@pytest.mark.parametrize("make_store", [MemoryStore, "sqlite"])
+def test_32_tasks_one_key_run_the_body_once(make_store: Any, tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "t.db") if make_store == "sqlite" else make_store()
+    calls = Counter()
+
+    @Idempotency(store)
+    async def once(x: int) -> int:
+        calls.hit()
+        await asyncio.sleep(0.05)
+        return x
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(once(3) for _ in range(32)), return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert calls.n == 1
+    assert outcomes.count(3) == 1
+    assert all(isinstance(o, AlreadyInProgressError) for o in outcomes if o != 3)
+    assert asyncio.run(once(3)) == 3
+
+
+def test_asyncio_run_per_invocation(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "a.db")
+    calls = Counter()
+
+    @Idempotency(store)
+    async def handler(event: dict[str, str]) -> dict[str, str]:
+        calls.hit()
+        await asyncio.sleep(0)
+        return {"ok": event["id"]}
+
+    for _ in range(3):  # like Lambda: a new event loop for every invocation
+        assert asyncio.run(handler({"id": "e1"})) == {"ok": "e1"}
+    assert calls.n == 1
+
+
+def test_async_exception_releases(idem: Idempotency) -> None:
+    @idem
+    async def fail(x: int) -> None:
+        raise RuntimeError("nope")
+
+    with pytest.raises(RuntimeError, match="nope"):
+        asyncio.run(fail(1))
+    assert fail.record_for(1) is None
+
+
+_RACE = """
+import sys, time
+from pathlib import Path
+from idempotence import Idempotency, AlreadyInProgressError
+idem = Idempotency("sqlite:///{db}", on_in_progress="wait")
+
+@idem
+def charge(order_id: str) -> str:
+    with open("{ledger}", "a") as f:
+        f.write(order_id + "\\n")
+    time.sleep(0.3)
+    return "charged " + order_id
+
+start = float(sys.argv[1])
+while time.time() < start:
+    time.sleep(0.001)
+print(charge("o-1"))
+"""
+
+
+def test_two_processes_racing_on_one_key_run_the_body_once(tmp_path: Path) -> None:
+    script = tmp_path / "race.py"
+    ledger = tmp_path / "ledger.txt"
+    script.write_text(_RACE.format(db=tmp_path / "race.db", ledger=ledger))
+    start = str(time.time() + 1.5)
+    procs = [
+        subprocess.Popen([sys.executable, str(script), start], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outputs == ["charged o-1\n"] * 2
+    assert ledger.read_text() == "o-1\n"
+
+
+# -- results that cannot be kept ------------------------------------------------------------
+class TinyStore(MemoryStore):
+    max_result_bytes = 64
+
+
+def test_oversized_result_completes_as_not_stored() -> None:
+    calls = Counter()
+
+    @Idempotency(TinyStore())
+    def big(x: int) -> str:
+        calls.hit()
+        return "x" * 1000
+
+    with pytest.raises(ResultNotStoredError, match="more than this store keeps") as info:
+        big(1)
+    assert info.value.result == "x" * 1000
+    with pytest.raises(ResultNotStoredError, match="not run again"):
+        big(1)
+    assert calls.n == 1
+
+
+def test_unencodable_result_completes_as_not_stored(idem: Idempotency) -> None:
+    calls = Counter()
+
+    @idem
+    def weird(x: int) -> Any:
+        calls.hit()
+        return object()
+
+    with pytest.raises(ResultNotStoredError):
+        weird(1)
+    with pytest.raises(ResultNotStoredError):
+        weird(1)
+    assert calls.n == 1
+
+
+def test_should_store_false_keeps_nothing(idem: Idempotency) -> None:
+    calls = Counter()
+
+    @idem(should_store=lambda r: r["status"] < 500)
+    def call(x: int) -> dict[str, int]:
+        calls.hit()
+        return {"status": 503}
+
+    call(1)
+    call(1)
+    assert calls.n == 2
+
+
+def test_on_replay_hook_sees_the_record(idem: Idempotency) -> None:
+    seen: list[Record] = []
+
+    def mark(result: dict[str, Any], record: Record) -> dict[str, Any]:
+        seen.append(record)
+        return {**result, "replayed": True}
+
+    @idem(on_replay=mark)
+    def f(x: int) -> dict[str, Any]:
+        return {"x": x}
+
+    assert f(1) == {"x": 1}
+    assert f(1) == {"x": 1, "replayed": True}
+    assert seen[0].status is Status.COMPLETED
+
+
+def test_corrupt_records_raise_corrupt_record_error(store: MemoryStore) -> None:
+    @Idempotency(store)
+    def f(x: int) -> int:
+        return x
+
+    for data in (b"\x02Vnew-format", b"\x01V{not json", b'\x01V{"$unknown": 1}', b""):
+        key = f.key_for(1)
+        store.delete(key)
+        fence = store.claim(key, f.fingerprint_for(1), lease=10, ttl=10).record.fence
+        store.complete(key, fence, data, ttl=10)
+        with pytest.raises(CorruptRecordError):
+            f(1)
+
+
+# -- store failures ------------------------------------------------------------------------
+class DownStore(MemoryStore):
+    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Any:
+        raise ConnectionRefusedError("store is down")
+
+
+def test_store_down_fails_closed_without_running() -> None:
+    calls = Counter()
+
+    @Idempotency(DownStore())
+    def f(x: int) -> int:
+        calls.hit()
+        return x
+
+    with pytest.raises(StoreError, match="store is down") as info:
+        f(1)
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
+    assert calls.n == 0
+
+
+def test_fail_open_runs_without_idempotency() -> None:
+    @Idempotency(DownStore(), fail_open=True)
+    def f(x: int) -> int:
+        return x
+
+    assert f(1) == 1
+
+
+# -- the surface ---------------------------------------------------------------------------
+def test_disabled_env_turns_decorators_into_pass_through(
+    idem: Idempotency, monkeypatch: pytest.MonkeyPatch, store: MemoryStore
+) -> None:
+    calls = Counter()
+
+    @idem
+    def f(x: int) -> int:
+        return calls.hit()
+
+    monkeypatch.setenv("IDEMPOTENCE_DISABLED", "1")
+    with pytest.warns(RuntimeWarning, match="IDEMPOTENCE_DISABLED"):
+        assert f(1) == 1
+    assert f(1) == 2
+    assert len(store) == 0
+
+
+def test_module_level_idempotent_uses_the_env_store(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import idempotence._idempotency as module
+
+    monkeypatch.setenv("IDEMPOTENCE_STORE", f"sqlite:///{tmp_path}/env.db")
+    monkeypatch.setattr(module, "_default", Idempotency())
+    calls = Counter()
+
+    @idempotent(key="order_id")
+    def other(order: dict[str, str]) -> int:
+        return calls.hit()
+
+    assert other({"order_id": "a"}) == other({"order_id": "a"}) == 1
+    assert (tmp_path / "env.db").exists()
+
+
+def test_generators_are_refused(idem: Idempotency) -> None:
+    with pytest.raises(TypeError, match="generator"):
+
+        @idem
+        def gen(x: int) -> Any:
+            yield x
+
+
+def test_forget_lets_the_function_run_again(idem: Idempotency) -> None:
+    calls = Counter()
+
+    @idem
+    def f(x: int) -> int:
+        return calls.hit()
+
+    assert f(1) == f(1) == 1
+    assert f.forget(1)
+    assert f(1) == 2
+
+
+def test_invalid_options_fail_at_decoration(store: Store) -> None:
+    with pytest.raises(ValueError, match="lease"):
+        Idempotency(store, lease=0)
+    with pytest.raises(ValueError, match="on_in_progress"):
+        Idempotency(store, on_in_progress="later")
+    with pytest.raises(TypeError, match="payload"):
+        Idempotency(store)(payload="nope")(lambda x: x)
+    with pytest.raises(ValueError, match="JMESPath"):
+        Idempotency(store)(key="a[")(lambda x: x)
+    with pytest.raises(TypeError):
+        Idempotency(store, no_such_option=1)
