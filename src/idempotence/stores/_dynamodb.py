@@ -1,0 +1,767 @@
+"""Amazon DynamoDB store: one item per key, every operation one conditional request.
+
+The table needs a string partition key (``id`` by default) and, for DynamoDB to delete
+old items itself, Time to Live enabled on ``expiration``. :meth:`DynamoDBStore.create_table`
+creates such a table; :data:`CLOUDFORMATION_TEMPLATE` is the same table for SAM /
+CloudFormation.
+
+Item layout (one item per idempotency key)::
+
+    id                partition key (S): the idempotency key
+    <sort_key_attr>   optional sort key (S): the constant ``sort_key_value``
+    status            S   IN_PROGRESS | COMPLETED
+    fingerprint       S
+    fence             N   grows by one on every successful claim (never reset by the store)
+    lease_expires_at  N   float epoch seconds
+    expires_at        N   float epoch seconds: end of logical retention (enforced on read)
+    expiration        N   integer epoch seconds: the DynamoDB TTL attribute (physical deletion)
+    result            B   encoded result, zlib-compressed when ``result_encoding`` = "zlib"
+    result_encoding   S   present only when ``result`` is compressed
+    claim_id          S   random id of the claim that wrote the item (makes a retried claim
+                          request recognise its own earlier success)
+
+Time: DynamoDB has no server clock, so the client clock (``clock``, default
+``time.time``) decides whether a lease or retention is live. It never decides safety: only
+the holder of the current fence can complete, release or renew, so a skewed clock can at
+worst let a successor take over early, and the late owner then gets ``False`` (the core
+raises ``LeaseLostError``) instead of overwriting the successor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import threading
+import time
+import uuid
+import weakref
+import zlib
+from collections.abc import AsyncGenerator, Generator, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .._errors import CorruptRecordError, ResultNotStoredError, StoreError
+from .._lazy import require
+from .._record import Claim, Record, Status
+from ._base import Clock, Store, system_clock
+
+if TYPE_CHECKING:
+    from aiobotocore.session import AioSession
+    from botocore.config import Config
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+
+__all__ = ["CLOUDFORMATION_TEMPLATE", "DynamoDBStore", "ResultTooLargeError"]
+
+_T = TypeVar("_T")
+
+#: DynamoDB's item size limit (names and values of every attribute, key included).
+MAX_ITEM_BYTES: Final = 400 * 1024
+#: Results at least this long are zlib-compressed (when that makes them smaller).
+COMPRESS_THRESHOLD: Final = 1024
+#: Room kept in an item for the fingerprint (a hash, normally well under 100 bytes).
+_FINGERPRINT_ALLOWANCE: Final = 512
+
+_STATUS, _FINGERPRINT, _FENCE = "status", "fingerprint", "fence"
+_LEASE, _EXPIRES, _EXPIRATION = "lease_expires_at", "expires_at", "expiration"
+_RESULT, _ENCODING, _CLAIM_ID = "result", "result_encoding", "claim_id"
+_ATTRIBUTES: Final = (
+    _STATUS, _FINGERPRINT, _FENCE, _LEASE, _EXPIRES, _EXPIRATION, _RESULT, _ENCODING, _CLAIM_ID,
+)  # fmt: skip
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
+_PLACEHOLDER = re.compile(r"[#:][A-Za-z_][A-Za-z0-9_]*")
+
+CLOUDFORMATION_TEMPLATE: Final = """\
+# SAM / CloudFormation: the table DynamoDBStore("idempotency") expects.
+IdempotencyTable:
+  Type: AWS::DynamoDB::Table
+  Properties:
+    TableName: idempotency
+    BillingMode: PAY_PER_REQUEST
+    AttributeDefinitions:
+      - AttributeName: id
+        AttributeType: S
+    KeySchema:
+      - AttributeName: id
+        KeyType: HASH
+    TimeToLiveSpecification:
+      AttributeName: expiration
+      Enabled: true
+# The function needs dynamodb:GetItem, dynamodb:UpdateItem and dynamodb:DeleteItem on the
+# table (SAM: Policies: [DynamoDBCrudPolicy: {TableName: !Ref IdempotencyTable}]) and the
+# table name, e.g. Environment: {Variables: {IDEMPOTENCY_TABLE: !Ref IdempotencyTable}}.
+"""
+
+
+class ResultTooLargeError(ResultNotStoredError):
+    """``complete`` refused a result that does not fit in one DynamoDB item (400 KB), even
+    compressed. Nothing was written: the record is still in progress and owned by the
+    caller, who should complete it as "result not stored" (the side effect happened)."""
+
+
+# -- the request programs shared by the sync and async methods ----------------------------
+@dataclass(frozen=True)
+class _Call:
+    """One DynamoDB API call: ``client.<method>(**kwargs)``."""
+
+    method: str
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Sleep:
+    seconds: float
+
+
+# An operation is a generator that yields calls (and sleeps), receives each response (or
+# has the call's exception thrown in) and returns the outcome. `_run` drives it with the
+# boto3 client, `_arun` with the aiobotocore one: the logic exists once.
+_Steps = Generator[_Call | _Sleep, Any, _T]
+
+
+def _error_code(exc: BaseException) -> str | None:
+    response = getattr(exc, "response", None)  # botocore ClientError, sync or async
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        return str(code) if code is not None else None
+    return None
+
+
+def _is_conditional_failure(exc: BaseException) -> bool:
+    return _error_code(exc) == "ConditionalCheckFailedException"
+
+
+def _is_item_too_large(exc: BaseException) -> bool:
+    return _error_code(exc) == "ValidationException" and "exceeded the maximum allowed size" in (
+        str(exc)
+    )
+
+
+def _num(value: float) -> dict[str, str]:
+    return {"N": repr(float(value))}
+
+
+def _encode(result: bytes) -> tuple[bytes, str | None]:
+    if len(result) >= COMPRESS_THRESHOLD:
+        packed = zlib.compress(result, 6)
+        if len(packed) < len(result):
+            return packed, "zlib"
+    return bytes(result), None
+
+
+async def _close_with_loop(stack: AsyncExitStack) -> AsyncGenerator[None, None]:
+    """Held suspended while a loop's client is open. ``asyncio.run`` closes every async
+    generator of its loop before closing the loop (``shutdown_asyncgens``), which runs the
+    ``finally`` here: the client dies with its loop even if ``aclose`` is never called."""
+    try:
+        yield
+    finally:
+        await stack.aclose()
+
+
+class DynamoDBStore(Store):
+    """Records in a DynamoDB table, one item per key (see the module docstring for the
+    layout). Needs ``pip install 'idempotence[dynamodb]'`` (boto3 and aiobotocore).
+
+    ``table``
+        Table name. The table must exist (see :meth:`create_table`).
+    ``region``, ``endpoint_url``
+        Passed to the clients; ``None`` uses boto's defaults (``AWS_REGION``...).
+    ``client``
+        A ready boto3 DynamoDB client for the sync methods. The async methods then run it
+        in a worker thread (so its credentials and configuration apply everywhere) instead
+        of opening an aiobotocore client; the store never closes a client it was given.
+    ``key_attr``
+        Name of the partition key attribute, which holds the idempotency key.
+    ``sort_key_attr``, ``sort_key_value``
+        For a table with a composite primary key (single-table designs): the sort key
+        attribute's name, and the constant it holds in every idempotency item (default
+        ``"idempotency"``). The partition key still holds the idempotency key, so records
+        spread over partitions and never share an item collection with each other.
+    ``clock``
+        Seconds since the epoch; decides liveness of leases and retention (not safety).
+    ``boto_config``
+        A ``botocore.config.Config`` merged over the defaults, which fail fast when
+        DynamoDB is unreachable: 2 s connect timeout, 5 s read timeout, 2 attempts.
+
+    Every operation is one request: ``claim`` an ``UpdateItem`` that both creates/takes over
+    the item and bumps the fence, returning the existing item on failure
+    (``ReturnValuesOnConditionCheckFailure=ALL_OLD``); ``complete``/``release``/``renew``
+    an ``UpdateItem`` conditional on the fence; ``get`` a strongly consistent ``GetItem``;
+    ``delete`` a ``DeleteItem``.
+
+    Async: one aiobotocore client per running event loop, opened on first use and closed by
+    :meth:`aclose` or, at the latest, when ``asyncio.run`` shuts its loop down, so a store
+    object can serve one ``asyncio.run`` per Lambda invocation without touching a dead loop.
+
+    Results: ``max_result_bytes`` (4 MiB) bounds the *uncompressed* result. Results of 1 KiB
+    or more are zlib-compressed; if the compressed result still does not fit in a 400 KB
+    item, :meth:`complete` raises :class:`ResultTooLargeError` (a
+    :class:`~idempotence.ResultNotStoredError`) without sending anything.
+    """
+
+    max_result_bytes: ClassVar[int] = 4 * 1024 * 1024
+    uses_client_clock: ClassVar[bool] = True
+    #: Seconds the physical TTL (``expiration``) outlives the logical retention, so a fence
+    #: survives a while after the record stops being readable.
+    expiration_grace: ClassVar[int] = 3600
+
+    def __init__(
+        self,
+        table: str,
+        *,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        client: DynamoDBClient | None = None,
+        key_attr: str = "id",
+        sort_key_attr: str | None = None,
+        sort_key_value: str = "idempotency",
+        clock: Clock | None = None,
+        boto_config: Config | None = None,
+    ) -> None:
+        if not _TABLE_NAME.match(table):
+            raise ValueError(f"invalid DynamoDB table name {table!r}: 3-255 of [A-Za-z0-9_.-]")
+        for attr in (key_attr, sort_key_attr):
+            if attr is not None and (not attr or attr in _ATTRIBUTES):
+                raise ValueError(f"key attribute {attr!r} is empty or clashes with a record field")
+        if sort_key_attr is not None and sort_key_attr == key_attr:
+            raise ValueError("sort_key_attr must differ from key_attr")
+        self.table = table
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self.key_attr = key_attr
+        self.sort_key_attr = sort_key_attr
+        self.sort_key_value = sort_key_value
+        self.clock: Clock = clock or system_clock
+        self.boto_config = boto_config
+        self._given_client = client
+        self._client: Any = None
+        self._client_pid = 0
+        self._session: AioSession | None = None
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+        self._names = {
+            "#pk": key_attr,
+            "#status": _STATUS,
+            "#fingerprint": _FINGERPRINT,
+            "#fence": _FENCE,
+            "#lease": _LEASE,
+            "#expires": _EXPIRES,
+            "#expiration": _EXPIRATION,
+            "#result": _RESULT,
+            "#encoding": _ENCODING,
+            "#claim": _CLAIM_ID,
+        }
+
+    @classmethod
+    def from_url(cls, url: str) -> DynamoDBStore:
+        """``dynamodb://TABLE?region=eu-west-1&endpoint_url=http://localhost:8000``; other
+        options: ``key_attr``, ``sort_key_attr``, ``sort_key_value`` (values URL-encoded)."""
+        parts = urlsplit(url)
+        table = unquote(parts.netloc + parts.path.rstrip("/"))
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        known = {"region", "endpoint_url", "key_attr", "sort_key_attr", "sort_key_value"}
+        unknown = set(query) - known
+        if unknown:
+            raise ValueError(
+                f"{url!r}: unknown option(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        return cls(
+            table,
+            region=query.get("region"),
+            endpoint_url=query.get("endpoint_url"),
+            key_attr=query.get("key_attr", "id"),
+            sort_key_attr=query.get("sort_key_attr"),
+            sort_key_value=query.get("sort_key_value", "idempotency"),
+        )
+
+    def __repr__(self) -> str:
+        return f"DynamoDBStore(table={self.table!r}, region={self.region!r})"
+
+    # -- clients ------------------------------------------------------------------------
+    def _config(self, *, aio: bool = False) -> Any:
+        """The fail-fast defaults with ``boto_config`` merged over them (an ``AioConfig``
+        for the aiobotocore client)."""
+        if aio:
+            config_class = require("aiobotocore.config", "dynamodb").AioConfig
+        else:
+            config_class = require("botocore.config", "dynamodb").Config
+        config = config_class(
+            connect_timeout=2,
+            read_timeout=5,
+            retries={"max_attempts": 2, "mode": "standard"},
+            max_pool_connections=32,
+        )
+        return config.merge(self.boto_config) if self.boto_config is not None else config
+
+    def _sync_client(self) -> Any:
+        if self._given_client is not None:
+            return self._given_client
+        with self._lock:
+            if self._client is None or self._client_pid != os.getpid():
+                boto3 = require("boto3", "dynamodb")
+                session = boto3.session.Session()  # own session: nothing shared, fork-safe
+                self._client = session.client(
+                    "dynamodb",
+                    region_name=self.region,
+                    endpoint_url=self.endpoint_url,
+                    config=self._config(),
+                )
+                self._client_pid = os.getpid()
+            return self._client
+
+    async def _open_async_client(self) -> tuple[Any, AsyncGenerator[None, None]]:
+        with self._lock:
+            if self._session is None:
+                self._session = require("aiobotocore.session", "dynamodb").get_session()
+            session = self._session
+        stack = AsyncExitStack()
+        client = await stack.enter_async_context(
+            session.create_client(
+                "dynamodb",
+                region_name=self.region,
+                endpoint_url=self.endpoint_url,
+                config=self._config(aio=True),
+            )
+        )
+        keeper = _close_with_loop(stack)
+        await keeper.__anext__()  # registers with the running loop's async-generator hooks
+        return client, keeper
+
+    async def _async_client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            for dead in [lp for lp in self._async_clients if lp.is_closed()]:
+                del self._async_clients[dead]
+            task = self._async_clients.get(loop)
+            if task is None:
+                task = loop.create_task(self._open_async_client())
+                self._async_clients[loop] = task
+        try:
+            client, _ = await asyncio.shield(task)
+        except BaseException:
+            if task.done():  # opening failed: forget it so the next call tries again
+                with self._lock:
+                    if self._async_clients.get(loop) is task:
+                        del self._async_clients[loop]
+            raise
+        return client
+
+    def close(self) -> None:
+        """Close the boto3 client this store opened (not a client it was given). Async
+        clients belong to their event loops: :meth:`aclose` closes the running loop's."""
+        with self._lock:
+            client, self._client = self._client, None
+            for dead in [lp for lp in self._async_clients if lp.is_closed()]:
+                del self._async_clients[dead]
+        if client is not None:
+            client.close()
+
+    async def aclose(self) -> None:
+        """Close the aiobotocore client of the running loop, and the boto3 client."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            task = self._async_clients.pop(loop, None)
+        if task is not None:
+            try:
+                _, keeper = await task
+            except Exception:  # it never opened: nothing to close
+                pass
+            else:
+                await keeper.aclose()
+        self.close()
+
+    # -- drivers ------------------------------------------------------------------------
+    def _run(self, steps: _Steps[_T]) -> _T:
+        client = self._sync_client()
+        response: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = steps.send(response) if error is None else steps.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            response, error = None, None
+            if isinstance(step, _Sleep):
+                time.sleep(step.seconds)
+                continue
+            try:
+                response = getattr(client, step.method)(**step.kwargs)
+            except Exception as exc:
+                error = self._translate(exc)
+
+    async def _arun(self, steps: _Steps[_T]) -> _T:
+        if self._given_client is not None:
+            return await asyncio.to_thread(self._run, steps)
+        client = await self._async_client()
+        response: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = steps.send(response) if error is None else steps.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            response, error = None, None
+            if isinstance(step, _Sleep):
+                await asyncio.sleep(step.seconds)
+                continue
+            try:
+                response = await getattr(client, step.method)(**step.kwargs)
+            except Exception as exc:
+                error = self._translate(exc)
+
+    def _translate(self, exc: Exception) -> Exception:
+        if _error_code(exc) == "ResourceNotFoundException":
+            missing = StoreError(
+                f"DynamoDB table {self.table!r} not found (region {self.region or 'default'}"
+                f"{', endpoint ' + self.endpoint_url if self.endpoint_url else ''}): create "
+                "it with DynamoDBStore(...).create_table() or the template in "
+                "idempotence.stores._dynamodb.CLOUDFORMATION_TEMPLATE, or fix the name."
+            )
+            missing.__cause__ = exc
+            return missing
+        return exc
+
+    # -- requests and items -------------------------------------------------------------
+    def _key(self, key: str) -> dict[str, Any]:
+        item_key: dict[str, Any] = {self.key_attr: {"S": key}}
+        if self.sort_key_attr is not None:
+            item_key[self.sort_key_attr] = {"S": self.sort_key_value}
+        return item_key
+
+    def _update(
+        self, key: str, update: str, condition: str, values: dict[str, Any], **extra: Any
+    ) -> _Call:
+        used = set(_PLACEHOLDER.findall(f"{update} {condition}"))
+        return _Call(
+            "update_item",
+            {
+                "TableName": self.table,
+                "Key": self._key(key),
+                "UpdateExpression": update,
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": {p: n for p, n in self._names.items() if p in used},
+                "ExpressionAttributeValues": {p: v for p, v in values.items() if p in used},
+                **extra,
+            },
+        )
+
+    def _record(self, item: Mapping[str, Any]) -> Record:
+        """An item as a Record. An in-progress record stays readable while its lease is live
+        (``expires_at`` = max(expires_at, lease_expires_at)): ``renew`` extends the lease
+        without rewriting retention, as DynamoDB updates have no ``max``."""
+        try:
+            status = Status(item[_STATUS]["S"])
+            lease = float(item[_LEASE]["N"])
+            expires = float(item[_EXPIRES]["N"])
+            result: bytes | None = None
+            if status is Status.COMPLETED and _RESULT in item:
+                result = bytes(item[_RESULT]["B"])
+                encoding = item.get(_ENCODING, {}).get("S")
+                if encoding == "zlib":
+                    result = zlib.decompress(result)
+                elif encoding is not None:
+                    raise ValueError(f"unknown result_encoding {encoding!r}")
+            return Record(
+                key=str(item[self.key_attr]["S"]),
+                status=status,
+                fingerprint=str(item[_FINGERPRINT]["S"]),
+                fence=int(Decimal(item[_FENCE]["N"])),
+                lease_expires_at=lease,
+                expires_at=max(expires, lease) if status is Status.IN_PROGRESS else expires,
+                result=result,
+            )
+        except (KeyError, TypeError, ValueError, ArithmeticError, zlib.error) as exc:
+            raise CorruptRecordError(
+                f"DynamoDB item in table {self.table!r} is not an idempotency record "
+                f"({type(exc).__name__}: {exc}); delete the key or check key_attr/table"
+            ) from exc
+
+    def _expiration(self, until: float) -> dict[str, str]:
+        return {"N": str(math.ceil(until) + self.expiration_grace)}
+
+    # Owned: the caller's fence, in progress, and not past retention (effective retention of
+    # an in-progress item is the later of expires_at and the lease).
+    _OWNED = "#fence = :fence AND #status = :in_progress AND (#expires > :now OR #lease > :now)"
+
+    def _claim_steps(self, key: str, fingerprint: str, lease: float, ttl: float) -> _Steps[Claim]:
+        now = self.clock()
+        expires_at = now + max(ttl, lease)
+        claim_id = uuid.uuid4().hex
+        call = self._update(
+            key,
+            "SET #status = :in_progress, #fingerprint = :fingerprint, "
+            "#fence = if_not_exists(#fence, :zero) + :one, #lease = :lease_until, "
+            "#expires = :expires_at, #expiration = :expiration, #claim = :claim_id "
+            "REMOVE #result, #encoding",
+            # absent, OR past retention, OR an in-progress lease lapsed with our fingerprint
+            "attribute_not_exists(#pk)"
+            " OR (#expires <= :now AND (#status <> :in_progress OR #lease <= :now))"
+            " OR (#status = :in_progress AND #lease <= :now AND #fingerprint = :fingerprint)",
+            {
+                ":in_progress": {"S": Status.IN_PROGRESS.value},
+                ":fingerprint": {"S": fingerprint},
+                ":zero": {"N": "0"},
+                ":one": {"N": "1"},
+                ":lease_until": _num(now + lease),
+                ":expires_at": _num(expires_at),
+                ":expiration": self._expiration(expires_at),
+                ":claim_id": {"S": claim_id},
+                ":now": _num(now),
+            },
+            ReturnValues="ALL_NEW",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+        try:
+            response = yield call
+        except Exception as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            item = getattr(exc, "response", {}).get("Item")
+            if not item:
+                raise StoreError(
+                    f"claim of {key!r} failed its condition but the endpoint did not return "
+                    "the existing item (ReturnValuesOnConditionCheckFailure=ALL_OLD); use "
+                    "DynamoDB or an emulator that supports it"
+                ) from exc
+            # Our own claim can be the existing item when a timed-out request was retried.
+            mine = item.get(_CLAIM_ID, {}).get("S") == claim_id
+            return Claim(acquired=mine, record=self._record(item), now=now)
+        return Claim(acquired=True, record=self._record(response["Attributes"]), now=now)
+
+    def _owned_steps(
+        self, key: str, fence: int, update: str, values: dict[str, Any], now: float
+    ) -> _Steps[bool]:
+        values = {
+            **values,
+            ":fence": {"N": str(int(fence))},
+            ":in_progress": {"S": Status.IN_PROGRESS.value},
+            ":now": _num(now),
+        }
+        try:
+            yield self._update(key, update, self._OWNED, values)
+        except Exception as exc:
+            if _is_conditional_failure(exc):
+                return False
+            if _is_item_too_large(exc):
+                raise ResultTooLargeError(
+                    f"DynamoDB refused the record of {key!r}: {exc}. The result (with the "
+                    "key and fingerprint) does not fit in one 400 KB item. Return a smaller "
+                    "result, keep large payloads elsewhere (e.g. S3) and return a reference, "
+                    "or use a store without this limit (Redis, PostgreSQL).",
+                    key=key,
+                ) from exc
+            raise
+        return True
+
+    def _complete_steps(self, key: str, fence: int, result: bytes, ttl: float) -> _Steps[bool]:
+        now = self.clock()
+        stored, encoding = _encode(result)
+        size = self._item_size(key, stored, encoding)
+        if size > MAX_ITEM_BYTES:
+            compressed = f", {len(stored)} compressed" if encoding else ""
+            raise ResultTooLargeError(
+                f"the result of {key!r} is {len(result)} bytes{compressed}: the record would "
+                f"be about {size} bytes, over DynamoDB's 400 KB item limit. Return a smaller "
+                "result, keep large payloads elsewhere (e.g. S3) and return a reference, or "
+                "use a store without this limit (Redis, PostgreSQL).",
+                key=key,
+            )
+        update = "SET #status = :completed, #result = :result, #expires = :expires_at, "
+        update += "#expiration = :expiration"
+        update += ", #encoding = :encoding" if encoding else " REMOVE #encoding"
+        return (
+            yield from self._owned_steps(
+                key,
+                fence,
+                update,
+                {
+                    ":completed": {"S": Status.COMPLETED.value},
+                    ":result": {"B": stored},
+                    ":encoding": {"S": encoding or ""},
+                    ":expires_at": _num(now + ttl),
+                    ":expiration": self._expiration(now + ttl),
+                },
+                now,
+            )
+        )
+
+    def _item_size(self, key: str, stored: bytes, encoding: str | None) -> int:
+        """An upper bound of the completed item's size as DynamoDB counts it."""
+        size = len(self.key_attr) + len(key.encode())
+        if self.sort_key_attr is not None:
+            size += len(self.sort_key_attr) + len(self.sort_key_value.encode())
+        size += sum(len(name) for name in _ATTRIBUTES) + 4 * 21  # four numbers, <= 21 each
+        size += len(Status.COMPLETED.value) + 32 + len(encoding or "") + _FINGERPRINT_ALLOWANCE
+        return size + len(stored)
+
+    def _release_steps(self, key: str, fence: int) -> _Steps[bool]:
+        # Keep the item and its fence (and its physical TTL): ending retention and lease
+        # makes it read as absent, and the next claim takes it over with fence + 1.
+        now = self.clock()
+        return self._owned_steps(key, fence, "SET #expires = :now, #lease = :now", {}, now)
+
+    def _renew_steps(self, key: str, fence: int, lease: float) -> _Steps[bool]:
+        # `expiration` must stay past the lease and never shrink, but an update has no max():
+        # adding the lease duration keeps it past the new lease (a renewal only succeeds
+        # before the old effective retention, which `expiration` already exceeds).
+        now = self.clock()
+        return self._owned_steps(
+            key,
+            fence,
+            "SET #lease = :lease_until, #expiration = #expiration + :lease_seconds",
+            {":lease_until": _num(now + lease), ":lease_seconds": {"N": str(math.ceil(lease))}},
+            now,
+        )
+
+    def _get_steps(self, key: str) -> _Steps[Record | None]:
+        response = yield _Call(
+            "get_item", {"TableName": self.table, "Key": self._key(key), "ConsistentRead": True}
+        )
+        item = response.get("Item")
+        if not item:
+            return None
+        record = self._record(item)
+        return None if record.is_expired(self.clock()) else record
+
+    def _delete_steps(self, key: str) -> _Steps[bool]:
+        response = yield _Call(
+            "delete_item",
+            {"TableName": self.table, "Key": self._key(key), "ReturnValues": "ALL_OLD"},
+        )
+        return bool(response.get("Attributes"))
+
+    # -- operations ---------------------------------------------------------------------
+    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        return self._run(self._claim_steps(key, fingerprint, lease, ttl))
+
+    def complete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
+        """Store ``result`` (zlib-compressed from 1 KiB) and mark the record completed, if
+        ``fence`` still owns it. Raises :class:`ResultTooLargeError`, writing nothing, when
+        the item would exceed DynamoDB's 400 KB limit."""
+        return self._run(self._complete_steps(key, fence, result, ttl))
+
+    def release(self, key: str, fence: int) -> bool:
+        return self._run(self._release_steps(key, fence))
+
+    def renew(self, key: str, fence: int, *, lease: float) -> bool:
+        return self._run(self._renew_steps(key, fence, lease))
+
+    def get(self, key: str) -> Record | None:
+        return self._run(self._get_steps(key))
+
+    def delete(self, key: str) -> bool:
+        return self._run(self._delete_steps(key))
+
+    async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        return await self._arun(self._claim_steps(key, fingerprint, lease, ttl))
+
+    async def acomplete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
+        return await self._arun(self._complete_steps(key, fence, result, ttl))
+
+    async def arelease(self, key: str, fence: int) -> bool:
+        return await self._arun(self._release_steps(key, fence))
+
+    async def arenew(self, key: str, fence: int, *, lease: float) -> bool:
+        return await self._arun(self._renew_steps(key, fence, lease))
+
+    async def aget(self, key: str) -> Record | None:
+        return await self._arun(self._get_steps(key))
+
+    async def adelete(self, key: str) -> bool:
+        return await self._arun(self._delete_steps(key))
+
+    # -- table --------------------------------------------------------------------------
+    def create_table(
+        self,
+        *,
+        billing_mode: str = "PAY_PER_REQUEST",
+        read_capacity: int = 5,
+        write_capacity: int = 5,
+        timeout: float = 300.0,
+    ) -> bool:
+        """Create the table (key schema from ``key_attr``/``sort_key_attr``) and enable TTL
+        on ``expiration``; wait until the table is active. Idempotent: an existing table is
+        checked (key schema, TTL) and TTL enabled if it is not. Returns whether the table
+        was created. Capacities apply to ``billing_mode="PROVISIONED"`` only."""
+        return self._run(
+            self._create_table_steps(billing_mode, read_capacity, write_capacity, timeout)
+        )
+
+    async def acreate_table(
+        self,
+        *,
+        billing_mode: str = "PAY_PER_REQUEST",
+        read_capacity: int = 5,
+        write_capacity: int = 5,
+        timeout: float = 300.0,
+    ) -> bool:
+        """Async :meth:`create_table`."""
+        return await self._arun(
+            self._create_table_steps(billing_mode, read_capacity, write_capacity, timeout)
+        )
+
+    def _create_table_steps(
+        self, billing_mode: str, read_capacity: int, write_capacity: int, timeout: float
+    ) -> _Steps[bool]:
+        schema = [{"AttributeName": self.key_attr, "KeyType": "HASH"}]
+        if self.sort_key_attr is not None:
+            schema.append({"AttributeName": self.sort_key_attr, "KeyType": "RANGE"})
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "KeySchema": schema,
+            "AttributeDefinitions": [
+                {"AttributeName": k["AttributeName"], "AttributeType": "S"} for k in schema
+            ],
+            "BillingMode": billing_mode,
+        }
+        if billing_mode == "PROVISIONED":
+            request["ProvisionedThroughput"] = {
+                "ReadCapacityUnits": read_capacity,
+                "WriteCapacityUnits": write_capacity,
+            }
+        created = True
+        try:
+            yield _Call("create_table", request)
+        except Exception as exc:
+            if _error_code(exc) != "ResourceInUseException":
+                raise
+            created = False
+        deadline = time.monotonic() + timeout
+        while True:
+            table = (yield _Call("describe_table", {"TableName": self.table}))["Table"]
+            if not created and table.get("KeySchema") != schema:
+                raise StoreError(
+                    f"table {self.table!r} exists with key schema {table.get('KeySchema')}, "
+                    f"not {schema}: pass matching key_attr/sort_key_attr or another table"
+                )
+            if table.get("TableStatus") == "ACTIVE":
+                break
+            if time.monotonic() > deadline:
+                raise StoreError(f"table {self.table!r} not active after {timeout:.0f} s")
+            yield _Sleep(1.0)
+        ttl = (yield _Call("describe_time_to_live", {"TableName": self.table})).get(
+            "TimeToLiveDescription", {}
+        )
+        if ttl.get("TimeToLiveStatus") in {"ENABLED", "ENABLING"}:
+            if ttl.get("AttributeName") != _EXPIRATION:
+                raise StoreError(
+                    f"table {self.table!r} has TTL on {ttl.get('AttributeName')!r}; this store "
+                    f"needs it on {_EXPIRATION!r} (a table has one TTL attribute)"
+                )
+        else:
+            yield _Call(
+                "update_time_to_live",
+                {
+                    "TableName": self.table,
+                    "TimeToLiveSpecification": {"Enabled": True, "AttributeName": _EXPIRATION},
+                },
+            )
+        return created
