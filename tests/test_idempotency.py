@@ -786,3 +786,33 @@ def test_invalid_options_fail_at_decoration(store: Store) -> None:
         Idempotency(store)(key="a[")(lambda x: x)
     with pytest.raises(TypeError):
         Idempotency(store, no_such_option=1)
+
+
+class RefusingStore(MemoryStore):
+    """A store that measures results itself, like DynamoDB's 400 KB item limit."""
+
+    def complete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
+        if len(result) > 100:
+            from idempotence import ResultTooLargeError
+
+            raise ResultTooLargeError("item too large for this store")
+        return super().complete(key, fence, result, ttl=ttl)
+
+
+def test_result_refused_by_the_store_completes_as_not_stored() -> None:
+    calls = Counter()
+
+    @Idempotency(RefusingStore())
+    def big(x: int) -> str:
+        calls.hit()
+        return "y" * 500
+
+    with pytest.raises(ResultNotStoredError, match="item too large") as info:
+        big(1)
+    assert info.value.result == "y" * 500
+    with pytest.raises(ResultNotStoredError, match="not run again"):
+        big(1)
+    assert calls.n == 1
+    record = big.record_for(1)
+    assert record is not None
+    assert record.status is Status.COMPLETED

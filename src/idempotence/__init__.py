@@ -27,6 +27,7 @@ from ._errors import (
     MissingDependencyError,
     MissingKeyError,
     ResultNotStoredError,
+    ResultTooLargeError,
     StoredErrorReplay,
     StoreError,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "MissingKeyError",
     "Record",
     "ResultNotStoredError",
+    "ResultTooLargeError",
     "Serializer",
     "Status",
     "StoreError",

@@ -9,6 +9,7 @@ Every failure a caller can hit is one of these, and each message says what to do
     ├── AlreadyInProgressError            another invocation holds a live claim (HTTP 409)
     ├── LeaseLostError                    our lease lapsed and a successor took the key
     ├── ResultNotStoredError              the function ran but its result could not be kept
+    │   └── ResultTooLargeError           a store refused the encoded result as too large
     ├── StoredErrorReplay                 replay of an exception listed in ``store_errors``
     │                                     whose type cannot be rebuilt
     ├── CorruptRecordError                a stored record cannot be decoded
@@ -30,6 +31,7 @@ __all__ = [
     "MissingDependencyError",
     "MissingKeyError",
     "ResultNotStoredError",
+    "ResultTooLargeError",
     "StoreError",
     "StoredErrorReplay",
 ]
@@ -100,6 +102,12 @@ class ResultNotStoredError(IdempotencyError):
     def __init__(self, message: str, *, key: str | None = None, result: Any = None) -> None:
         super().__init__(message, key=key)
         self.result = result
+
+
+class ResultTooLargeError(ResultNotStoredError):
+    """A store's ``complete`` refused a result that does not fit (e.g. a DynamoDB item over
+    400 KB even compressed). Nothing was written; the protocol then completes the key as
+    "result not stored" and raises :class:`ResultNotStoredError` to the caller."""
 
 
 class StoredErrorReplay(IdempotencyError):

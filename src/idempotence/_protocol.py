@@ -24,6 +24,7 @@ from ._errors import (
     KeyReuseError,
     LeaseLostError,
     ResultNotStoredError,
+    ResultTooLargeError,
     StoreError,
 )
 from ._record import Claim, Record, Status
@@ -163,6 +164,16 @@ def _in_progress(plan: Plan, claim: Claim) -> AlreadyInProgressError:
     )
 
 
+def _not_stored(plan: Plan, reason: str, result: Any) -> ResultNotStoredError:
+    return ResultNotStoredError(
+        f"the function ran, but its result cannot be kept under {plan.key!r}: {reason}. "
+        "The key is completed as 'result not stored' (duplicates get this error, "
+        "they do not run again). The result is attached as .result.",
+        key=plan.key,
+        result=result,
+    )
+
+
 def protocol(plan: Plan) -> Generator[Op, Any, Any]:
     """One invocation of the idempotency protocol (see ``SEMANTICS.md``)."""
     if plan.cache is not None:
@@ -229,15 +240,15 @@ def protocol(plan: Plan) -> Generator[Op, Any, Any]:
     except UnencodableError as exc:
         # The side effect happened: keep the key completed (never re-run), say so loudly.
         data = plan.encode_not_stored(str(exc))
-        not_stored = ResultNotStoredError(
-            f"the function ran, but its result cannot be kept under {plan.key!r}: {exc}. "
-            "The key is completed as 'result not stored' (duplicates get this error, "
-            "they do not run again). The result is attached as .result.",
-            key=plan.key,
-            result=result,
-        )
+        not_stored = _not_stored(plan, str(exc), result)
     try:
-        completed = yield CompleteOp(plan.key, fence, data, plan.ttl)
+        try:
+            completed = yield CompleteOp(plan.key, fence, data, plan.ttl)
+        except ResultTooLargeError as exc:  # the store measured it: keep the marker instead
+            not_stored = _not_stored(plan, str(exc), result)
+            completed = yield CompleteOp(
+                plan.key, fence, plan.encode_not_stored(str(exc)), plan.ttl
+            )
     except StoreError as exc:
         raise StoreError(
             f"the function ran but its result could not be saved under {plan.key!r}: {exc}. "

@@ -10,7 +10,9 @@ A store keeps one :class:`~idempotence.Record` per key and offers:
     Store the encoded result and mark the record ``COMPLETED``, only if ``fence`` is still
     the record's and it is in progress. Returns whether it did.
 ``release(key, fence)``
-    Delete an in-progress record the caller owns (fence-conditional), so a retry can run.
+    Give up an in-progress record the caller owns (fence-conditional), so a retry can run:
+    the record is kept with its fence but its retention ends now, so it reads as absent and
+    the next claim takes it over with fence + 1 (a stale owner stays fenced out).
 ``renew(key, fence, lease=)``
     Extend the lease of an in-progress record the caller owns (fence-conditional).
 ``get(key)`` / ``delete(key)``
@@ -112,7 +114,8 @@ class Store(ABC):
 
     @abstractmethod
     def release(self, key: str, fence: int) -> bool:
-        """Delete the in-progress record, if ``fence`` still owns the key."""
+        """End the in-progress record's retention (keeping its fence), if ``fence`` still
+        owns the key."""
 
     @abstractmethod
     def renew(self, key: str, fence: int, *, lease: float) -> bool:

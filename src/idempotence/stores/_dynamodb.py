@@ -45,7 +45,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .._errors import CorruptRecordError, ResultNotStoredError, StoreError
+from .._errors import CorruptRecordError, ResultTooLargeError, StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
 from ._base import Clock, Store, system_clock
@@ -95,12 +95,6 @@ IdempotencyTable:
 # table (SAM: Policies: [DynamoDBCrudPolicy: {TableName: !Ref IdempotencyTable}]) and the
 # table name, e.g. Environment: {Variables: {IDEMPOTENCY_TABLE: !Ref IdempotencyTable}}.
 """
-
-
-class ResultTooLargeError(ResultNotStoredError):
-    """``complete`` refused a result that does not fit in one DynamoDB item (400 KB), even
-    compressed. Nothing was written: the record is still in progress and owned by the
-    caller, who should complete it as "result not stored" (the side effect happened)."""
 
 
 # -- the request programs shared by the sync and async methods ----------------------------
