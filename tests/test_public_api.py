@@ -11,7 +11,8 @@ def test_package_exports() -> None:
         "AlreadyInProgressError", "Claim", "CorruptRecordError", "Idempotency",
         "IdempotencyConfig", "IdempotencyError", "IdempotentFunction", "InvalidKeyError",
         "JSONSerializer", "KeyReuseError", "LeaseLostError", "MissingDependencyError",
-        "MissingKeyError", "Record", "ResultNotStoredError", "ResultTooLargeError", "Serializer", "Status",
+        "MissingKeyError", "Record", "ResultNotStoredError", "ResultTooLargeError",
+        "Serializer", "Status",
         "StoreError", "StoredErrorReplay", "UnencodableError", "__version__",
         "default_store_url", "idempotent",
     }  # fmt: skip
