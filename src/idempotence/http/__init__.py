@@ -1,0 +1,33 @@
+"""HTTP idempotency (draft-ietf-httpapi-idempotency-key-header) for any transport.
+
+- :class:`HTTPIdempotency`: the sans-I/O engine (header parsing, keys, fingerprints,
+  replays, problem responses) shared by every adapter.
+- :class:`IdempotencyMiddleware`: pure ASGI middleware (Starlette, FastAPI, Django ASGI...).
+- :class:`WSGIIdempotencyMiddleware`: WSGI middleware (Flask, Django WSGI...).
+
+See ``docs/http.md``.
+"""
+
+from __future__ import annotations
+
+from ._core import (
+    HOP_BY_HOP_HEADERS,
+    PROBLEM_TYPES,
+    REPLAYED_HEADER,
+    HTTPIdempotency,
+    HTTPRequest,
+    HTTPResponse,
+    parse_idempotency_key,
+    problem,
+)
+
+__all__ = [
+    "HOP_BY_HOP_HEADERS",
+    "PROBLEM_TYPES",
+    "REPLAYED_HEADER",
+    "HTTPIdempotency",
+    "HTTPRequest",
+    "HTTPResponse",
+    "parse_idempotency_key",
+    "problem",
+]
