@@ -10,6 +10,7 @@ See ``docs/http.md``.
 
 from __future__ import annotations
 
+from ._asgi import IdempotencyMiddleware
 from ._core import (
     HOP_BY_HOP_HEADERS,
     PROBLEM_TYPES,
@@ -20,6 +21,7 @@ from ._core import (
     parse_idempotency_key,
     problem,
 )
+from ._wsgi import WSGIIdempotencyMiddleware
 
 __all__ = [
     "HOP_BY_HOP_HEADERS",
@@ -28,6 +30,8 @@ __all__ = [
     "HTTPIdempotency",
     "HTTPRequest",
     "HTTPResponse",
+    "IdempotencyMiddleware",
+    "WSGIIdempotencyMiddleware",
     "parse_idempotency_key",
     "problem",
 ]

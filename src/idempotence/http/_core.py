@@ -512,6 +512,21 @@ class HTTPIdempotency:
             return call()
         if isinstance(prepared, HTTPResponse):
             return prepared
+        return self.execute(prepared, call)
+
+    async def arun(
+        self, request: HTTPRequest, call: Callable[[], Awaitable[HTTPResponse]]
+    ) -> HTTPResponse:
+        """The ``async`` twin of :meth:`run`: ``await call()`` runs at most once per key."""
+        prepared = self.prepare(request)
+        if prepared is None:
+            return await call()
+        if isinstance(prepared, HTTPResponse):
+            return prepared
+        return await self.aexecute(prepared, call)
+
+    def execute(self, plan: Plan, call: Callable[[], HTTPResponse]) -> HTTPResponse:
+        """Run a plan returned by :meth:`prepare` (for adapters that act on it first)."""
         produced: list[HTTPResponse] = []
         app_raised: list[bool] = []
 
@@ -526,22 +541,17 @@ class HTTPIdempotency:
 
         try:
             return _response(
-                run_sync(prepared, self.store, body, heartbeat=self.idempotency.config.heartbeat)
+                run_sync(plan, self.store, body, heartbeat=self.idempotency.config.heartbeat)
             )
         except IdempotencyError as exc:
             if app_raised:
                 raise
             return self._refusal(exc, produced)
 
-    async def arun(
-        self, request: HTTPRequest, call: Callable[[], Awaitable[HTTPResponse]]
+    async def aexecute(
+        self, plan: Plan, call: Callable[[], Awaitable[HTTPResponse]]
     ) -> HTTPResponse:
-        """The ``async`` twin of :meth:`run`: ``await call()`` runs at most once per key."""
-        prepared = self.prepare(request)
-        if prepared is None:
-            return await call()
-        if isinstance(prepared, HTTPResponse):
-            return prepared
+        """The ``async`` twin of :meth:`execute`."""
         produced: list[HTTPResponse] = []
         app_raised: list[bool] = []
 
@@ -556,9 +566,7 @@ class HTTPIdempotency:
 
         try:
             return _response(
-                await run_async(
-                    prepared, self.store, body, heartbeat=self.idempotency.config.heartbeat
-                )
+                await run_async(plan, self.store, body, heartbeat=self.idempotency.config.heartbeat)
             )
         except IdempotencyError as exc:
             if app_raised:

@@ -1,0 +1,62 @@
+"""What the ASGI and WSGI middleware share: building the engine from their options."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import Any, Generic, Literal, TypeVar
+
+from .._idempotency import Idempotency
+from ..stores._base import Store
+from ._core import HTTPIdempotency, HTTPRequest, HTTPResponse
+
+AppT = TypeVar("AppT")
+
+
+class MiddlewareBase(Generic[AppT]):
+    """Holds the wrapped ``app`` and the :class:`HTTPIdempotency` engine.
+
+    ``idempotency`` is an :class:`HTTPIdempotency` (used as is; then pass no other option),
+    or what :class:`HTTPIdempotency` accepts (an ``Idempotency``, a store, a store URL or
+    ``None``) together with its options.
+    """
+
+    def __init__(
+        self,
+        app: AppT,
+        idempotency: HTTPIdempotency | Idempotency | Store | str | None = None,
+        *,
+        methods: Collection[str] = ("POST", "PATCH"),
+        header: str = "Idempotency-Key",
+        required: bool = False,
+        scope: Callable[[HTTPRequest], str | None] | None = None,
+        keep: Callable[[HTTPResponse], bool] | None = None,
+        replay_headers: Literal["all"] | Collection[str] = "all",
+        replay_set_cookie: bool = False,
+        max_body_bytes: int = 1024 * 1024,
+        on_in_progress: Literal["raise", "wait"] | None = None,
+        namespace: str = "http",
+    ) -> None:
+        self.app = app
+        options: dict[str, Any] = {
+            "methods": methods,
+            "header": header,
+            "required": required,
+            "scope": scope,
+            "keep": keep,
+            "replay_headers": replay_headers,
+            "replay_set_cookie": replay_set_cookie,
+            "max_body_bytes": max_body_bytes,
+            "on_in_progress": on_in_progress,
+            "namespace": namespace,
+        }
+        if isinstance(idempotency, HTTPIdempotency):
+            defaults = MiddlewareBase.__init__.__kwdefaults__ or {}
+            changed = sorted(k for k, v in options.items() if v != defaults.get(k))
+            if changed:
+                raise TypeError(
+                    f"options {changed} given together with an HTTPIdempotency; set them on "
+                    "the HTTPIdempotency instead"
+                )
+            self.engine = idempotency
+        else:
+            self.engine = HTTPIdempotency(idempotency, **options)

@@ -1,0 +1,90 @@
+"""Fixtures of the HTTP tests: every test taking ``store`` runs on each backend.
+
+Memory and SQLite always; Redis (``IDEMPOTENCE_TEST_REDIS_URL``) and PostgreSQL
+(``IDEMPOTENCE_TEST_POSTGRES_URL``) when reachable (skip locally, fail in CI; see
+``tests.conftest.backend_unavailable``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from idempotence import Idempotency
+from idempotence.stores import MemoryStore, SQLiteStore, Store
+from tests.conftest import backend_unavailable
+
+REDIS_URL = os.environ.get("IDEMPOTENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_URL = os.environ.get(
+    "IDEMPOTENCE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+RUN = uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[Any]:
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        backend_unavailable(f"psycopg not installed: {exc}")
+    try:
+        conn = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        backend_unavailable(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def redis_ok() -> Iterator[None]:
+    try:
+        import redis
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        backend_unavailable(f"redis not installed: {exc}")
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        backend_unavailable(f"Redis not reachable at {REDIS_URL}: {exc}")
+    yield
+    for key in client.scan_iter(match=f"idem-http-{RUN}:*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / "idem.db")
+    if kind == "redis":
+        request.getfixturevalue("redis_ok")
+        from idempotence.stores import RedisStore
+
+        return RedisStore(REDIS_URL, prefix=f"idem-http-{RUN}:{uuid.uuid4().hex[:8]}:")
+    if kind == "postgres":
+        admin: Any = request.getfixturevalue("postgres_admin")
+        from idempotence.stores import PostgresStore
+
+        table = f"idem_http_{RUN}_{uuid.uuid4().hex[:8]}"
+        request.addfinalizer(lambda: admin.execute(f'DROP TABLE IF EXISTS "{table}"'))
+        return PostgresStore(POSTGRES_URL, table=table)
+    raise AssertionError(kind)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    store = make_store(request.param, request, tmp_path)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def idem(store: Store) -> Idempotency:
+    return Idempotency(store, lease=30)
