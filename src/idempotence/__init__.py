@@ -31,7 +31,13 @@ from ._errors import (
     StoredErrorReplay,
     StoreError,
 )
-from ._idempotency import Idempotency, IdempotentFunction, default_store_url, idempotent
+from ._idempotency import (
+    Idempotency,
+    IdempotentFunction,
+    default_store_url,
+    idempotent,
+    idempotent_handler,
+)
 from ._record import Claim, Record, Status
 
 __version__ = "0.1.0"
@@ -61,4 +67,5 @@ __all__ = [
     "__version__",
     "default_store_url",
     "idempotent",
+    "idempotent_handler",
 ]

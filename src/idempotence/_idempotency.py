@@ -40,11 +40,18 @@ from ._shells import run_async, run_sync
 from .stores._base import Store
 from .stores._registry import store_from_url
 
-__all__ = ["Idempotency", "IdempotentFunction", "default_store_url", "idempotent"]
+__all__ = [
+    "Idempotency",
+    "IdempotentFunction",
+    "default_store_url",
+    "idempotent",
+    "idempotent_handler",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
+H = TypeVar("H", bound=Callable[..., Any])
 
 _DISABLED_VALUES = {"1", "true", "yes", "on"}
 _SELF_NAMES = {"self", "cls"}
@@ -115,6 +122,12 @@ class _Bound(Generic[P, R]):
             self.payload_name = params[0].name
         else:
             self.payload_name = None  # all arguments, as a mapping
+        # Fast path: the payload is the only argument of the call (``f(x)``/``obj.f(x)``).
+        names = list(self.signature.parameters)
+        has_self = len(names) > len(params)
+        sole = self.payload_name is not None and len(names) == 1 + has_self
+        self._only_index = names.index(self.payload_name) if sole else -1  # type: ignore[arg-type]
+        self._encoder: tuple[Store, Callable[[Any], bytes]] | None = None
         self.key_select: KeySelector | None = (
             compile_selector(config.key, what="key") if config.key is not None else None
         )
@@ -134,10 +147,10 @@ class _Bound(Generic[P, R]):
 
     # -- derivation ------------------------------------------------------------------------
     def payload(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-        try:
-            bound = self.signature.bind(*args, **kwargs)
-        except TypeError:
-            raise  # a wrong call: the same error the function itself would raise
+        if self._only_index >= 0 and not kwargs and len(args) == self._only_index + 1:
+            return args[self._only_index]
+        # A wrong call raises the TypeError the function itself would raise.
+        bound = self.signature.bind(*args, **kwargs)
         if self.payload_name is not None:
             if self.payload_name in bound.arguments:
                 return bound.arguments[self.payload_name]
@@ -185,6 +198,9 @@ class _Bound(Generic[P, R]):
         return self._hint
 
     def encode(self, store: Store) -> Callable[[Any], bytes]:
+        cached = self._encoder
+        if cached is not None and cached[0] is store:
+            return cached[1]
         serializer = self.config.serializer
         limit = store.max_result_bytes
 
@@ -197,6 +213,7 @@ class _Bound(Generic[P, R]):
                 )
             return data
 
+        self._encoder = (store, encode)
         return encode
 
     def encode_error(self, exc: BaseException) -> bytes:
@@ -329,6 +346,74 @@ class Idempotency:
             raise TypeError("pass options as @idem(key=...), not together with the function")
         return self._decorate(fn, {})
 
+    @overload
+    def handler(self, fn: H, /) -> H: ...
+
+    @overload
+    def handler(self, fn: None = None, /, **options: Any) -> Callable[[H], H]: ...
+
+    def handler(self, fn: H | None = None, /, **options: Any) -> H | Callable[[H], H]:
+        """Decorate an AWS Lambda ``handler(event, context)`` (sync or ``async def``).
+
+        Keys come from the event source: the ``Idempotency-Key`` header for API Gateway,
+        ALB and function URL events (refusals and replays answered as proxy responses),
+        the source's stable record ids for SQS, SNS, S3, Kinesis, DynamoDB Streams and
+        EventBridge, the whole event otherwise; ``key=`` (JMESPath over the event, e.g.
+        ``"powertools_json(body).order_id"``) overrides. The lease is the invocation's
+        remaining time plus ``lease_margin`` (default 5 s) unless ``lease=`` is given;
+        heartbeats are off unless ``heartbeat=True``. ``required`` defaults to ``False``
+        for HTTP events (no header: run without idempotency) and to the configured value
+        otherwise. HTTP-only options: ``methods``, ``header``, ``keep``,
+        ``replay_headers``, ``replay_set_cookie``, ``max_body_bytes`` (see
+        :class:`~idempotence.http.HTTPIdempotency`). See ``docs/lambda.md``.
+        """
+        from .sources._handler import decorate_handler
+
+        if fn is None:
+            return lambda f: decorate_handler(self, f, options)
+        if options:
+            raise TypeError("pass options as @idem.handler(key=...), not with the function")
+        return decorate_handler(self, fn, {})
+
+    def process_batch(
+        self,
+        event: Any,
+        record_handler: Callable[[Any], Any],
+        *,
+        context: Any = None,
+        **options: Any,
+    ) -> dict[str, list[dict[str, str]]]:
+        """Run ``record_handler(record)`` once per record of an SQS, Kinesis or DynamoDB
+        Streams ``event``, each idempotent on the record's own stable id (``key=``
+        overrides), and return the partial batch response
+        ``{"batchItemFailures": [{"itemIdentifier": ...}]}`` (SQS ``messageId``, Kinesis
+        ``kinesis.sequenceNumber``, DynamoDB ``dynamodb.SequenceNumber``).
+
+        A record that raises - or is in progress elsewhere (``AlreadyInProgressError``),
+        or was used with other content (``KeyReuseError``) - is reported and the others
+        still run; on an SQS FIFO queue (or with ``stop_on_failure=True``) processing stops
+        at the first failure and every later record is reported too. Records already done
+        are replayed, not run. The lease is ``context``'s remaining time plus
+        ``lease_margin`` unless ``lease=`` is given. Other ``options`` as for decorators.
+        """
+        from .sources._batch import process_batch
+
+        return process_batch(self, event, record_handler, context=context, **options)
+
+    async def aprocess_batch(
+        self,
+        event: Any,
+        record_handler: Callable[[Any], Awaitable[Any]],
+        *,
+        context: Any = None,
+        **options: Any,
+    ) -> dict[str, list[dict[str, str]]]:
+        """The ``async`` twin of :meth:`process_batch`: ``await record_handler(record)``,
+        records one after the other (in order, so FIFO semantics hold)."""
+        from .sources._batch import aprocess_batch
+
+        return await aprocess_batch(self, event, record_handler, context=context, **options)
+
     def namespace_for(self, fn: Callable[..., Any], override: str | None) -> str:
         """The key namespace of ``fn`` (see the class docstring)."""
         if override is not None:
@@ -444,3 +529,17 @@ def idempotent(
     :func:`default_store_url`), resolved on first call. Same options as
     :class:`Idempotency`."""
     return _default(fn, **options) if fn is None else _default(fn)
+
+
+@overload
+def idempotent_handler(fn: H, /) -> H: ...
+
+
+@overload
+def idempotent_handler(fn: None = None, /, **options: Any) -> Callable[[H], H]: ...
+
+
+def idempotent_handler(fn: H | None = None, /, **options: Any) -> H | Callable[[H], H]:
+    """Module-level :meth:`Idempotency.handler` over the default store
+    (``IDEMPOTENCE_STORE``, e.g. ``dynamodb://my-table``; see :func:`default_store_url`)."""
+    return _default.handler(fn, **options) if fn is None else _default.handler(fn)

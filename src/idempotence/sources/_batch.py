@@ -1,0 +1,212 @@
+"""Batch processing: each record of an SQS, Kinesis or DynamoDB Streams batch idempotent on
+its own id, with a partial batch response.
+
+The decisions (which records failed, where a FIFO batch stops, what is reported) live in
+one generator, :func:`_steps`, which yields the records to run and receives each outcome;
+:func:`process_batch` and :func:`aprocess_batch` only drive it, running each record through
+the core protocol with :func:`~idempotence._shells.run_sync` or ``run_async``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import MissingKeyError
+from .._idempotency import Idempotency, _Bound, _disabled
+from .._keys import digest, is_missing
+from .._protocol import Plan
+from .._shells import run_async, run_sync
+from ..stores._base import Store
+from ._common import DEFAULT_LEASE_MARGIN, lease_for, make_key, make_plan
+from ._detect import Source, detect
+from ._records import BATCH_SOURCES, is_fifo, item_identifier, record_content, record_id
+
+__all__ = ["BatchResponse", "aprocess_batch", "process_batch"]
+
+log = logging.getLogger("idempotence")
+
+#: ``{"batchItemFailures": [{"itemIdentifier": "..."}]}``, Lambda's partial batch response.
+BatchResponse = dict[str, list[dict[str, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One record to process: its failure identifier, and either its plan (``None``: run
+    without idempotency) or the error that kept it from being planned."""
+
+    identifier: str
+    record: Any
+    plan: Plan | None
+    error: Exception | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    store: Store | None
+    items: Sequence[_Item]
+    stop_on_failure: bool
+    heartbeat: bool
+    source: Source
+
+
+def _prepare(
+    idem: Idempotency,
+    event: Any,
+    record_handler: Callable[..., Any],
+    context: Any,
+    lease_margin: float,
+    stop_on_failure: bool | None,
+    options: dict[str, Any],
+) -> _Batch:
+    source = detect(event)
+    if isinstance(event, Mapping) and event.get("Records") == []:
+        source = Source.SQS  # an empty batch: nothing to run, nothing to report
+    if source not in BATCH_SOURCES:
+        raise ValueError(
+            f"process_batch handles SQS, Kinesis and DynamoDB Streams events, not "
+            f"{source.value}; decorate the handler with @idem.handler instead"
+        )
+    records: list[Any] = event["Records"]
+    if stop_on_failure is None:
+        stop_on_failure = source is Source.SQS and bool(records) and is_fifo(records[0])
+    options = dict(options)
+    options.setdefault("heartbeat", False)
+    config = idem.config.replace(**options)
+    disabled = _disabled()
+    if disabled:
+        warnings.warn(
+            "IDEMPOTENCE_DISABLED is set: batch records run without idempotency",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    bound = _Bound(
+        record_handler, config, idem.namespace_for(record_handler, options.get("namespace"))
+    )
+    store = None if disabled or not records else idem.store
+    fixed = config.lease_s if "lease" in options else None
+    lease_s = lease_for(context, fixed, config.lease_s, lease_margin)
+    items = []
+    for record in records:
+        identifier = item_identifier(source, record)
+        if store is None:
+            items.append(_Item(identifier, record, None))
+            continue
+        try:
+            plan = _plan(bound, store, source, record, lease_s)
+        except Exception as exc:  # this record cannot get a key: it fails, the others run
+            items.append(_Item(identifier, record, None, exc))
+        else:
+            items.append(_Item(identifier, record, plan))
+    return _Batch(store, items, stop_on_failure, config.heartbeat, source)
+
+
+def _plan(
+    bound: _Bound[Any, Any], store: Store, source: Source, record: Any, lease: float
+) -> Plan | None:
+    if bound.key_select is not None:
+        material = bound.key_select(record)
+        if is_missing(material):
+            if bound.config.required:
+                raise MissingKeyError(
+                    f"key={bound.key_spec!r} selected {material!r} from this record"
+                )
+            return None
+    else:
+        material = record_id(source, record)
+    if bound.config.fingerprint is False:
+        fingerprint = "-"
+    elif bound.fingerprint_select is not None:
+        fingerprint = digest(bound.fingerprint_select(record))
+    else:
+        fingerprint = digest(record_content(source, record))
+    return make_plan(bound, store, make_key(bound, record, material), fingerprint, lease)
+
+
+def _steps(batch: _Batch) -> Generator[_Item, Exception | None, BatchResponse]:
+    """Yield each record to run and receive its outcome (``None`` or the exception);
+    return the partial batch response. A failed record is reported; with
+    ``stop_on_failure`` (SQS FIFO) so is every later record, which is not run."""
+    failed: list[str] = []
+    items = batch.items
+    for index, item in enumerate(items):
+        error = item.error
+        if error is None:
+            error = yield item
+        if error is None:
+            continue
+        log.warning(
+            "%s record %s failed; reported in batchItemFailures",
+            batch.source.value,
+            item.identifier,
+            exc_info=error,
+        )
+        failed.append(item.identifier)
+        if batch.stop_on_failure:
+            failed.extend(later.identifier for later in items[index + 1 :])
+            break
+    return {"batchItemFailures": [{"itemIdentifier": i} for i in failed]}
+
+
+def process_batch(
+    idem: Idempotency,
+    event: Any,
+    record_handler: Callable[[Any], Any],
+    *,
+    context: Any = None,
+    lease_margin: float = DEFAULT_LEASE_MARGIN,
+    stop_on_failure: bool | None = None,
+    **options: Any,
+) -> BatchResponse:
+    """See :meth:`idempotence.Idempotency.process_batch`."""
+    batch = _prepare(idem, event, record_handler, context, lease_margin, stop_on_failure, options)
+    steps = _steps(batch)
+    outcome: Exception | None = None
+    while True:
+        try:
+            item = steps.send(outcome)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        outcome = None
+        try:
+            if item.plan is None or batch.store is None:
+                record_handler(item.record)
+            else:
+                body = functools.partial(record_handler, item.record)
+                run_sync(item.plan, batch.store, body, heartbeat=batch.heartbeat)
+        except Exception as exc:
+            outcome = exc
+
+
+async def aprocess_batch(
+    idem: Idempotency,
+    event: Any,
+    record_handler: Callable[[Any], Awaitable[Any]],
+    *,
+    context: Any = None,
+    lease_margin: float = DEFAULT_LEASE_MARGIN,
+    stop_on_failure: bool | None = None,
+    **options: Any,
+) -> BatchResponse:
+    """See :meth:`idempotence.Idempotency.aprocess_batch`."""
+    batch = _prepare(idem, event, record_handler, context, lease_margin, stop_on_failure, options)
+    steps = _steps(batch)
+    outcome: Exception | None = None
+    while True:
+        try:
+            item = steps.send(outcome)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        outcome = None
+        try:
+            if item.plan is None or batch.store is None:
+                await record_handler(item.record)
+            else:
+                abody = functools.partial(record_handler, item.record)
+                await run_async(item.plan, batch.store, abody, heartbeat=batch.heartbeat)
+        except Exception as exc:
+            outcome = exc
