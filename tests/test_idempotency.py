@@ -816,3 +816,25 @@ def test_result_refused_by_the_store_completes_as_not_stored() -> None:
     record = big.record_for(1)
     assert record is not None
     assert record.status is Status.COMPLETED
+
+
+def test_payload_binding_for_methods_and_no_argument_functions(idem: Idempotency) -> None:
+    calls = Counter()
+
+    class Service:
+        @idem(key="id")
+        def handle(self, order: dict[str, int]) -> int:
+            calls.hit()
+            return order["id"]
+
+    @idem
+    def run_once() -> str:
+        calls.hit()
+        return "migrated"
+
+    service = Service()
+    assert service.handle({"id": 1}) == service.handle(order={"id": 1}) == 1
+    assert run_once() == run_once() == "migrated"
+    assert calls.n == 2
+    with pytest.raises(TypeError):
+        service.handle({"id": 1}, {"id": 2})

@@ -16,6 +16,7 @@ a result that could not be stored.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import decimal
@@ -97,20 +98,29 @@ def _lookup(name: str, allowed: dict[str, type]) -> type:
     )
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 class JSONSerializer:
     """The default serializer (see the module docstring)."""
 
     def encode(self, value: Any) -> bytes:
         try:
-            return json.dumps(
-                self._enc(value, 0), separators=(",", ":"), ensure_ascii=False, allow_nan=False
-            ).encode("utf-8")
+            return _ENCODER.encode(self._enc(value, 0)).encode("utf-8")
         except RecursionError as exc:
             raise UnencodableError("the result is nested too deeply to encode") from exc
 
+    def __init__(self) -> None:
+        self._allowed: dict[Any, dict[str, type]] = {}
+
     def decode(self, data: bytes, hint: Any) -> Any:
-        allowed: dict[str, type] = {}
-        _classes_in(hint, allowed)
+        try:
+            allowed = self._allowed[hint]
+        except (KeyError, TypeError):  # TypeError: an unhashable annotation
+            allowed = {}
+            _classes_in(hint, allowed)
+            with contextlib.suppress(TypeError):
+                self._allowed[hint] = allowed
         try:
             tree = json.loads(data)
         except ValueError as exc:
@@ -130,9 +140,13 @@ class JSONSerializer:
         if t is list:
             return [self._enc(x, d) for x in v]
         if t is dict:
-            if all(type(k) is str and not k.startswith("$") for k in v):
-                return {k: self._enc(x, d) for k, x in v.items()}
-            return {"$dict": [[self._enc(k, d), self._enc(x, d)] for k, x in v.items()]}
+            out = {}
+            for k, x in v.items():
+                if type(k) is not str or k[:1] == "$":
+                    return {"$dict": [[self._enc(k, d), self._enc(x, d)] for k, x in v.items()]}
+                tx = type(x)
+                out[k] = x if tx is str or tx is int or tx is bool or x is None else self._enc(x, d)
+            return out
         if t is tuple:
             return {"$tuple": [self._enc(x, d) for x in v]}
         if isinstance(v, enum.Enum):

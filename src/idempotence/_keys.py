@@ -15,12 +15,10 @@ import decimal
 import enum
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
-
-import jmespath
-from jmespath import functions as jmespath_functions
 
 from ._errors import InvalidKeyError
 
@@ -52,20 +50,18 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"objects of type {type(obj).__qualname__} have no canonical JSON form")
 
 
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_default
+)
+
+
 def canonical_json(obj: Any) -> bytes:
     """The canonical JSON bytes of ``obj`` (see the module docstring).
 
     Raises :class:`InvalidKeyError` when ``obj`` has no canonical form.
     """
     try:
-        return json.dumps(
-            obj,
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-            default=_default,
-        ).encode("utf-8")
+        return _CANONICAL.encode(obj).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidKeyError(
             f"cannot derive an idempotency key or fingerprint from this data ({exc}). "
@@ -89,30 +85,6 @@ def is_missing(value: Any) -> bool:
     return False
 
 
-class _Functions(jmespath_functions.Functions):
-    """JMESPath functions for keys: ``json(s)`` parses a JSON string (``powertools_json``
-    is the same function under Powertools' name, so existing expressions keep working)."""
-
-    @jmespath_functions.signature({"types": ["string"]})
-    def _func_json(self, value: str) -> Any:
-        return json.loads(value)
-
-    @jmespath_functions.signature({"types": ["string"]})
-    def _func_powertools_json(self, value: str) -> Any:
-        return json.loads(value)
-
-    @jmespath_functions.signature({"types": ["string"]})
-    def _func_powertools_base64(self, value: str) -> str:
-        return base64.b64decode(value).decode("utf-8")
-
-    @jmespath_functions.signature({"types": ["string"]})
-    def _func_base64_json(self, value: str) -> Any:
-        return json.loads(base64.b64decode(value))
-
-
-_OPTIONS = jmespath.Options(custom_functions=_Functions())
-
-
 def _plain(payload: Any) -> Any:
     """``payload`` as JSON-like data JMESPath can walk (dicts and lists pass as they are)."""
     if isinstance(payload, (dict, list, str, int, float, bool)) or payload is None:
@@ -132,6 +104,41 @@ def compile_selector(spec: str | KeySelector, *, what: str) -> KeySelector:
         return spec
     if not isinstance(spec, str) or not spec.strip():
         raise TypeError(f"{what} must be a JMESPath expression (str) or a function")
+    if _DOTTED.match(spec):
+        return _dotted_selector(spec, what)
+    return _jmespath_selector(spec, what)
+
+
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _dotted_selector(spec: str, what: str) -> KeySelector:
+    """``a.b.c`` on plain dicts without the JMESPath interpreter (same result: ``None`` when
+    a step is missing or not an object); other payloads (dataclasses, models...) go through
+    JMESPath, compiled on first need."""
+    path = spec.split(".")
+    fallback: list[KeySelector] = []
+
+    def select(payload: Any) -> Any:
+        value = payload
+        for step in path:
+            if type(value) is not dict:
+                if value is not payload:
+                    return None
+                if not fallback:
+                    fallback.append(_jmespath_selector(spec, what))
+                return fallback[0](payload)
+            value = value.get(step)
+        return value
+
+    return select
+
+
+def _jmespath_selector(spec: str, what: str) -> KeySelector:
+    import jmespath
+
+    from ._jmespath import OPTIONS
+
     try:
         expression = jmespath.compile(spec)
     except jmespath.exceptions.JMESPathError as exc:
@@ -139,7 +146,7 @@ def compile_selector(spec: str | KeySelector, *, what: str) -> KeySelector:
 
     def select(payload: Any) -> Any:
         try:
-            return expression.search(_plain(payload), options=_OPTIONS)
+            return expression.search(_plain(payload), options=OPTIONS)
         except (jmespath.exceptions.JMESPathError, ValueError) as exc:
             raise InvalidKeyError(
                 f"{what} expression {spec!r} failed on this payload: {exc}"

@@ -47,7 +47,7 @@ _FIRST_POLL = 0.05
 _MAX_POLL = 1.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClaimOp:
     key: str
     fingerprint: str
@@ -55,7 +55,7 @@ class ClaimOp:
     ttl: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunOp:
     """Run the function; ``fence`` is ``None`` when running without a claim (fail-open)."""
 
@@ -64,7 +64,7 @@ class RunOp:
     lease: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CompleteOp:
     key: str
     fence: int
@@ -72,13 +72,13 @@ class CompleteOp:
     ttl: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReleaseOp:
     key: str
     fence: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SleepOp:
     seconds: float
 
@@ -118,7 +118,7 @@ class LocalCache:
             self._items.clear()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Plan:
     """Everything one invocation needs, derived before any I/O.
 

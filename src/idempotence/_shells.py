@@ -6,12 +6,12 @@ under a lease heartbeat, and sleeps; every decision lives in the protocol.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import itertools
 import logging
+import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._protocol import ClaimOp, CompleteOp, Plan, ReleaseOp, RunOp, SleepOp, protocol
@@ -32,39 +32,45 @@ class _Heartbeats:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._active: dict[int, list[Any]] = {}  # id -> [due, store, key, fence, lease]
-        self._seq = 0
-        self._thread: threading.Thread | None = None
+        self._ids = itertools.count(1)
+        self._pid = 0  # the process whose thread runs (a fork has none)
         self._next_wake = float("inf")
 
-    @contextlib.contextmanager
-    def beating(self, store: Store, key: str, fence: int, lease: float) -> Iterator[None]:
-        interval = lease / 3
-        with self._cond:
-            self._seq += 1
-            ident = self._seq
-            due = time.monotonic() + interval
-            self._active[ident] = [due, store, key, fence, lease]
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="idempotence-heartbeat", daemon=True
-                )
-                self._thread.start()
-            elif due < self._next_wake:
-                self._cond.notify()
-        try:
-            yield
-        finally:
+    def start(self, store: Store, key: str, fence: int, lease: float) -> int:
+        """Begin renewing ``key``'s lease every ``lease / 3``; returns a handle for stop.
+
+        The hot path takes no lock: dict insert/pop and ``next`` on a counter are atomic
+        under the GIL. The thread is only woken when this lease is due before its next
+        planned wake-up (typically the first call after an idle period).
+        """
+        due = time.monotonic() + lease / 3
+        ident = next(self._ids)
+        self._active[ident] = [due, store, key, fence, lease]
+        if self._pid != os.getpid():
             with self._cond:
-                self._active.pop(ident, None)
+                if self._pid != os.getpid():
+                    self._pid = os.getpid()
+                    self._next_wake = due
+                    threading.Thread(
+                        target=self._run, name="idempotence-heartbeat", daemon=True
+                    ).start()
+        elif due < self._next_wake:
+            with self._cond:
+                self._cond.notify()
+        return ident
+
+    def stop(self, ident: int) -> None:
+        """Stop renewing (the body returned or raised)."""
+        self._active.pop(ident, None)
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 now = time.monotonic()
-                due = [(i, e) for i, e in self._active.items() if e[0] <= now]
+                due = [(i, e) for i, e in list(self._active.items()) if e[0] <= now]
                 for _, entry in due:
                     entry[0] = now + entry[4] / 3
-                self._next_wake = min((e[0] for e in self._active.values()), default=now + 60)
+                self._next_wake = min((e[0] for e in list(self._active.values())), default=now + 60)
                 if not due:
                     self._cond.wait(self._next_wake - now)
                     continue
@@ -72,8 +78,7 @@ class _Heartbeats:
                 try:
                     if not store.renew(key, fence, lease=lease):
                         log.warning("lease on %s was lost; the result will not be kept", key)
-                        with self._cond:
-                            self._active.pop(ident, None)
+                        self._active.pop(ident, None)
                 except Exception:
                     log.warning("could not renew the lease on %s", key, exc_info=True)
 
@@ -97,8 +102,11 @@ def run_sync(plan: Plan, store: Store, body: Callable[[], Any], *, heartbeat: bo
                 value = store.claim(op.key, op.fingerprint, lease=op.lease, ttl=op.ttl)
             elif type(op) is RunOp:
                 if heartbeat and op.fence is not None:
-                    with _heartbeats.beating(store, op.key, op.fence, op.lease):
+                    beat = _heartbeats.start(store, op.key, op.fence, op.lease)
+                    try:
                         value = body()
+                    finally:
+                        _heartbeats.stop(beat)
                 else:
                     value = body()
             elif type(op) is CompleteOp:
@@ -112,6 +120,8 @@ def run_sync(plan: Plan, store: Store, body: Callable[[], Any], *, heartbeat: bo
 
 
 async def _renew_forever(store: Store, key: str, fence: int, lease: float) -> None:
+    import asyncio  # imported on first async use: keeps the package's cold import small
+
     while True:
         await asyncio.sleep(lease / 3)
         try:
@@ -125,6 +135,8 @@ async def _renew_forever(store: Store, key: str, fence: int, lease: float) -> No
 async def _beating(
     body: Callable[[], Awaitable[Any]], store: Store, key: str, fence: int, lease: float
 ) -> Any:
+    import asyncio
+
     task = asyncio.get_running_loop().create_task(_renew_forever(store, key, fence, lease))
     try:
         return await body()
@@ -158,6 +170,8 @@ async def run_async(
             elif type(op) is ReleaseOp:
                 value = await store.arelease(op.key, op.fence)
             elif type(op) is SleepOp:
+                import asyncio
+
                 await asyncio.sleep(op.seconds)
         except BaseException as exc:
             error = exc

@@ -29,7 +29,6 @@ ones if you have an async client), and run :mod:`idempotence.testing`'s conforma
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import time
@@ -44,6 +43,7 @@ __all__ = ["Clock", "Store", "decide_claim"]
 
 Clock = Callable[[], float]
 _F = TypeVar("_F", bound=Callable[..., Any])
+_T = TypeVar("_T")
 
 _OPERATIONS = (
     "claim", "complete", "release", "renew", "get", "delete",
@@ -135,31 +135,37 @@ class Store(ABC):
     # -- async (defaults: the sync method in a worker thread) ---------------------------
     async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
         """Async :meth:`claim`."""
-        return await asyncio.to_thread(self.claim, key, fingerprint, lease=lease, ttl=ttl)
+        return await _to_thread(self.claim, key, fingerprint, lease=lease, ttl=ttl)
 
     async def acomplete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
         """Async :meth:`complete`."""
-        return await asyncio.to_thread(self.complete, key, fence, result, ttl=ttl)
+        return await _to_thread(self.complete, key, fence, result, ttl=ttl)
 
     async def arelease(self, key: str, fence: int) -> bool:
         """Async :meth:`release`."""
-        return await asyncio.to_thread(self.release, key, fence)
+        return await _to_thread(self.release, key, fence)
 
     async def arenew(self, key: str, fence: int, *, lease: float) -> bool:
         """Async :meth:`renew`."""
-        return await asyncio.to_thread(self.renew, key, fence, lease=lease)
+        return await _to_thread(self.renew, key, fence, lease=lease)
 
     async def aget(self, key: str) -> Record | None:
         """Async :meth:`get`."""
-        return await asyncio.to_thread(self.get, key)
+        return await _to_thread(self.get, key)
 
     async def adelete(self, key: str) -> bool:
         """Async :meth:`delete`."""
-        return await asyncio.to_thread(self.delete, key)
+        return await _to_thread(self.delete, key)
 
     async def aclose(self) -> None:
         """Async :meth:`close`."""
         self.close()
+
+
+async def _to_thread(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+    import asyncio  # imported on first async use: keeps the package's cold import small
+
+    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 def decide_claim(

@@ -58,9 +58,10 @@ class MemoryStore(Store):
             record = self._owned(key, fence, now)
             if record is None:
                 return False
-            self._records[key] = dataclasses.replace(
-                record, status=Status.COMPLETED, result=bytes(result), expires_at=now + ttl
-            )
+            self._records[key] = Record(
+                key, Status.COMPLETED, record.fingerprint, fence, record.lease_expires_at,
+                now + ttl, bytes(result),
+            )  # fmt: skip
             return True
 
     def release(self, key: str, fence: int) -> bool:
