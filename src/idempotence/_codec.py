@@ -15,7 +15,6 @@ a result that could not be stored.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import datetime as dt
@@ -25,7 +24,6 @@ import json
 import math
 import sys
 import typing
-import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -158,7 +156,7 @@ class JSONSerializer:
             return {"$dataclass": _qualname(t), "v": fields}
         if _is_model(t):
             return {"$model": _qualname(t), "v": v.model_dump(mode="json")}
-        simple = _SIMPLE_ENCODERS.get(t)
+        simple = _simple_encoder(t)
         if simple is not None:
             return {simple[0]: simple[1](v)}
         if t in (set, frozenset):
@@ -220,26 +218,51 @@ def _timedelta(body: list[int]) -> dt.timedelta:
     return dt.timedelta(days=body[0], seconds=body[1], microseconds=body[2])
 
 
+def _b64encode(b: bytes) -> str:
+    import base64
+
+    return base64.b64encode(b).decode("ascii")
+
+
+def _b64decode(s: str) -> bytes:
+    import base64
+
+    return base64.b64decode(s)
+
+
+def _uuid(s: str) -> Any:
+    import uuid
+
+    return uuid.UUID(s)
+
+
 _SIMPLE_ENCODERS: dict[type, tuple[str, Callable[[Any], Any]]] = {
-    bytes: ("$bytes", lambda b: base64.b64encode(b).decode("ascii")),
-    bytearray: ("$bytearray", lambda b: base64.b64encode(b).decode("ascii")),
+    bytes: ("$bytes", _b64encode),
+    bytearray: ("$bytearray", _b64encode),
     dt.datetime: ("$datetime", dt.datetime.isoformat),
     dt.date: ("$date", dt.date.isoformat),
     dt.time: ("$time", dt.time.isoformat),
     dt.timedelta: ("$timedelta", lambda t: [t.days, t.seconds, t.microseconds]),
     decimal.Decimal: ("$decimal", str),
-    uuid.UUID: ("$uuid", str),
 }
 _SIMPLE_DECODERS: dict[str, Callable[[Any], Any]] = {
-    "$bytes": base64.b64decode,
-    "$bytearray": lambda s: bytearray(base64.b64decode(s)),
+    "$bytes": _b64decode,
+    "$bytearray": lambda s: bytearray(_b64decode(s)),
     "$datetime": dt.datetime.fromisoformat,
     "$date": dt.date.fromisoformat,
     "$time": dt.time.fromisoformat,
     "$timedelta": _timedelta,
     "$decimal": decimal.Decimal,
-    "$uuid": uuid.UUID,
+    "$uuid": _uuid,
 }
+
+
+def _simple_encoder(t: type) -> tuple[str, Callable[[Any], Any]] | None:
+    found = _SIMPLE_ENCODERS.get(t)
+    if found is None and t.__module__ == "uuid" and t.__name__ == "UUID":
+        found = _SIMPLE_ENCODERS[t] = ("$uuid", str)  # registered once uuid is in use
+    return found
+
 
 # -- envelope ----------------------------------------------------------------------------
 ENVELOPE_VERSION = 1

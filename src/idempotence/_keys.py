@@ -8,15 +8,12 @@ as sorted lists, enums as their value. The hash is SHA-256 (allowed under FIPS, 
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime as dt
 import decimal
 import enum
 import hashlib
 import json
-import re
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,9 +36,11 @@ def _default(obj: Any) -> Any:
         return obj.isoformat()
     if isinstance(obj, dt.timedelta):
         return obj.total_seconds()
-    if isinstance(obj, (decimal.Decimal, uuid.UUID)):
+    if isinstance(obj, decimal.Decimal) or type(obj).__name__ == "UUID":
         return str(obj)
     if isinstance(obj, (bytes, bytearray, memoryview)):
+        import base64
+
         return base64.b64encode(bytes(obj)).decode("ascii")
     if isinstance(obj, (set, frozenset)):
         return sorted(obj, key=canonical_json)
@@ -104,12 +103,9 @@ def compile_selector(spec: str | KeySelector, *, what: str) -> KeySelector:
         return spec
     if not isinstance(spec, str) or not spec.strip():
         raise TypeError(f"{what} must be a JMESPath expression (str) or a function")
-    if _DOTTED.match(spec):
+    if all(step.isidentifier() and step.isascii() for step in spec.split(".")):
         return _dotted_selector(spec, what)
     return _jmespath_selector(spec, what)
-
-
-_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def _dotted_selector(spec: str, what: str) -> KeySelector:

@@ -10,7 +10,6 @@ tested without a store; :mod:`idempotence._shells` drives it synchronously or wi
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import OrderedDict
@@ -18,6 +17,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
+from . import _log
 from ._codec import UnencodableError
 from ._errors import (
     AlreadyInProgressError,
@@ -41,7 +41,6 @@ __all__ = [
     "protocol",
 ]
 
-log = logging.getLogger("idempotence")
 
 _FIRST_POLL = 0.05
 _MAX_POLL = 1.0
@@ -188,7 +187,7 @@ def protocol(plan: Plan) -> Generator[Op, Any, Any]:
         except StoreError:
             if not plan.fail_open:
                 raise
-            log.warning(
+            _log.warning(
                 "store failed; running %s without idempotency (fail_open)", plan.key, exc_info=True
             )
             return (yield RunOp(plan.key, None, plan.lease))
@@ -217,12 +216,12 @@ def protocol(plan: Plan) -> Generator[Op, Any, Any]:
         if plan.encode_error is not None and isinstance(exc, plan.store_errors):
             stored = yield CompleteOp(plan.key, fence, plan.encode_error(exc), plan.ttl)
             if not stored:
-                log.warning("lease on %s lost before its error could be stored", plan.key)
+                _log.warning("lease on %s lost before its error could be stored", plan.key)
             raise
         try:
             yield ReleaseOp(plan.key, fence)
         except StoreError:
-            log.warning(
+            _log.warning(
                 "could not release %s after the function raised; the key frees itself when "
                 "its lease lapses",
                 plan.key,

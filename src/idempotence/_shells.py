@@ -7,19 +7,17 @@ under a lease heartbeat, and sleeps; every decision lives in the protocol.
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import _log
 from ._protocol import ClaimOp, CompleteOp, Plan, ReleaseOp, RunOp, SleepOp, protocol
 from .stores._base import Store
 
 __all__ = ["run_async", "run_sync"]
-
-log = logging.getLogger("idempotence")
 
 
 class _Heartbeats:
@@ -77,10 +75,10 @@ class _Heartbeats:
             for ident, (_, store, key, fence, lease) in due:
                 try:
                     if not store.renew(key, fence, lease=lease):
-                        log.warning("lease on %s was lost; the result will not be kept", key)
+                        _log.warning("lease on %s was lost; the result will not be kept", key)
                         self._active.pop(ident, None)
                 except Exception:
-                    log.warning("could not renew the lease on %s", key, exc_info=True)
+                    _log.warning("could not renew the lease on %s", key, exc_info=True)
 
 
 _heartbeats = _Heartbeats()
@@ -126,10 +124,10 @@ async def _renew_forever(store: Store, key: str, fence: int, lease: float) -> No
         await asyncio.sleep(lease / 3)
         try:
             if not await store.arenew(key, fence, lease=lease):
-                log.warning("lease on %s was lost; the result will not be kept", key)
+                _log.warning("lease on %s was lost; the result will not be kept", key)
                 return
         except Exception:
-            log.warning("could not renew the lease on %s", key, exc_info=True)
+            _log.warning("could not renew the lease on %s", key, exc_info=True)
 
 
 async def _beating(

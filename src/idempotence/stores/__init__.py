@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 from ._base import Clock, Store, decide_claim
 from ._memory import MemoryStore
 from ._registry import register_scheme, store_from_url
-from ._sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from ._dynamodb import DynamoDBStore
     from ._postgres import PostgresStore
     from ._redis import RedisStore
+    from ._sqlite import SQLiteStore
 
 __all__ = [
     "Clock",
@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "SQLiteStore": "idempotence.stores._sqlite",
     "DynamoDBStore": "idempotence.stores._dynamodb",
     "RedisStore": "idempotence.stores._redis",
     "PostgresStore": "idempotence.stores._postgres",

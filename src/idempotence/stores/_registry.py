@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from ._base import Store
 
@@ -38,7 +37,7 @@ def store_from_url(url: str) -> Store:
     Raises ``ValueError`` for an unknown scheme and
     :class:`~idempotence.MissingDependencyError` when the backend's extra is not installed.
     """
-    scheme = urlsplit(url).scheme.lower()
+    scheme = url.partition("://")[0].lower() if "://" in url else url.partition(":")[0].lower()
     target = _SCHEMES.get(scheme)
     if target is None:
         known = ", ".join(f"{s}://" for s in sorted(_SCHEMES))
