@@ -14,7 +14,8 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# Loose on purpose: frameworks type scope/messages as dict, Mapping or MutableMapping.
+ASGIApp = Callable[..., Awaitable[None]]
 
 # Extensions that let an app hand the body to the server without going through ``send``.
 _BYPASS_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopy")
