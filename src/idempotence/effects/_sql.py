@@ -1,0 +1,141 @@
+"""SQL shared by the effects: identifier quoting, dialects, and one sans-I/O statement runner.
+
+A piece of SQL work is a generator of :class:`Stmt` that receives each statement's
+``(rows, rowcount)`` and returns its outcome. :func:`run` drives it on a DB-API style
+connection (``sqlite3`` or psycopg 3, whose ``conn.execute`` both return a cursor);
+:func:`arun` on a psycopg ``AsyncConnection``. The SQL and its decisions exist once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+__all__ = [
+    "POSTGRES",
+    "SQLITE",
+    "Dialect",
+    "Reply",
+    "Steps",
+    "Stmt",
+    "arun",
+    "dialect_of",
+    "quote_ident",
+    "run",
+]
+
+_T = TypeVar("_T")
+Reply = tuple[list[tuple[Any, ...]], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Stmt:
+    """One statement with named parameters (written ``{name}`` in ``sql``)."""
+
+    sql: str
+    params: Mapping[str, object]
+
+
+Steps = Generator[Stmt, Reply, _T]
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """How one database spells what differs: placeholders and the current time."""
+
+    name: Literal["sqlite", "postgres"]
+    placeholder: Callable[[str], str]
+    #: SQL expression of the current time in float epoch seconds, or None: pass ``now``.
+    server_now: str | None
+
+    def sql(self, template: str, names: Sequence[str]) -> str:
+        """``template`` with each ``{name}`` of ``names`` replaced by a placeholder."""
+        return template.format(**{n: self.placeholder(n) for n in names})
+
+
+SQLITE = Dialect("sqlite", lambda n: f":{n}", None)
+POSTGRES = Dialect(
+    "postgres", lambda n: f"%({n})s", "extract(epoch FROM statement_timestamp())::float8"
+)
+
+
+def dialect_of(conn: object) -> Dialect:
+    """The dialect of a ``sqlite3`` or psycopg 3 connection (sync or async).
+
+    Raises ``TypeError`` for anything else.
+    """
+    if isinstance(conn, sqlite3.Connection):
+        return SQLITE
+    if type(conn).__module__.split(".")[0] == "psycopg" or any(
+        c.__module__.startswith("psycopg") for c in type(conn).__mro__
+    ):
+        return POSTGRES
+    raise TypeError(
+        f"expected a sqlite3 or psycopg 3 connection, got {type(conn).__module__}."
+        f"{type(conn).__qualname__}"
+    )
+
+
+def quote_ident(name: str | Sequence[str]) -> str:
+    """A SQL identifier, double-quoted with embedded quotes doubled (standard SQL, valid for
+    PostgreSQL and SQLite), so any name is taken verbatim and cannot break out of the
+    quotes. A sequence of names is a qualified name (``("app", "orders")`` ->
+    ``"app"."orders"``); a string is one name even if it contains a dot.
+
+    Raises ``ValueError`` for an empty name or one containing a NUL character.
+    """
+    parts = [name] if isinstance(name, str) else list(name)
+    if not parts:
+        raise ValueError("empty SQL identifier")
+    for part in parts:
+        if not isinstance(part, str) or not part or "\x00" in part:
+            raise ValueError(f"invalid SQL identifier {part!r}")
+    return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
+
+
+def execute(conn: Any, stmt: Stmt) -> Reply:
+    """Run one statement on a sync connection: its rows (if any) and rowcount."""
+    cur = conn.execute(stmt.sql, stmt.params)
+    rows = list(cur.fetchall()) if cur.description is not None else []
+    return rows, int(cur.rowcount)
+
+
+async def aexecute(conn: Any, stmt: Stmt) -> Reply:
+    """Run one statement on a psycopg ``AsyncConnection``."""
+    cur = await conn.execute(stmt.sql, stmt.params)
+    rows = list(await cur.fetchall()) if cur.description is not None else []
+    return rows, int(cur.rowcount)
+
+
+def run(conn: Any, steps: Steps[_T]) -> _T:
+    """Drive ``steps`` on a sync connection; a failing statement is thrown into them."""
+    reply: Reply | None = None
+    error: BaseException | None = None
+    while True:
+        try:
+            stmt = steps.send(reply) if error is None else steps.throw(error)  # type: ignore[arg-type]
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        reply, error = None, None
+        try:
+            reply = execute(conn, stmt)
+        except Exception as exc:
+            error = exc
+
+
+async def arun(conn: Any, steps: Steps[_T]) -> _T:
+    """Drive ``steps`` on a psycopg ``AsyncConnection`` (the same steps as :func:`run`)."""
+    reply: Reply | None = None
+    error: BaseException | None = None
+    while True:
+        try:
+            stmt = steps.send(reply) if error is None else steps.throw(error)  # type: ignore[arg-type]
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        reply, error = None, None
+        try:
+            reply = await aexecute(conn, stmt)
+        except Exception as exc:
+            error = exc

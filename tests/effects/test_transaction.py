@@ -1,0 +1,337 @@
+"""Transactional idempotency: claim, business writes and result commit together or not at
+all, on SQLite and PostgreSQL (and DynamoDB's TransactWriteItems); duplicates wait and
+replay; a process killed before COMMIT leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from idempotence import AlreadyInProgressError, KeyReuseError, Status
+from idempotence.effects import (
+    TransactionalIdempotency,
+    current_key,
+    transactional,
+)
+from idempotence.stores import SQLiteStore, Store
+from tests.effects.conftest import PG_URL, RECORDS_TABLE, SESSION
+
+N = 32
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclasses.dataclass(frozen=True)
+class Receipt:
+    order_id: str
+    amount: int
+
+
+# -- a database per dialect: records table, business table, connection factory ------------------
+@dataclasses.dataclass
+class DB:
+    dialect: str
+    target: str  # sqlite path or PostgreSQL URL
+    business: str
+    connect: Callable[[], Any]
+    store: Store
+
+    def q(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.dialect == "postgres" else sql
+
+    def count(self, key: str) -> int:
+        conn = self.connect()
+        try:
+            row = conn.execute(
+                self.q(f'SELECT count(*) FROM "{self.business}" WHERE key = ?'), (key,)
+            ).fetchone()
+            return int(row[0])
+        finally:
+            conn.close()
+
+    def insert(self, conn: Any, key: str, amount: int) -> None:
+        conn.execute(
+            self.q(f'INSERT INTO "{self.business}" (key, amount) VALUES (?, ?)'), (key, amount)
+        )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DB]:
+    business = f"effects_business_{SESSION}"
+    if request.param == "sqlite":
+        path = str(tmp_path / "app.db")
+        setup = sqlite3.connect(path, isolation_level=None)
+        setup.execute("PRAGMA journal_mode=WAL")
+        setup.execute(f'CREATE TABLE "{business}" (key TEXT, amount INTEGER)')
+        setup.close()
+        store: Store = SQLiteStore(path, table=RECORDS_TABLE)
+        yield DB("sqlite", path, business, lambda: sqlite3.connect(path, timeout=30), store)
+    else:
+        import psycopg
+
+        from idempotence.stores._postgres import PostgresStore
+
+        admin = request.getfixturevalue("pg_admin")
+        admin.execute(f'CREATE TABLE IF NOT EXISTS "{business}" (key text, amount int)')
+        store = PostgresStore(PG_URL, table=RECORDS_TABLE)
+        yield DB("postgres", PG_URL, business, lambda: psycopg.connect(PG_URL), store)
+    store.close()
+
+
+@pytest.fixture
+def key() -> str:
+    return f"orders.create#{uuid.uuid4().hex}"
+
+
+# -- the context manager ------------------------------------------------------------------------
+def test_runs_once_then_replays(db: DB, key: str) -> None:
+    txi = TransactionalIdempotency(table=RECORDS_TABLE)
+    for attempt in range(3):
+        conn = db.connect()
+        try:
+            with txi.transaction(conn, key, payload={"amount": 5}, result_type=Receipt) as tx:
+                if tx.replayed:
+                    assert tx.result == Receipt("o1", 5)
+                else:
+                    assert attempt == 0
+                    db.insert(conn, key, 5)
+                    tx.set_result(Receipt("o1", 5))
+        finally:
+            conn.close()
+        assert tx.replayed is (attempt > 0)
+    assert db.count(key) == 1
+    record = db.store.get(key)  # the same records, seen through the store API
+    assert record is not None
+    assert record.status is Status.COMPLETED
+    assert record.fence == 1
+
+
+def test_body_error_rolls_everything_back(db: DB, key: str) -> None:
+    txi = TransactionalIdempotency(table=RECORDS_TABLE)
+    conn = db.connect()
+    try:
+
+        def declined() -> None:
+            with txi.transaction(conn, key) as tx:
+                db.insert(conn, key, 1)
+                tx.set_result("ok")
+                raise RuntimeError("payment declined")
+
+        with pytest.raises(RuntimeError, match="payment declined"):
+            declined()
+        assert db.count(key) == 0
+        assert db.store.get(key) is None
+        with txi.transaction(conn, key) as tx:  # the key is free: a retry runs
+            assert not tx.replayed
+            db.insert(conn, key, 1)
+    finally:
+        conn.close()
+    assert db.count(key) == 1
+    assert db.store.get(key) is not None
+
+
+def test_key_reuse_and_misuse(db: DB, key: str) -> None:
+    txi = TransactionalIdempotency(table=RECORDS_TABLE)
+    conn = db.connect()
+    try:
+        with txi.transaction(conn, key, payload={"a": 1}):
+            pass
+        with pytest.raises(KeyReuseError), txi.transaction(conn, key, payload={"a": 2}):
+            pass
+        with txi.transaction(conn, key, payload={"a": 1}) as tx:
+            assert tx.replayed
+            assert tx.result is None
+            with pytest.raises(RuntimeError, match="already completed"):
+                tx.set_result(1)
+    finally:
+        conn.close()
+
+
+def test_in_progress_claim_of_the_normal_api_is_respected(db: DB, key: str) -> None:
+    claim = db.store.claim(key, "-", lease=60, ttl=60)
+    assert claim.acquired
+    txi = TransactionalIdempotency(table=RECORDS_TABLE)
+    conn = db.connect()
+    try:
+        with pytest.raises(AlreadyInProgressError), txi.transaction(conn, key):
+            pass
+        db.store.release(key, claim.record.fence)
+        with txi.transaction(conn, key) as tx:  # released: taken over with fence + 1
+            assert not tx.replayed
+    finally:
+        conn.close()
+    record = db.store.get(key)
+    assert record is not None
+    assert record.fence == 2
+
+
+def test_32_concurrent_duplicates_write_once(db: DB, key: str) -> None:
+    txi = TransactionalIdempotency(db.connect, table=RECORDS_TABLE)
+    runs: list[int] = []
+
+    @txi(key="order_id")
+    def create(conn: Any, order: dict[str, Any]) -> Receipt:
+        runs.append(1)
+        db.insert(conn, key, order["amount"])
+        time.sleep(0.05)  # duplicates arrive while the transaction is open
+        return Receipt(order["order_id"], order["amount"])
+
+    barrier = threading.Barrier(N)
+
+    def call(_: int) -> Receipt:
+        barrier.wait()
+        return create({"order_id": key, "amount": 7})
+
+    with ThreadPoolExecutor(N) as pool:
+        results = list(pool.map(call, range(N)))
+    assert len(runs) == 1
+    assert db.count(key) == 1
+    assert results == [Receipt(key, 7)] * N
+
+
+@pytest.mark.parametrize("crash", ["before-commit", "after-commit"])
+def test_killed_process_leaves_no_duplicate_and_no_lost_effect(
+    db: DB, key: str, crash: str
+) -> None:
+    args = [db.dialect, db.target, RECORDS_TABLE, db.business, key]
+    worker = [sys.executable, "-m", "tests.effects.crash_worker", *args]
+    died = subprocess.run([*worker, crash], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    if crash == "before-commit":
+        assert died.returncode == -signal.SIGKILL, died.stderr
+        assert db.count(key) == 0  # the business write died with the transaction
+        assert db.store.get(key) is None
+    else:
+        assert died.returncode == 3, died.stderr
+        assert db.count(key) == 1
+    retry = subprocess.run([*worker, "none"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert retry.returncode == 0, retry.stderr
+    assert retry.stdout.strip() == ("ran" if crash == "before-commit" else "replayed")
+    assert db.count(key) == 1  # exactly once, never lost
+
+
+def test_decorator_current_key_and_no_key(db: DB) -> None:
+    seen: list[str] = []
+
+    @transactional(db.connect, table=RECORDS_TABLE, key="id", required=False)
+    def handle(conn: Any, msg: dict[str, Any]) -> int:
+        seen.append(current_key())
+        return 1
+
+    msg = {"id": uuid.uuid4().hex}
+    assert handle(msg) == 1
+    assert handle(msg) == 1
+    assert len(seen) == 1
+    assert seen[0] == handle.key_for(msg)  # type: ignore[attr-defined]
+    with pytest.raises(LookupError):
+        current_key()
+
+    @transactional(db.connect, table=RECORDS_TABLE, key="id", required=False)
+    def keyless(conn: Any, msg: dict[str, Any]) -> int:
+        return 2
+
+    assert keyless({"id": None}) == 2  # runs without idempotency, still in a transaction
+
+
+def test_nested_in_callers_transaction_commits_with_it(db: DB, key: str) -> None:
+    txi = TransactionalIdempotency(table=RECORDS_TABLE)
+    conn = db.connect()
+    try:
+        if db.dialect == "sqlite":
+            conn.execute("BEGIN IMMEDIATE")
+        else:
+            conn.execute("SELECT 1")  # psycopg: an implicit transaction is now open
+        with txi.transaction(conn, key) as tx:
+            db.insert(conn, key, 1)
+        assert not tx.replayed
+        conn.rollback()  # the caller's rollback undoes the savepoint's work too
+        assert db.count(key) == 0
+        assert db.store.get(key) is None
+    finally:
+        conn.close()
+
+
+def test_options_that_do_not_apply_are_refused() -> None:
+    with pytest.raises(TypeError, match="heartbeat"):
+        TransactionalIdempotency(heartbeat=False)
+    txi = TransactionalIdempotency()
+    with pytest.raises(TypeError, match="connect="):
+        txi(lambda conn, x: x)
+    with pytest.raises(TypeError, match="sqlite3 or psycopg"), txi.transaction(object(), "k"):
+        pass
+
+
+def test_migration_sql() -> None:
+    txi = TransactionalIdempotency(table="app.idem")
+    assert 'CREATE TABLE IF NOT EXISTS "app"."idem"' in txi.migration_sql()
+    assert "WITHOUT ROWID" in txi.migration_sql("sqlite")
+
+
+# -- async (PostgreSQL) ---------------------------------------------------------------------------
+async def test_async_32_tasks_write_once(pg_admin: Any, key: str) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    from idempotence.stores._postgres import PostgresStore
+
+    business = f"effects_business_{SESSION}"
+    pg_admin.execute(f'CREATE TABLE IF NOT EXISTS "{business}" (key text, amount int)')
+    runs: list[int] = []
+    async with AsyncConnectionPool(PG_URL, min_size=1, max_size=N + 2, open=False) as pool:
+        txi = TransactionalIdempotency(pool, table=RECORDS_TABLE)
+
+        @txi(key="order_id", fingerprint="amount")
+        async def create(conn: Any, order: dict[str, Any]) -> Receipt:
+            runs.append(1)
+            await conn.execute(
+                f'INSERT INTO "{business}" (key, amount) VALUES (%s, %s)', (key, order["amount"])
+            )
+            await asyncio.sleep(0.05)
+            assert current_key() == create.key_for(order)  # type: ignore[attr-defined]
+            return Receipt(order["order_id"], order["amount"])
+
+        results = await asyncio.gather(*(create({"order_id": key, "amount": 9}) for _ in range(N)))
+        with pytest.raises(KeyReuseError):
+            await create({"order_id": key, "amount": 10})
+        async with pool.connection() as conn:
+
+            async def boom() -> None:
+                async with txi.atransaction(conn, key + "-2"):
+                    await conn.execute(
+                        f'INSERT INTO "{business}" (key, amount) VALUES (%s, 1)', (key,)
+                    )
+                    raise ValueError("boom")
+
+            with pytest.raises(ValueError, match="boom"):
+                await boom()
+            async with txi.atransaction(conn, key + "-3") as tx:
+                tx.set_result([1, 2])
+            async with txi.atransaction(conn, key + "-3") as tx:
+                assert tx.replayed
+                assert tx.result == [1, 2]
+    assert len(runs) == 1
+    assert results == [Receipt(key, 9)] * N
+    count = pg_admin.execute(f'SELECT count(*) FROM "{business}" WHERE key = %s', (key,))
+    assert count.fetchone() == (1,)
+    store = PostgresStore(PG_URL, table=RECORDS_TABLE)
+    assert store.get(key + "-2") is None
+    store.close()
+
+
+async def test_atransaction_needs_an_async_connection(tmp_path: Path) -> None:
+    txi = TransactionalIdempotency()
+    conn = sqlite3.connect(tmp_path / "x.db")
+    with pytest.raises(TypeError, match="AsyncConnection"):
+        async with txi.atransaction(conn, "k"):
+            pass
+    conn.close()
