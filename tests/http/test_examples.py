@@ -233,3 +233,21 @@ async def test_django_example_asgi(django_example: types.ModuleType) -> None:
     assert second.content == first.content
     assert second.headers["idempotent-replayed"] == "true"
     assert len(django_example.ORDERS) == before + 1
+
+
+# -- the docs quote these files -----------------------------------------------------------
+def test_docs_quote_the_examples_verbatim() -> None:
+    """Every python block of docs/http.md introduced by an example's path is an excerpt."""
+    import re
+
+    text = (EXAMPLES.parent / "docs" / "http.md").read_text()
+    checked = 0
+    for block in re.finditer(r"```python\n(.*?)```", text, re.DOTALL):
+        before = text[max(0, block.start() - 400) : block.start()]
+        paths = re.findall(r"`(examples/[\w/]+\.py)`", before)
+        if not paths:
+            continue
+        source = (EXAMPLES.parent / paths[-1]).read_text()
+        assert block.group(1) in source, f"docs/http.md drifted from {paths[-1]}"
+        checked += 1
+    assert checked >= 4

@@ -203,12 +203,24 @@ def wsgi_server(request: pytest.FixtureRequest, store: Store) -> Iterator[tuple[
     app = WSGIIdempotencyMiddleware(make_app(counter, delay=0.3), Idempotency(store, lease=30))
     if request.param == "waitress":
         import waitress.server
+        from waitress import wasyncore
 
         server: Any = waitress.server.create_server(app, host="127.0.0.1", port=0, threads=16)
         port = server.effective_port
-        thread = threading.Thread(target=server.run, daemon=True)
+        stopping = threading.Event()
+
+        def serve() -> None:  # server.run() cannot be stopped without racing its sockets
+            while not stopping.is_set():
+                wasyncore.loop(timeout=0.05, map=server._map, count=1)
+
+        thread = threading.Thread(target=serve, daemon=True)
         thread.start()
-        stop = server.close
+
+        def stop() -> None:
+            stopping.set()
+            thread.join(10)
+            server.task_dispatcher.shutdown()
+            wasyncore.close_all(server._map)
     else:
         server = wsgiref.simple_server.make_server(
             "127.0.0.1", 0, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
