@@ -14,7 +14,7 @@ def test_package_exports() -> None:
         "MissingKeyError", "Record", "ResultNotStoredError", "ResultTooLargeError",
         "Serializer", "Status",
         "StoreError", "StoredErrorReplay", "UnencodableError", "__version__",
-        "default_store_url", "idempotent", "idempotent_handler",
+        "current_key", "default_store_url", "idempotent", "idempotent_handler",
     }  # fmt: skip
     for name in idempotence.__all__:
         assert getattr(idempotence, name) is not None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ._codec import JSONSerializer, Serializer, UnencodableError
 from ._config import IdempotencyConfig
+from ._context import current_key
 from ._errors import (
     AlreadyInProgressError,
     CorruptRecordError,
@@ -65,6 +66,7 @@ __all__ = [
     "StoredErrorReplay",
     "UnencodableError",
     "__version__",
+    "current_key",
     "default_store_url",
     "idempotent",
     "idempotent_handler",

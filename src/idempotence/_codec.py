@@ -227,7 +227,7 @@ def _b64encode(b: bytes) -> str:
 def _b64decode(s: str) -> bytes:
     import base64
 
-    return base64.b64decode(s)
+    return base64.b64decode(s, validate=True)
 
 
 def _uuid(s: str) -> Any:
@@ -278,6 +278,8 @@ def envelope(kind: int, body: bytes) -> bytes:
 
 def open_envelope(data: bytes) -> tuple[int, bytes]:
     """Split a stored result into (kind, body); refuse unknown versions and kinds."""
+    if len(data) == 1 and data[0] == ENVELOPE_VERSION:
+        raise CorruptRecordError("stored result is truncated (1 byte); forget the key")
     if len(data) < 2 or data[0] != ENVELOPE_VERSION:
         version = data[0] if data else None
         raise CorruptRecordError(

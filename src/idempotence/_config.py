@@ -17,9 +17,14 @@ KeySpec = str | Callable[[Any], Any]
 
 def seconds(value: float | dt.timedelta, name: str) -> float:
     """A positive duration in seconds from a number or a ``timedelta``."""
-    s = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
-    if not s > 0:
-        raise ValueError(f"{name} must be a positive duration, got {value!r}")
+    try:
+        s = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+    except (TypeError, ValueError):
+        s = float("nan")
+    if isinstance(value, (bool, str)) or not s > 0 or s == float("inf"):
+        raise ValueError(
+            f"{name} must be a positive duration (finite seconds or a timedelta), got {value!r}"
+        )
     return s
 
 
@@ -78,11 +83,15 @@ class IdempotencyConfig:
             raise ValueError(
                 f"on_in_progress must be 'raise' or 'wait', got {self.on_in_progress!r}"
             )
-        if not isinstance(self.local_cache, int) or self.local_cache < 0:
+        if type(self.local_cache) is not int or self.local_cache < 0:
             raise ValueError(f"local_cache must be an int >= 0, got {self.local_cache!r}")
         errors = self.store_errors
         if isinstance(errors, type):
             errors = (errors,)
+        if not isinstance(errors, (tuple, list, set, frozenset)):
+            raise TypeError(
+                f"store_errors must be exception classes (a tuple of them), got {errors!r}"
+            )
         errors = tuple(errors)
         if not all(isinstance(e, type) and issubclass(e, BaseException) for e in errors):
             raise TypeError("store_errors must be exception classes")

@@ -120,6 +120,10 @@ class _Bound(Generic[P, R]):
             inspect.Parameter.VAR_KEYWORD,
         ):
             self.payload_name = params[0].name
+        elif [p.name for p in params] == ["event", "context"]:
+            # A Lambda handler decorated as a plain function: the context (request id,
+            # remaining time) differs on every delivery, so it never enters the payload.
+            self.payload_name = "event"
         else:
             self.payload_name = None  # all arguments, as a mapping
         # Fast path: the payload is the only argument of the call (``f(x)``/``obj.f(x)``).

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import _log
+from ._context import CURRENT_KEY
 from ._protocol import ClaimOp, CompleteOp, Plan, ReleaseOp, RunOp, SleepOp, protocol
 from .stores._base import Store
 
@@ -99,14 +100,17 @@ def run_sync(plan: Plan, store: Store, body: Callable[[], Any], *, heartbeat: bo
             if type(op) is ClaimOp:
                 value = store.claim(op.key, op.fingerprint, lease=op.lease, ttl=op.ttl)
             elif type(op) is RunOp:
-                if heartbeat and op.fence is not None:
-                    beat = _heartbeats.start(store, op.key, op.fence, op.lease)
-                    try:
-                        value = body()
-                    finally:
-                        _heartbeats.stop(beat)
-                else:
+                token = CURRENT_KEY.set(op.key)
+                beat = (
+                    _heartbeats.start(store, op.key, op.fence, op.lease)
+                    if heartbeat and op.fence is not None
+                    else 0
+                )
+                try:
                     value = body()
+                finally:
+                    _heartbeats.stop(beat)
+                    CURRENT_KEY.reset(token)
             elif type(op) is CompleteOp:
                 value = store.complete(op.key, op.fence, op.result, ttl=op.ttl)
             elif type(op) is ReleaseOp:
@@ -159,10 +163,14 @@ async def run_async(
             if type(op) is ClaimOp:
                 value = await store.aclaim(op.key, op.fingerprint, lease=op.lease, ttl=op.ttl)
             elif type(op) is RunOp:
-                if heartbeat and op.fence is not None:
-                    value = await _beating(body, store, op.key, op.fence, op.lease)
-                else:
-                    value = await body()
+                token = CURRENT_KEY.set(op.key)
+                try:
+                    if heartbeat and op.fence is not None:
+                        value = await _beating(body, store, op.key, op.fence, op.lease)
+                    else:
+                        value = await body()
+                finally:
+                    CURRENT_KEY.reset(token)
             elif type(op) is CompleteOp:
                 value = await store.acomplete(op.key, op.fence, op.result, ttl=op.ttl)
             elif type(op) is ReleaseOp:

@@ -44,7 +44,7 @@ def test_rejects_empty() -> None:
 
 
 def test_current_key_outside() -> None:
-    with pytest.raises(LookupError, match="TransactionalIdempotency"):
+    with pytest.raises(LookupError, match="idempotent function"):
         current_key()
 
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import hashlib
 import re
 from collections.abc import Iterator
+
+from .._context import CURRENT_KEY, current_key
 
 __all__ = ["child_key", "current_key"]
 
 #: Characters kept from ``name`` in the readable part of a child key.
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:-]+")
 _MAX_NAME = 64
-
-_current: contextvars.ContextVar[str] = contextvars.ContextVar("idempotence_current_key")
 
 
 def child_key(parent_key: str, name: str) -> str:
@@ -37,27 +36,11 @@ def child_key(parent_key: str, name: str) -> str:
     return f"{label}-{hashlib.sha256(material).hexdigest()}"
 
 
-def current_key() -> str:
-    """The idempotency key of the operation running in this context.
-
-    Set inside functions decorated by :class:`~idempotence.effects.TransactionalIdempotency`
-    (sync and async; it follows ``asyncio`` tasks and ``contextvars.copy_context``). Raises
-    ``LookupError`` outside of one.
-    """
-    try:
-        return _current.get()
-    except LookupError:
-        raise LookupError(
-            "no idempotent operation is running in this context: current_key() works inside "
-            "a function decorated with TransactionalIdempotency"
-        ) from None
-
-
 @contextlib.contextmanager
 def running(key: str) -> Iterator[None]:
     """Make ``key`` the :func:`current_key` for the body of the ``with``."""
-    token = _current.set(key)
+    token = CURRENT_KEY.set(key)
     try:
         yield
     finally:
-        _current.reset(token)
+        CURRENT_KEY.reset(token)
