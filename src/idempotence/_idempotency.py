@@ -230,10 +230,25 @@ class _Bound(Generic[P, R]):
         return envelope(KIND_ERROR, head + b"\n" + args)
 
     def replay(self, record: Record) -> Any:
+        try:
+            return self._replay(record)
+        except CorruptRecordError as exc:
+            if exc.key is not None:
+                raise
+            raise CorruptRecordError(
+                f"the stored result of {record.key!r} cannot be read: {exc}. The function is "
+                "not run again; inspect the record (`idempotence inspect`) and forget the key "
+                "(`.forget(...)` or `idempotence forget`) to let it run.",
+                key=record.key,
+            ) from exc
+
+    def _replay(self, record: Record) -> Any:
         data = record.result
         if data is None:
             raise CorruptRecordError(
-                f"completed record {record.key!r} holds no result", key=record.key
+                f"completed record {record.key!r} holds no result; forget the key to let the "
+                "function run again",
+                key=record.key,
             )
         kind, body = open_envelope(data)
         if kind == KIND_VALUE:
