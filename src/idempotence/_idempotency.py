@@ -178,9 +178,14 @@ class _Bound(Generic[P, R]):
                         "key=, or set required=False to run such calls without idempotency."
                     )
                 return None
+        return self.key_of(material, payload)
+
+    def key_of(self, material: Any, scope_payload: Any) -> str:
+        """``namespace#digest([key spec, scope, material])``; a callable ``scope`` is applied
+        to ``scope_payload``. Adapters with their own key material use it too."""
         scope = self.config.scope
         if callable(scope):
-            scope = scope(payload)
+            scope = scope(scope_payload)
         return f"{self.namespace}#{digest([self.key_spec, scope, material])}"
 
     def fingerprint(self, payload: Any) -> str:
@@ -287,11 +292,16 @@ class _Bound(Generic[P, R]):
         )
 
     def plan(self, key: str, payload: Any, store: Store) -> Plan:
+        return self.plan_for(key, self.fingerprint(payload), store, self.config.lease_s)
+
+    def plan_for(self, key: str, fingerprint: str, store: Store, lease: float) -> Plan:
+        """The protocol plan of one call: this function's codec and options, with the given
+        fingerprint and lease (adapters pass their source's own)."""
         c = self.config
         return Plan(
             key=key,
-            fingerprint=self.fingerprint(payload),
-            lease=c.lease_s,
+            fingerprint=fingerprint,
+            lease=lease,
             ttl=c.ttl_s,
             encode=self.encode(store),
             replay=self.replay,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._idempotency import _Bound, _not_stored
-from .._keys import digest
+from .._idempotency import _Bound
 from .._protocol import Plan
 from ..stores._base import Store
 
@@ -37,12 +36,8 @@ def lease_for(context: Any, fixed: float | None, fallback: float, margin: float)
 
 
 def make_key(bound: _Bound[Any, Any], scope_payload: Any, material: Any) -> str:
-    """``namespace#digest([key spec, scope, material])``, as the function decorators build
-    keys; ``scope`` (a string or a function of ``scope_payload``) comes from the config."""
-    scope = bound.config.scope
-    if callable(scope):
-        scope = scope(scope_payload)
-    return f"{bound.namespace}#{digest([bound.key_spec, scope, material])}"
+    """The key of an event or record, built as the function decorators build keys."""
+    return bound.key_of(material, scope_payload)
 
 
 def make_plan(
@@ -50,20 +45,4 @@ def make_plan(
 ) -> Plan:
     """The protocol plan of one event or record: ``bound``'s codec and options, with the
     source's own fingerprint and the invocation's lease."""
-    c = bound.config
-    return Plan(
-        key=key,
-        fingerprint=fingerprint,
-        lease=lease,
-        ttl=c.ttl_s,
-        encode=bound.encode(store),
-        replay=bound.replay,
-        encode_not_stored=_not_stored,
-        encode_error=bound.encode_error if c.store_errors else None,
-        store_errors=c.store_errors,
-        should_store=c.should_store,
-        wait=c.on_in_progress == "wait",
-        wait_timeout=c.wait_timeout_s,
-        cache=bound.cache,
-        fail_open=c.fail_open,
-    )
+    return bound.plan_for(key, fingerprint, store, lease)
