@@ -300,6 +300,34 @@ class StoreContract:
         assert s.get(key) is None
         assert s.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
 
+    def test_fences_never_repeat_after_delete(
+        self, s: StoreDriver, key: str, clock: ManualClock
+    ) -> None:
+        # A record deleted (delete, purge, a backend TTL) while invocations holding its
+        # fences are paused: the next record of the key must not hand out any of them.
+        zombie = s.claim(key, "fp", lease=LEASE, ttl=TTL).record.fence  # then pauses
+        clock.advance(LEASE + 1)
+        successor = s.claim(key, "fp", lease=LEASE, ttl=TTL)
+        assert successor.acquired
+        assert s.release(key, successor.record.fence)  # its body raised
+        issued = [zombie, successor.record.fence]
+        for _ in range(2):  # the second time, the record is deleted while in progress
+            assert s.delete(key)
+            clock.advance(LEASE + 1)
+            fresh = s.claim(key, "fp", lease=LEASE, ttl=TTL)
+            assert fresh.acquired
+            assert fresh.record.fence > max(issued)
+            for stale in issued:  # every earlier owner wakes up: refused, nothing changes
+                assert not s.complete(key, stale, b"zombie", ttl=TTL)
+                assert not s.release(key, stale)
+                assert not s.renew(key, stale, lease=LEASE)
+            assert s.get(key) == fresh.record
+            issued.append(fresh.record.fence)
+        assert s.complete(key, issued[-1], b"last", ttl=TTL)
+        record = s.get(key)
+        assert record is not None
+        assert (record.fence, record.result) == (issued[-1], b"last")
+
     # -- concurrency ---------------------------------------------------------------------
     def test_concurrent_claims_threads(self, store: Store, key: str) -> None:
         n = 64

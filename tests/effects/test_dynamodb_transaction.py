@@ -189,12 +189,16 @@ def test_killed_process(
 
 
 def test_record_item_reused_after_retention(store: Any, orders: tuple[Any, str]) -> None:
-    _client, table = orders
+    client, table = orders
     key = f"k#{uuid.uuid4().hex}"
+    before = store.clock()
     assert not dynamodb_transaction(store, key, [ledger_add(table, 1)], ttl=0.001).replayed
+    item = client.get_item(TableName=store.table, Key=store._key(key), ConsistentRead=True)
+    first = int(item["Item"]["fence"]["N"])
+    assert int(before * 1000) <= first <= int(store.clock() * 1000)  # a new item: clock ms
     asyncio.run(asyncio.sleep(0.01))
     again = dynamodb_transaction(store, key, [ledger_add(table, 1)], result=None, ttl=60)
     assert not again.replayed  # retention over: a new operation
     record = store.get(key)
     assert record is not None
-    assert record.fence == 2
+    assert record.fence == first + 1  # the item was kept: taken over

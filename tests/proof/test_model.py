@@ -4,8 +4,9 @@ The real model must verify exhaustively with no error; every deliberately broken
 must be caught (so the properties are not vacuous). Needs ``spin`` (Debian package
 ``spin``) and a C compiler; without them the test skips locally and fails in CI.
 
-The last test reproduces, on the real SQLiteStore, the fence reset the ``PURGE`` variant
-finds: purging a released row lets a zombie's stale fence own the key again.
+The last test replays, on the real SQLiteStore, the fence reset the ``PURGE`` variant
+finds (purging a released row used to restart its fence at 1, and a zombie's stale fence
+owned the key again); the stores now do what ``-DPURGE -DCLOCK_FENCE`` verifies.
 """
 
 from __future__ import annotations
@@ -99,12 +100,10 @@ def test_broken_variant_is_caught(defines: list[str], property_: str, tmp_path: 
     assert property_ in outcome.violated.replace(" ", ""), outcome.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: purge() deletes a released row, its fence restarts at 1 and a zombie's "
-    "stale fence 1 completes over the new owner (model variant -DPURGE)",
-)
 def test_purge_never_revives_a_stale_fence(tmp_path: Path) -> None:
+    """Fixed as the model's ``-DPURGE -DCLOCK_FENCE`` variant verifies: a record created
+    from nothing takes its fence from the clock (ms), so purging a row never lets a new
+    record hand out a fence a zombie still holds."""
     clock = ManualClock()
     store = SQLiteStore(tmp_path / "p.db", clock=clock)
     zombie = store.claim("k", "fp", lease=60, ttl=3600).record.fence  # then pauses
@@ -116,6 +115,6 @@ def test_purge_never_revives_a_stale_fence(tmp_path: Path) -> None:
     store.purge()  # the released row: retention over, lease over
     newcomer = store.claim("k", "fp", lease=60, ttl=3600)
     assert newcomer.acquired
-    assert newcomer.record.fence != zombie
+    assert newcomer.record.fence > successor.record.fence > zombie
     assert not store.complete("k", zombie, b"zombie", ttl=3600)  # the zombie wakes up
     assert store.complete("k", newcomer.record.fence, b"newcomer", ttl=3600)

@@ -15,6 +15,7 @@ body already ran) surfaces as ``StoreError`` with the result attached as ``.resu
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import Counter
@@ -45,7 +46,7 @@ from tests.reliability.proxy import FaultProxy
 LEASE = 1.5  # a claim whose reply was lost holds its key this long
 DELAY = 3.0  # the stall of the "delay" fault: longer than every client timeout below
 # Client timeouts of the stores under test (seconds): redis socket timeouts, PostgreSQL
-# connect/pool timeouts, DynamoDB connect/read timeouts with a single attempt.
+# connect/pool/operation timeouts, DynamoDB connect/read timeouts with a single attempt.
 CLIENT_TIMEOUT = 1.0
 LIMIT = 2.5  # a fault must surface as StoreError within this long
 
@@ -186,7 +187,9 @@ def faulty(request: pytest.FixtureRequest) -> Iterator[tuple[str, Counted, Fault
         parts = urlsplit(POSTGRES_URL)
         proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
         url = _with_netloc(
-            POSTGRES_URL, proxy.address, f"table={table}&connect_timeout=1&pool_timeout=2"
+            POSTGRES_URL,
+            proxy.address,
+            f"table={table}&connect_timeout=1&pool_timeout=2&operation_timeout={CLIENT_TIMEOUT}",
         )
         idem = Idempotency(url, lease=LEASE, ttl=600)
         cleanup = lambda: tables.__exit__(None, None, None)  # noqa: E731
@@ -253,18 +256,9 @@ def test_refused_connections_fail_closed_and_recover(
 
 
 def test_stalled_connections_time_out_and_recover(
-    faulty: tuple[str, Counted, FaultProxy], request: pytest.FixtureRequest
+    faulty: tuple[str, Counted, FaultProxy],
 ) -> None:
     kind, counted, proxy = faulty
-    if kind == "postgres":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="bug: PostgresStore has no client-side timeout on an established "
-                "connection; a stalled network blocks the call until the stall ends "
-                "(or TCP gives up) instead of failing with StoreError",
-            )
-        )
     proxy.set("delay", delay=DELAY)
     took = counted.fails_closed("k")
     assert took < LIMIT, f"{kind}: a stalled store held the caller {took:.1f}s"
@@ -278,13 +272,9 @@ def test_stalled_connections_time_out_and_recover(
     report.emit(f"proxy_delay[{kind}]", store_error_seconds=f"{took:.2f}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: DynamoDBStore's default retries={'max_attempts': 2} is botocore's count of "
-    "*retries* (3 attempts, up to ~15 s of read timeouts on a stalled network), not the "
-    "2 attempts its docstring promises; fix: retries={'total_max_attempts': 2, ...}",
-)
 def test_dynamodb_default_config_makes_two_attempts(dynamodb_endpoint: str) -> None:
+    """botocore's ``max_attempts`` counts retries; the default config asks for 2 attempts in
+    all (``total_max_attempts``), as the docstring promises, sync and async."""
     from idempotence.stores import DynamoDBStore
 
     endpoint = urlsplit(dynamodb_endpoint)
@@ -295,10 +285,21 @@ def test_dynamodb_default_config_makes_two_attempts(dynamodb_endpoint: str) -> N
         with pytest.raises(StoreError):
             store.get("k")
         attempts = proxy.connections
+        proxy.connections = 0
+
+        async def aget() -> None:
+            try:
+                await store.aget("k")
+            finally:
+                await store.aclose()
+
+        with pytest.raises(StoreError):
+            asyncio.run(aget())
+        async_attempts = proxy.connections
     finally:
         store.close()
         proxy.close()
-    assert attempts == 2
+    assert (attempts, async_attempts) == (2, 2)
 
 
 def test_postgres_stalled_connect_times_out() -> None:
@@ -321,6 +322,45 @@ def test_postgres_stalled_connect_times_out() -> None:
             counted.store.close()
             proxy.close()
     report.emit("proxy_delay_connect[postgres]", store_error_seconds=f"{took:.2f}")
+
+
+def test_postgres_stalled_async_operation_times_out() -> None:
+    """The async side of ``operation_timeout``: an event-loop timer cuts the stalled
+    connection (no thread), ``StoreError`` comes within the timeout, the pool discards the
+    connection and the store recovers."""
+    from idempotence.stores import PostgresStore
+
+    with _postgres_table() as table:
+        parts = urlsplit(POSTGRES_URL)
+        proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+        url = _with_netloc(POSTGRES_URL, proxy.address, "")
+        store = PostgresStore(
+            url, table=table, connect_timeout=1, pool_timeout=2, operation_timeout=CLIENT_TIMEOUT
+        )
+
+        async def main() -> float:
+            try:
+                assert (await store.aclaim("warm", "fp", lease=LEASE, ttl=600)).acquired
+                proxy.set("delay", delay=DELAY)
+                began = time.monotonic()
+                with pytest.raises(StoreError, match="operation_timeout"):
+                    await store.aclaim("k", "fp", lease=LEASE, ttl=600)
+                took = time.monotonic() - began
+                proxy.set("pass")
+                assert (await store.aclaim("fresh", "fp", lease=LEASE, ttl=600)).acquired
+                assert (await store.aget("warm")) is not None
+                return took
+            finally:
+                await store.aclose()
+
+        try:
+            took = asyncio.run(main())
+        finally:
+            proxy.set("pass")
+            store.close()
+            proxy.close()
+    assert took < LIMIT, took
+    report.emit("proxy_delay_async[postgres]", store_error_seconds=f"{took:.2f}")
 
 
 def test_cut_mid_request_fails_closed_and_recovers(

@@ -26,7 +26,7 @@ import pytest
 from idempotence import StoreError
 from idempotence._record import Claim, Status
 from idempotence.stores import store_from_url
-from idempotence.testing import LEASE, TTL, ManualClock, StoreContract
+from idempotence.testing import LEASE, TTL, ManualClock, StoreContract, StoreDriver
 from tests.conftest import backend_unavailable
 
 try:
@@ -445,6 +445,63 @@ def test_url_forms() -> None:
     assert isinstance(other, PostgresStore)
     assert (other.url, other.table, other.pool_size) == ("postgres://db/app", "idempotency", 3)
     assert (other.pool_timeout, other.auto_create) == (1.5, False)
+    assert other.operation_timeout == 5.0  # the default
+    timed = store_from_url("postgresql://db/app?operation_timeout=0.5&keepalives_idle=7")
+    assert isinstance(timed, PostgresStore)
+    assert (timed.url, timed.operation_timeout) == ("postgresql://db/app?keepalives_idle=7", 0.5)
+    untimed = store_from_url("postgresql://db/app?operation_timeout=none")
+    assert isinstance(untimed, PostgresStore)
+    assert untimed.operation_timeout is None
+
+
+def test_keepalive_defaults_give_way_to_the_url_and_connect_kwargs() -> None:
+    kwargs = PostgresStore("postgresql://db/app")._pool_options()["kwargs"]
+    assert kwargs["keepalives"] == 1
+    assert (kwargs["keepalives_idle"], kwargs["keepalives_interval"]) == (30, 10)
+    assert kwargs["tcp_user_timeout"] == 30_000  # libpq >= 12
+    url = "postgresql://db/app?keepalives_idle=7"
+    mine = PostgresStore(url, connect_kwargs={"tcp_user_timeout": 1000})._pool_options()
+    assert "keepalives_idle" not in mine["kwargs"]  # libpq reads the URL's 7
+    assert mine["kwargs"]["tcp_user_timeout"] == 1000
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_operation_timeout_cuts_a_blocked_statement(admin: Any, key: str, mode: str) -> None:
+    """A statement that gets no reply (here: blocked on a table lock) fails with StoreError
+    after ``operation_timeout``; the cut connection is discarded and the store recovers."""
+    store = PostgresStore(URL, table=TABLE, operation_timeout=0.3)
+    driver = StoreDriver(store, mode)
+    try:
+        assert driver.get(key) is None  # a pooled, open connection
+        with admin.transaction():
+            admin.execute(f'LOCK TABLE "{TABLE}" IN ACCESS EXCLUSIVE MODE')
+            began = time.monotonic()
+            with pytest.raises(StoreError, match=r"operation_timeout=0\.3s"):
+                driver.claim(key, "fp", lease=LEASE, ttl=TTL)
+            took = time.monotonic() - began
+        assert 0.3 <= took < 1.5, took
+        # The server ran the claim once the lock was gone (its reply had nowhere to go):
+        # the key is held, like any claim whose reply was lost.
+        deadline = time.monotonic() + 5
+        while driver.get(key) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not driver.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
+    finally:
+        store.delete(key)
+        driver.close()
+        store.close()
+
+
+def test_operation_timeout_none_disables_the_watch(admin: Any, key: str) -> None:
+    from idempotence.stores._postgres import _watchdog
+
+    store = PostgresStore(URL, table=TABLE, operation_timeout=None)
+    try:
+        assert store.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
+        assert not _watchdog._active  # nothing registered, nothing left behind
+    finally:
+        store.delete(key)
+        store.close()
 
 
 def test_configuration_errors() -> None:
@@ -452,6 +509,9 @@ def test_configuration_errors() -> None:
         PostgresStore(URL, table='x"; DROP TABLE y; --')
     with pytest.raises(ValueError, match="give url"):
         PostgresStore()
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="operation_timeout"):
+            PostgresStore(URL, operation_timeout=bad)
     sync_conn = psycopg.connect(URL, connect_timeout=3)  # not autocommit
     try:
         with pytest.raises(ValueError, match="autocommit"):
@@ -521,6 +581,43 @@ def test_purge_deletes_only_expired_rows_with_lapsed_leases(admin: Any) -> None:
         assert asyncio.run(store.apurge()) == 0
         assert store.delete(new)
     finally:
+        store.close()
+
+
+def test_purge_never_revives_a_stale_fence(admin: Any, key: str) -> None:
+    """The fence reset the model's -DPURGE variant finds: a purged row's key restarts from
+    the clock (milliseconds), never from 1, so a paused zombie's fence stays stale."""
+    clock = ManualClock(start=2_000.0)  # long before any other test's records
+    store = PostgresStore(URL, table=TABLE, clock=clock)
+    try:
+        zombie = store.claim(key, "fp", lease=60, ttl=3600).record.fence  # then pauses
+        clock.advance(61)
+        successor = store.claim(key, "fp", lease=60, ttl=3600)
+        assert successor.acquired
+        assert store.release(key, successor.record.fence)  # its body raised
+        clock.advance(61)
+        assert store.purge() >= 1  # the released row: retention over, lease over
+        newcomer = store.claim(key, "fp", lease=60, ttl=3600)
+        assert newcomer.acquired
+        assert newcomer.record.fence > successor.record.fence > zombie
+        assert not store.complete(key, zombie, b"zombie", ttl=3600)
+        assert store.complete(key, newcomer.record.fence, b"newcomer", ttl=3600)
+    finally:
+        store.delete(key)
+        store.close()
+
+
+def test_server_clock_gives_a_new_key_its_fence(admin: Any, key: str) -> None:
+    store = PostgresStore(URL, table=TABLE)
+    try:
+        claim = store.claim(key, "fp", lease=LEASE, ttl=TTL)
+        assert claim.record.fence == int(claim.now * 1000)  # server ms, as fresh_fence
+        assert abs(claim.now - time.time()) < 60
+        again = asyncio.run(store.aclaim(key + "a", "fp", lease=LEASE, ttl=TTL))
+        assert again.record.fence == int(again.now * 1000)
+    finally:
+        store.delete(key)
+        store.delete(key + "a")
         store.close()
 
 

@@ -167,6 +167,26 @@ def test_server_clock_decides_by_default(url: str, admin: Any) -> None:
         outcome = store.claim(_key(), "fp", lease=LEASE, ttl=TTL)
         assert outcome.now == pytest.approx(seconds + micros / 1e6, abs=5)
         assert outcome.record.lease_expires_at == outcome.now + LEASE
+        assert outcome.record.fence == int(outcome.now * 1000)  # a new key: server ms
+    finally:
+        store.close()
+
+
+def test_expired_hash_never_revives_a_stale_fence(url: str, admin: Any) -> None:
+    """Redis deletes the hash when its TTL ends (here: at once) while a zombie still holds
+    its fence; the next record's fence comes from the clock, above every earlier one."""
+    clock = ManualClock()
+    store = RedisStore(url, prefix=PREFIX, clock=clock)
+    try:
+        key = _key()
+        zombie = store.claim(key, "fp", lease=LEASE, ttl=TTL).record.fence  # then pauses
+        admin.delete(PREFIX + key)  # the key's TTL ran out during the pause
+        clock.advance(0.002)
+        newcomer = store.claim(key, "fp", lease=LEASE, ttl=TTL)
+        assert newcomer.acquired
+        assert newcomer.record.fence > zombie
+        assert not store.complete(key, zombie, b"zombie", ttl=TTL)
+        assert store.complete(key, newcomer.record.fence, b"newcomer", ttl=TTL)
     finally:
         store.close()
 

@@ -66,8 +66,10 @@ from .._keys import digest
 from .._record import Claim, Record, Status
 from ..stores._base import decide_claim
 from ..stores._postgres import _ddl as _postgres_ddl
+from ..stores._postgres import _fresh_fence as _postgres_fresh_fence
 from ..stores._postgres import _record as _postgres_record
 from ..stores._postgres import _table_sql
+from ..stores._sqlite import sqlite_ddl
 from . import _sql
 from ._child_key import running
 from ._sql import POSTGRES, SQLITE, Dialect, Steps, Stmt
@@ -99,16 +101,6 @@ _NOT_APPLICABLE = (
     "should_store", "fail_open",
 )  # fmt: skip
 _NO_FINGERPRINT = "-"
-
-
-def _sqlite_ddl(table: str) -> str:
-    # The schema of SQLiteStore's table (kept identical: records are shared).
-    return (
-        f"CREATE TABLE IF NOT EXISTS {table} ("
-        "key TEXT PRIMARY KEY, status TEXT NOT NULL, fingerprint TEXT NOT NULL, "
-        "fence INTEGER NOT NULL, lease_expires_at REAL NOT NULL, "
-        "expires_at REAL NOT NULL, result BLOB) WITHOUT ROWID"
-    )
 
 
 def _row_record(row: Sequence[Any]) -> Record:
@@ -143,8 +135,8 @@ def _claim_steps(t: _Table, key: str, fingerprint: str, lease: float, ttl: float
         if t.dialect is POSTGRES:
             rows, _ = yield t.stmt(
                 f"INSERT INTO {{t}} ({_COLS}) VALUES ({{key}}, 'IN_PROGRESS', {{fingerprint}}, "
-                "1, {NOW} + {lease}, {NOW} + {keep}, NULL) ON CONFLICT (key) DO NOTHING "
-                f"RETURNING {_COLS}, {{NOW}}",
+                f"{_postgres_fresh_fence('{NOW}')}, {{NOW}} + {{lease}}, {{NOW}} + {{keep}}, "
+                f"NULL) ON CONFLICT (key) DO NOTHING RETURNING {_COLS}, {{NOW}}",
                 key=key,
                 fingerprint=fingerprint,
                 lease=float(lease),
@@ -409,7 +401,7 @@ class TransactionalIdempotency:
         self.clock = clock
         self.config = IdempotencyConfig(**options)
         self._tables = {
-            SQLITE: _Table(SQLITE, _sqlite_name(table), _sqlite_ddl(_sqlite_name(table)), clock),
+            SQLITE: _Table(SQLITE, _sqlite_name(table), sqlite_ddl(_sqlite_name(table)), clock),
             POSTGRES: _Table(POSTGRES, _table_sql(table), _postgres_ddl(table), clock),
         }
         self._created: set[Dialect] = set()
@@ -702,7 +694,15 @@ def _dynamodb_steps(
     serializer: Serializer,
     result_type: Any,
 ) -> Generator[Any, Any, TransactionOutcome[Any]]:
-    from ..stores._dynamodb import _Call, _encode, _num, _Sleep
+    from ..stores._dynamodb import (
+        CLAIM_CONDITION,
+        CLAIM_FENCE,
+        _Call,
+        _encode,
+        _num,
+        _Sleep,
+        fresh_values,
+    )
 
     if len(writes) >= _DYNAMODB_MAX_ITEMS:
         raise ValueError(
@@ -730,8 +730,7 @@ def _dynamodb_steps(
             ":completed": {"S": Status.COMPLETED.value},
             ":in_progress": {"S": Status.IN_PROGRESS.value},
             ":fingerprint": {"S": fingerprint},
-            ":zero": {"N": "0"},
-            ":one": {"N": "1"},
+            **fresh_values(now),
             ":now": _num(now),
             ":expires_at": _num(now + ttl),
             ":expiration": store._expiration(now + ttl),
@@ -739,7 +738,7 @@ def _dynamodb_steps(
         }
         update = (
             "SET #status = :completed, #fingerprint = :fingerprint, "
-            "#fence = if_not_exists(#fence, :zero) + :one, #lease = :now, "
+            f"{CLAIM_FENCE}, #lease = :now, "
             "#expires = :expires_at, #expiration = :expiration, #result = :result"
         )
         if encoding:
@@ -752,12 +751,7 @@ def _dynamodb_steps(
                 "TableName": store.table,
                 "Key": store._key(key),
                 "UpdateExpression": update,
-                # The claim condition of DynamoDBStore: absent, past retention, or a lapsed
-                # in-progress claim with the same fingerprint.
-                "ConditionExpression": "attribute_not_exists(#pk)"
-                " OR (#expires <= :now AND (#status <> :in_progress OR #lease <= :now))"
-                " OR (#status = :in_progress AND #lease <= :now"
-                " AND #fingerprint = :fingerprint)",
+                "ConditionExpression": CLAIM_CONDITION,
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": values,
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._base import Clock, Store, decide_claim
+from ._base import Clock, Store, decide_claim, fresh_fence
 from ._memory import MemoryStore
 from ._registry import register_scheme, store_from_url
 
@@ -30,6 +30,7 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "decide_claim",
+    "fresh_fence",
     "register_scheme",
     "store_from_url",
 ]

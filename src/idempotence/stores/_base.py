@@ -3,9 +3,10 @@
 A store keeps one :class:`~idempotence.Record` per key and offers:
 
 ``claim(key, fingerprint, lease=, ttl=)``
-    One atomic round trip. Creates an ``IN_PROGRESS`` record (fence 1, or the previous
-    fence + 1), or takes over a record whose retention ended or whose lease lapsed (with
-    the same fingerprint; fence + 1), or fails and returns the existing record.
+    One atomic round trip. Creates an ``IN_PROGRESS`` record (a record created from nothing
+    takes the fence :func:`fresh_fence` of ``now``: the store clock in milliseconds), or takes
+    over a record whose retention ended or whose lease lapsed (with the same fingerprint;
+    fence + 1), or fails and returns the existing record.
 ``complete(key, fence, result, ttl=)``
     Store the encoded result and mark the record ``COMPLETED``, only if ``fence`` is still
     the record's and it is in progress. Returns whether it did.
@@ -39,7 +40,7 @@ from typing import Any, ClassVar, TypeVar
 from .._errors import IdempotencyError, StoreError
 from .._record import Claim, Record, Status
 
-__all__ = ["Clock", "Store", "decide_claim"]
+__all__ = ["Clock", "Store", "decide_claim", "fresh_fence"]
 
 Clock = Callable[[], float]
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -168,6 +169,22 @@ async def _to_thread(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
+def fresh_fence(now: float) -> int:
+    """The fence of a record created from nothing: ``now`` (the store's clock) in whole
+    milliseconds, at least 1.
+
+    A record's fence only grows while the record exists (take-overs add 1), but a record
+    can be deleted (``delete``, ``purge()``, a backend TTL) while a paused invocation still
+    holds one of its fences. Restarting at 1 would hand that stale fence to a new owner
+    (ABA: the zombie completes over it). Starting from the clock instead gives a fence
+    above every earlier one of the key, provided the clock moved forward since that fence
+    was issued by more than the number of take-overs the record saw (one per millisecond,
+    sustained, over its whole life). Every store computes it the same way (Lua
+    ``math.floor``, SQL ``floor``: exact for doubles below 2**53 ms, i.e. until year 287396).
+    """
+    return max(1, int(now * 1000))
+
+
 def decide_claim(
     existing: Record | None,
     key: str,
@@ -186,7 +203,7 @@ def decide_claim(
         lapsed = existing.status is Status.IN_PROGRESS and now >= existing.lease_expires_at
         if not (lapsed and existing.fingerprint == fingerprint):
             return Claim(acquired=False, record=existing, now=now)
-    fence = existing.fence + 1 if existing is not None else 1
+    fence = existing.fence + 1 if existing is not None else fresh_fence(now)
     record = Record(
         key=key,
         status=Status.IN_PROGRESS,

@@ -11,7 +11,8 @@ Item layout (one item per idempotency key)::
     <sort_key_attr>   optional sort key (S): the constant ``sort_key_value``
     status            S   IN_PROGRESS | COMPLETED
     fingerprint       S
-    fence             N   grows by one on every successful claim (never reset by the store)
+    fence             N   a new item's is the client clock in ms (``fresh_fence``); grows by
+                          one on every take-over (never reset, even after the item is deleted)
     lease_expires_at  N   float epoch seconds
     expires_at        N   float epoch seconds: end of logical retention (enforced on read)
     expiration        N   integer epoch seconds: the DynamoDB TTL attribute (physical deletion)
@@ -48,7 +49,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from .._errors import CorruptRecordError, ResultTooLargeError, StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
-from ._base import Clock, Store, system_clock
+from ._base import Clock, Store, fresh_fence, system_clock
 
 if TYPE_CHECKING:
     from aiobotocore.session import AioSession
@@ -95,6 +96,25 @@ IdempotencyTable:
 # table (SAM: Policies: [DynamoDBCrudPolicy: {TableName: !Ref IdempotencyTable}]) and the
 # table name, e.g. Environment: {Variables: {IDEMPOTENCY_TABLE: !Ref IdempotencyTable}}.
 """
+
+
+#: The fence update of a claim: a new item's fence is ``:fresh`` + 1 = ``fresh_fence(now)``
+#: (see :func:`fresh_values`), a take-over's the item's + 1.
+CLAIM_FENCE: Final = "#fence = if_not_exists(#fence, :fresh) + :one"
+
+
+def fresh_values(now: float) -> dict[str, dict[str, str]]:
+    """The values of :data:`CLAIM_FENCE` at ``now`` (the client clock)."""
+    return {":fresh": {"N": str(fresh_fence(now) - 1)}, ":one": {"N": "1"}}
+
+
+#: The claim condition (shared with the transactional API in :mod:`idempotence.effects`):
+#: absent, OR past retention, OR an in-progress lease lapsed with our fingerprint.
+CLAIM_CONDITION: Final = (
+    "attribute_not_exists(#pk)"
+    " OR (#expires <= :now AND (#status <> :in_progress OR #lease <= :now))"
+    " OR (#status = :in_progress AND #lease <= :now AND #fingerprint = :fingerprint)"
+)
 
 
 # -- the request programs shared by the sync and async methods ----------------------------
@@ -180,7 +200,9 @@ class DynamoDBStore(Store):
         Seconds since the epoch; decides liveness of leases and retention (not safety).
     ``boto_config``
         A ``botocore.config.Config`` merged over the defaults, which fail fast when
-        DynamoDB is unreachable: 2 s connect timeout, 5 s read timeout, 2 attempts.
+        DynamoDB is unreachable: 2 s connect timeout, 5 s read timeout, 2 attempts in all
+        (``retries={"total_max_attempts": 2, "mode": "standard"}``; a ``retries`` given in
+        ``boto_config`` replaces it whole).
 
     Every operation is one request: ``claim`` an ``UpdateItem`` that both creates/takes over
     the item and bumps the fence, returning the existing item on failure
@@ -290,7 +312,9 @@ class DynamoDBStore(Store):
         config = config_class(
             connect_timeout=2,
             read_timeout=5,
-            retries={"max_attempts": 2, "mode": "standard"},
+            # botocore's `max_attempts` counts *retries* (2 would be 3 attempts, ~15 s of
+            # read timeouts on a stalled network); `total_max_attempts` counts attempts.
+            retries={"total_max_attempts": 2, "mode": "standard"},
             max_pool_connections=32,
         )
         return config.merge(self.boto_config) if self.boto_config is not None else config
@@ -492,18 +516,14 @@ class DynamoDBStore(Store):
         call = self._update(
             key,
             "SET #status = :in_progress, #fingerprint = :fingerprint, "
-            "#fence = if_not_exists(#fence, :zero) + :one, #lease = :lease_until, "
+            f"{CLAIM_FENCE}, #lease = :lease_until, "
             "#expires = :expires_at, #expiration = :expiration, #claim = :claim_id "
             "REMOVE #result, #encoding",
-            # absent, OR past retention, OR an in-progress lease lapsed with our fingerprint
-            "attribute_not_exists(#pk)"
-            " OR (#expires <= :now AND (#status <> :in_progress OR #lease <= :now))"
-            " OR (#status = :in_progress AND #lease <= :now AND #fingerprint = :fingerprint)",
+            CLAIM_CONDITION,
             {
                 ":in_progress": {"S": Status.IN_PROGRESS.value},
                 ":fingerprint": {"S": fingerprint},
-                ":zero": {"N": "0"},
-                ":one": {"N": "1"},
+                **fresh_values(now),
                 ":lease_until": _num(now + lease),
                 ":expires_at": _num(expires_at),
                 ":expiration": self._expiration(expires_at),

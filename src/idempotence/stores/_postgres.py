@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import math
 import os
 import re
+import socket
 import threading
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -37,7 +41,13 @@ _CLIENT_NOW = "%(now)s::float8"
 #: the statement's snapshot (see ``_claim_sql``). One retry settles it; more is paranoia.
 _CLAIM_ATTEMPTS = 4
 #: Options of ours in a store URL, removed before the URL is handed to libpq.
-_URL_OPTIONS = ("table", "pool_size", "pool_timeout", "auto_create")
+_URL_OPTIONS = ("table", "pool_size", "pool_timeout", "auto_create", "operation_timeout")
+#: libpq options of the connections the store opens itself (a URL or ``connect_kwargs``
+#: setting one wins): TCP keepalives notice a dead peer on an idle pooled connection, and
+#: ``tcp_user_timeout`` (ms, libpq >= 12) bounds how long sent data may stay unacknowledged.
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+               "keepalives_count": 3}  # fmt: skip
+_TCP_USER_TIMEOUT_MS = 30_000
 
 
 class _Again:
@@ -90,6 +100,12 @@ def _takeover(alias: str, now: str) -> str:
     )
 
 
+def _fresh_fence(now: str) -> str:
+    """SQL of ``fresh_fence(now)``: the fence of a record created from nothing (the clock
+    in whole milliseconds; ``floor`` of the same double as Python's ``int``)."""
+    return f"greatest(1, floor({now} * 1000))::int8"
+
+
 def _claim_sql(table: str, now: str) -> str:
     """The claim statement.
 
@@ -97,7 +113,9 @@ def _claim_sql(table: str, now: str) -> str:
     take over (``blocked``), that record is the answer and nothing is written or locked, so a
     replay is a pure read. Otherwise ``won`` inserts the key, or on conflict takes it over
     (fence + 1): ON CONFLICT locks the *latest* committed row version and re-evaluates the
-    takeover condition on it, so of N concurrent claimers exactly one wins. A loser whose
+    takeover condition on it, so of N concurrent claimers exactly one wins. A new row's fence
+    is the clock in milliseconds (``_fresh_fence``), so a key whose row was deleted
+    (``purge``, ``delete``) never hands out a fence a paused invocation still holds. A loser whose
     snapshot predates the winner reads the row again in ``raced`` with ``FOR SHARE``, which
     under READ COMMITTED follows the update chain to the latest version (the winner's, with
     its fence) instead of the stale snapshot version. One case is left: the key did not exist
@@ -112,7 +130,7 @@ WITH cur AS (
     SELECT {_COLS} FROM cur WHERE NOT {_takeover("cur", now)}
 ), won AS (
     INSERT INTO {table} AS r ({_COLS})
-    SELECT %(key)s::text, 'IN_PROGRESS', %(fingerprint)s::text, 1,
+    SELECT %(key)s::text, 'IN_PROGRESS', %(fingerprint)s::text, {_fresh_fence(now)},
            {now} + %(lease)s::float8, {now} + %(keep)s::float8, NULL
     WHERE NOT EXISTS (SELECT FROM blocked)
     ON CONFLICT (key) DO UPDATE SET
@@ -192,6 +210,33 @@ def _record(row: tuple[Any, ...]) -> Record:
     )
 
 
+def _execute(conn: Connection[Any], op: _Op[_T]) -> _T | _Again:
+    cur = conn.execute(op.query, op.params)
+    rows = cur.fetchall() if cur.description is not None else []
+    return op.parse(rows, cur.rowcount)
+
+
+async def _aexecute(conn: AsyncConnection[Any], op: _Op[_T]) -> _T | _Again:
+    cur = await conn.execute(op.query, op.params)
+    rows = await cur.fetchall() if cur.description is not None else []
+    return op.parse(rows, cur.rowcount)
+
+
+def _optional_seconds(text: str) -> float | None:
+    return None if text.strip().lower() in {"", "none", "off", "0"} else float(text)
+
+
+def _conninfo_keys(url: str | None) -> list[str]:
+    """The libpq parameters a URL / conninfo string sets (none if it cannot be parsed here:
+    libpq then reports the problem when connecting)."""
+    if not url:
+        return []
+    try:
+        return list(require("psycopg", "postgres").conninfo.conninfo_to_dict(url))
+    except Exception:
+        return []
+
+
 def _parse_claim(rows: list[tuple[Any, ...]], rowcount: int) -> Claim | _Again:
     if not rows:
         return _AGAIN
@@ -213,6 +258,125 @@ def _parse_count(rows: list[tuple[Any, ...]], rowcount: int) -> int:
 
 def _parse_none(rows: list[tuple[Any, ...]], rowcount: int) -> None:
     return None
+
+
+def _cut(conn: Any) -> None:
+    """Shut the connection's socket down (both ways), from any thread: libpq's pending read
+    or write fails at once, psycopg raises ``OperationalError`` and marks the connection
+    broken, and a pool discards it. Through a duplicate descriptor, so the connection's own
+    descriptor is never closed under libpq's feet."""
+    try:
+        fd = os.dup(conn.pgconn.socket)
+    except Exception:  # already closed or broken: nothing left to cut
+        return
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+class _Watchdog:
+    """One daemon thread per process cuts the connection of any sync operation that
+    overruns its deadline (psycopg has no client-side timeout on an open connection, so a
+    stalled network would otherwise block the caller until TCP gives up).
+
+    :meth:`watch` and :meth:`done` are the hot path: a counter, a clock read, a dict insert
+    and pop, no lock and no thread start (the thread starts once per process). The thread
+    sleeps until the earliest deadline; operations that finish in time never wake it
+    beyond one spurious wake-up per deadline. Firing and :meth:`done` settle who owns an
+    entry by ``dict.pop`` (atomic under the GIL); the loser of a race waits on a lock for
+    the cut to finish, so a connection is never cut after its operation moved on.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._fire = threading.Lock()
+        self._active: dict[int, tuple[float, Any]] = {}  # id -> (deadline, connection)
+        self._ids = itertools.count(1)
+        self._pid = 0  # the process whose thread runs (a forked child has none)
+        self._next_wake = math.inf  # inf while the thread is awake: every watch notifies
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        # The parent's connections are not ours to cut (a shutdown would hit the parent).
+        self._active = {}
+        self._pid = 0
+        self._next_wake = math.inf
+        self._cond = threading.Condition()
+        self._fire = threading.Lock()
+
+    def watch(self, conn: Any, timeout: float) -> int:
+        """Cut ``conn`` if :meth:`done` is not called within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        ident = next(self._ids)
+        self._active[ident] = (deadline, conn)
+        if self._pid != os.getpid():
+            with self._cond:
+                if self._pid != os.getpid():
+                    self._pid = os.getpid()
+                    threading.Thread(
+                        target=self._run, name="idempotence-pg-watchdog", daemon=True
+                    ).start()
+        elif deadline < self._next_wake:
+            with self._cond:
+                self._cond.notify()
+        return ident
+
+    def done(self, ident: int, conn: Any) -> bool:
+        """End the watch; ``True`` if the watchdog fired (then ``conn`` is cut and closed)."""
+        if self._active.pop(ident, None) is not None:
+            return False
+        with self._fire:  # the thread holds it while cutting: wait until the cut is done
+            pass
+        with contextlib.suppress(Exception):
+            conn.close()  # a pool discards it (a closed connection is never reused)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [i for i, (d, _) in list(self._active.items()) if d <= now]
+                if not due:
+                    deadlines = [d for d, _ in list(self._active.values())]
+                    self._next_wake = min(deadlines, default=now + 3600.0)
+                    self._cond.wait(self._next_wake - now)
+                    self._next_wake = math.inf
+                    continue
+            for ident in due:
+                with self._fire:
+                    entry = self._active.pop(ident, None)
+                    if entry is not None:
+                        _cut(entry[1])
+
+
+_watchdog = _Watchdog()
+
+
+class _Fuse:
+    """The async twin of a watch: a ``loop.call_later`` timer (no thread) that cuts the
+    connection. (``asyncio.timeout`` would not do: on cancellation psycopg sends a cancel
+    request and waits for the server, up to 10 s more on a stalled network.)"""
+
+    __slots__ = ("conn", "fired")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        _cut(self.conn)
+
+
+def _timed_out(timeout: float) -> TimeoutError:
+    return TimeoutError(
+        f"no reply from PostgreSQL within operation_timeout={timeout:g}s; the connection "
+        "was closed (a statement already sent may still complete on the server)"
+    )
 
 
 async def _close_with_loop(pool: AsyncConnectionPool[Any]) -> AsyncGenerator[None, None]:
@@ -266,11 +430,22 @@ class PostgresStore(Store):
     while it exists; ``auto_create=False`` turns that off). To create it in a migration
     instead, run :meth:`migration_sql` or call :meth:`create_table`.
 
-    Failures are fast: connecting gives up after ``connect_timeout`` seconds and waiting for
-    a pooled connection after ``pool_timeout`` seconds, both surfacing as
-    :class:`~idempotence.StoreError`. When an operation finds its connection dead (server
-    restart, failover, terminated backend), it fails once with ``StoreError`` and the
-    store's own pools drop their other idle connections, so the next call reconnects.
+    Failures are fast: connecting gives up after ``connect_timeout`` seconds, waiting for
+    a pooled connection after ``pool_timeout`` seconds, and an operation on an open
+    connection after ``operation_timeout`` seconds (default 5; ``None`` disables it): the
+    connection's socket is then shut down, so a stalled network or server cannot hold the
+    caller, and the connection is discarded (a statement already sent may still complete,
+    as with any lost reply: a claim then holds its key until its lease lapses). All surface
+    as :class:`~idempotence.StoreError`. The timeout costs no thread per call: one watchdog
+    thread per process serves every sync operation (registration is a dict insert and
+    pop), and async operations use an event-loop timer. It applies to injected
+    connections too (a cut injected connection stays closed; its owner replaces it).
+    Connections the store opens itself get TCP keepalives (``keepalives_idle=30``,
+    ``keepalives_interval=10``, ``keepalives_count=3``) and ``tcp_user_timeout=30000`` ms,
+    unless the URL or ``connect_kwargs`` set them. When an operation finds its connection
+    dead (server restart, failover, terminated backend, timeout), it fails once with
+    ``StoreError`` and the store's own pools drop their other idle connections, so the
+    next call reconnects.
 
     Released and expired rows stay until :meth:`purge` deletes them (run it periodically;
     it scans the table, as ``expires_at`` is deliberately not indexed so that updates stay
@@ -294,6 +469,7 @@ class PostgresStore(Store):
         pool_timeout: float = 5.0,
         auto_create: bool = True,
         connect_kwargs: Mapping[str, Any] | None = None,
+        operation_timeout: float | None = 5.0,
     ) -> None:
         sources = [s for s in (url, pool, connection) if s is not None]
         asources = [s for s in (async_pool, aconnection) if s is not None]
@@ -314,6 +490,9 @@ class PostgresStore(Store):
         self.pool_timeout = pool_timeout
         self.auto_create = auto_create
         self.connect_kwargs = dict(connect_kwargs or {})
+        if operation_timeout is not None and not operation_timeout > 0:
+            raise ValueError(f"operation_timeout must be > 0 or None, not {operation_timeout!r}")
+        self.operation_timeout = operation_timeout
         self._sql = _Statements.build(table, _CLIENT_NOW if clock is not None else _SERVER_NOW)
         self._pool = pool
         self._async_pool = async_pool
@@ -331,8 +510,9 @@ class PostgresStore(Store):
         """``postgresql://user:password@host:5432/db?table=idempotency`` (or ``postgres://``).
 
         Store options in the query (``table``, ``pool_size``, ``pool_timeout``,
-        ``auto_create``, and ``connect_timeout``, which libpq also reads) are taken out; the
-        rest of the URL (``sslmode``...) goes to libpq unchanged.
+        ``auto_create``, ``operation_timeout`` (seconds, or ``none``), and
+        ``connect_timeout``, which libpq also reads) are taken out; the rest of the URL
+        (``sslmode``, ``keepalives_idle``...) goes to libpq unchanged.
         """
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
@@ -346,6 +526,7 @@ class PostgresStore(Store):
             pool_size=int(options.get("pool_size", 10)),
             pool_timeout=float(options.get("pool_timeout", 5.0)),
             auto_create=options.get("auto_create", "true").lower() in {"1", "true", "yes", "on"},
+            operation_timeout=_optional_seconds(options.get("operation_timeout", "5")),
         )
 
     def __repr__(self) -> str:
@@ -394,7 +575,13 @@ class PostgresStore(Store):
 
     # -- pools ---------------------------------------------------------------------------
     def _pool_options(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"autocommit": True, **self.connect_kwargs}
+        kwargs: dict[str, Any] = {"autocommit": True}
+        given = set(self.connect_kwargs) | set(_conninfo_keys(self.url))
+        defaults = dict(_KEEPALIVES)
+        if require("psycopg", "postgres").pq.version() >= 120000:  # libpq 12 added it
+            defaults["tcp_user_timeout"] = _TCP_USER_TIMEOUT_MS
+        kwargs.update({k: v for k, v in defaults.items() if k not in given})
+        kwargs.update(self.connect_kwargs)
         kwargs["connect_timeout"] = max(1, round(self.connect_timeout))
         return {
             "conninfo": self.url,
@@ -499,12 +686,21 @@ class PostgresStore(Store):
                 "this PostgresStore has only an async connection source; use the a* methods"
             )
         created = not (auto_create and self.auto_create)
+        timeout = self.operation_timeout
         for _ in range(_CLAIM_ATTEMPTS):
             try:
                 with self._sync_conn() as conn:
-                    cur = conn.execute(op.query, op.params)
-                    rows = cur.fetchall() if cur.description is not None else []
-                    outcome = op.parse(rows, cur.rowcount)
+                    if timeout is None:
+                        outcome = _execute(conn, op)
+                    else:
+                        watch = _watchdog.watch(conn, timeout)
+                        try:
+                            outcome = _execute(conn, op)
+                        except Exception as exc:
+                            if _watchdog.done(watch, conn):
+                                raise _timed_out(timeout) from exc
+                            raise
+                        _watchdog.done(watch, conn)  # fired late: the reply is good
             except Exception as exc:
                 if created or not self._missing_table(exc):
                     raise
@@ -519,12 +715,25 @@ class PostgresStore(Store):
         if not self._has_async_source:
             return await asyncio.to_thread(self._run, op, auto_create=auto_create)
         created = not (auto_create and self.auto_create)
+        timeout = self.operation_timeout
         for _ in range(_CLAIM_ATTEMPTS):
             try:
                 async with self._async_conn() as conn:
-                    cur = await conn.execute(op.query, op.params)
-                    rows = await cur.fetchall() if cur.description is not None else []
-                    outcome = op.parse(rows, cur.rowcount)
+                    if timeout is None:
+                        outcome = await _aexecute(conn, op)
+                    else:
+                        fuse = _Fuse(conn)
+                        timer = asyncio.get_running_loop().call_later(timeout, fuse)
+                        try:
+                            outcome = await _aexecute(conn, op)
+                        except Exception as exc:
+                            if fuse.fired:
+                                raise _timed_out(timeout) from exc
+                            raise
+                        finally:
+                            timer.cancel()
+                        if fuse.fired:  # fired late: the reply is good, the socket is not
+                            await conn.close()
             except Exception as exc:
                 if created or not self._missing_table(exc):
                     raise

@@ -63,9 +63,11 @@ end
 """.replace("MIN_KEY_TTL_MS", str(MIN_KEY_TTL_MS))
 
 # ARGV: now, fingerprint, lease, ttl -> {acquired, now, flat record}. decide_claim in Lua.
+# A record created from nothing takes fresh_fence(now): the clock in ms (exact in a double),
+# so a key whose hash Redis expired never hands out a fence a paused zombie still holds.
 _CLAIM = """
 local flat = redis.call('HGETALL', key)
-local fence = 1
+local fence = math.max(1, math.floor(now * 1000))
 if #flat > 0 then
   local rec = {}
   for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end

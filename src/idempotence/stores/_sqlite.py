@@ -18,6 +18,17 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _COLUMNS = "key, status, fingerprint, fence, lease_expires_at, expires_at, result"
 
 
+def sqlite_ddl(table: str) -> str:
+    """The ``CREATE TABLE IF NOT EXISTS`` of a records table (shared with the transactional
+    API in :mod:`idempotence.effects`, so both see the same records)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} ("
+        "key TEXT PRIMARY KEY, status TEXT NOT NULL, fingerprint TEXT NOT NULL, "
+        "fence INTEGER NOT NULL, lease_expires_at REAL NOT NULL, "
+        "expires_at REAL NOT NULL, result BLOB) WITHOUT ROWID"
+    )
+
+
 def _row_to_record(row: tuple[object, ...] | None) -> Record | None:
     if row is None:
         return None
@@ -102,12 +113,7 @@ class SQLiteStore(Store):
             try:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                    "key TEXT PRIMARY KEY, status TEXT NOT NULL, fingerprint TEXT NOT NULL, "
-                    "fence INTEGER NOT NULL, lease_expires_at REAL NOT NULL, "
-                    "expires_at REAL NOT NULL, result BLOB) WITHOUT ROWID"
-                )
+                conn.execute(sqlite_ddl(self.table))
                 break
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
