@@ -12,6 +12,7 @@ import pytest
 
 from idempotence import Idempotency, Record, Status, __version__
 from idempotence.__main__ import format_record, main
+from idempotence.stores import store_from_url
 
 
 @pytest.fixture
@@ -38,7 +39,9 @@ def test_inspect_prints_the_record(url: str, key: str, capsys: pytest.CaptureFix
     lines = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines() if line)
     assert lines["key"] == key
     assert lines["status"] == "COMPLETED"
-    assert lines["fence"] == "1"
+    record = store_from_url(url).get(key)
+    assert record is not None
+    assert lines["fence"] == str(record.fence)
     assert lines["result"].endswith(" bytes")
     assert "expires" in lines
 
