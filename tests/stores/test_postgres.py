@@ -541,6 +541,32 @@ def test_table_is_created_on_first_use(admin: psycopg.Connection[Any], key: str)
     manual.close()
 
 
+def test_first_use_by_many_stores_at_once_creates_the_table_once(
+    admin: psycopg.Connection[Any],
+) -> None:
+    """Concurrent CREATE TABLE IF NOT EXISTS collides in PostgreSQL's catalog (unique
+    violation, duplicate type): every store must still claim, none may fail."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for _ in range(5):
+        table = f"idem_race_{uuid.uuid4().hex[:8]}"
+        stores = [PostgresStore(URL, table=table) for _ in range(12)]
+        barrier = threading.Barrier(len(stores))
+
+        def first_claim(store: PostgresStore, barrier: threading.Barrier = barrier) -> bool:
+            barrier.wait()
+            store.create_table()  # the auto-create path, raced head-on
+            return store.claim(f"k-{id(store)}", "fp", lease=LEASE, ttl=TTL).acquired
+
+        try:
+            with ThreadPoolExecutor(len(stores)) as pool:
+                assert all(pool.map(first_claim, stores))
+        finally:
+            for store in stores:
+                store.close()
+            admin.execute(f'DROP TABLE IF EXISTS "{table}"')
+
+
 def test_injected_connections(admin: Any, key: str) -> None:
     with psycopg.connect(URL, autocommit=True) as conn:
         store = PostgresStore(connection=conn, table=TABLE)

@@ -678,7 +678,9 @@ class PostgresStore(Store):
     def _tolerable_ddl_race(self, exc: Exception) -> bool:
         # Concurrent CREATE TABLE IF NOT EXISTS can collide in the catalog; the table exists.
         errors = require("psycopg", "postgres").errors
-        return isinstance(exc, (errors.UniqueViolation, errors.DuplicateTable))
+        return isinstance(
+            exc, (errors.UniqueViolation, errors.DuplicateTable, errors.DuplicateObject)
+        )
 
     def _run(self, op: _Op[_T], *, auto_create: bool = True) -> _T:
         if self._connection is None and self._pool is None and self.url is None:
