@@ -15,8 +15,6 @@ a result that could not be stored.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import datetime as dt
 import decimal
 import enum
@@ -45,6 +43,18 @@ class Serializer(Protocol):
     def decode(self, data: bytes, hint: Any) -> Any: ...
 
 
+def _is_dataclass(obj: Any) -> bool:
+    """``dataclasses.is_dataclass`` without importing :mod:`dataclasses` (a cold-start cost)
+    before any dataclass exists."""
+    return hasattr(obj, "__dataclass_fields__")
+
+
+def _init_fields(obj: Any) -> list[str]:
+    import dataclasses  # already imported: obj is a dataclass
+
+    return [f.name for f in dataclasses.fields(obj) if f.init]
+
+
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
@@ -57,9 +67,9 @@ def _classes_in(hint: Any, found: dict[str, type], depth: int = 0) -> None:
         name = _qualname(hint)
         if name in found:
             return
-        if issubclass(hint, enum.Enum) or dataclasses.is_dataclass(hint) or _is_model(hint):
+        if issubclass(hint, enum.Enum) or _is_dataclass(hint) or _is_model(hint):
             found[name] = hint
-        if dataclasses.is_dataclass(hint):
+        if _is_dataclass(hint):
             try:
                 field_hints = typing.get_type_hints(hint)
             except Exception:
@@ -117,8 +127,10 @@ class JSONSerializer:
         except (KeyError, TypeError):  # TypeError: an unhashable annotation
             allowed = {}
             _classes_in(hint, allowed)
-            with contextlib.suppress(TypeError):
+            try:  # noqa: SIM105 - contextlib.suppress would cost cold-import time
                 self._allowed[hint] = allowed
+            except TypeError:  # an unhashable annotation: not cached
+                pass
         try:
             tree = json.loads(data)
         except ValueError as exc:
@@ -149,10 +161,8 @@ class JSONSerializer:
             return {"$tuple": [self._enc(x, d) for x in v]}
         if isinstance(v, enum.Enum):
             return {"$enum": _qualname(t), "v": self._enc(v.value, d)}
-        if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            fields = {
-                f.name: self._enc(getattr(v, f.name), d) for f in dataclasses.fields(v) if f.init
-            }
+        if _is_dataclass(v) and not isinstance(v, type):
+            fields = {name: self._enc(getattr(v, name), d) for name in _init_fields(v)}
             return {"$dataclass": _qualname(t), "v": fields}
         if _is_model(t):
             return {"$model": _qualname(t), "v": v.model_dump(mode="json")}
@@ -196,7 +206,7 @@ class JSONSerializer:
                 return cls(self._dec(v["v"], allowed))
             if tag == "$dataclass":
                 cls = _lookup(body, allowed)
-                if not dataclasses.is_dataclass(cls):
+                if not _is_dataclass(cls):
                     raise CorruptRecordError(f"{body} is not a dataclass")
                 return cls(**{k: self._dec(x, allowed) for k, x in v["v"].items()})
             if tag == "$model":

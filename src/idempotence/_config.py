@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from ._codec import JSONSerializer, Serializer
@@ -28,7 +27,6 @@ def seconds(value: float | dt.timedelta, name: str) -> float:
     return s
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class IdempotencyConfig:
     """Options of :class:`~idempotence.Idempotency` (defaults) and of each decorator
     (overrides). Durations accept seconds or a ``timedelta`` and are stored as seconds.
@@ -56,66 +54,124 @@ class IdempotencyConfig:
       raising :class:`StoreError` (default off: fail closed).
     """
 
-    key: KeySpec | None = None
-    payload: str | None = None
-    fingerprint: KeySpec | Literal[False] | None = None
-    ttl: float | dt.timedelta = 24 * 3600.0
-    lease: float | dt.timedelta = 60.0
-    heartbeat: bool = True
-    on_in_progress: Literal["raise", "wait"] = "raise"
-    wait_timeout: float | dt.timedelta = 60.0
-    local_cache: int = 0
-    namespace: str | None = None
-    scope: str | Callable[[Any], str | None] | None = None
-    store_errors: tuple[type[BaseException], ...] = ()
-    should_store: Callable[[Any], bool] | None = None
-    on_replay: Callable[[Any, Record], Any] | None = None
-    required: bool = True
-    serializer: Serializer = dataclasses.field(default_factory=JSONSerializer)
-    fail_open: bool = False
+    __slots__ = (
+        "fail_open", "fingerprint", "heartbeat", "key", "lease", "local_cache", "namespace",
+        "on_in_progress", "on_replay", "payload", "required", "scope", "serializer",
+        "should_store", "store_errors", "ttl", "wait_timeout",
+    )  # fmt: skip
 
-    def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        set_(self, "ttl", seconds(self.ttl, "ttl"))
-        set_(self, "lease", seconds(self.lease, "lease"))
-        set_(self, "wait_timeout", seconds(self.wait_timeout, "wait_timeout"))
-        if self.on_in_progress not in ("raise", "wait"):
-            raise ValueError(
-                f"on_in_progress must be 'raise' or 'wait', got {self.on_in_progress!r}"
-            )
-        if type(self.local_cache) is not int or self.local_cache < 0:
-            raise ValueError(f"local_cache must be an int >= 0, got {self.local_cache!r}")
-        errors = self.store_errors
-        if isinstance(errors, type):
-            errors = (errors,)
+    key: KeySpec | None
+    payload: str | None
+    fingerprint: KeySpec | Literal[False] | None
+    ttl: float
+    lease: float
+    heartbeat: bool
+    on_in_progress: Literal["raise", "wait"]
+    wait_timeout: float
+    local_cache: int
+    namespace: str | None
+    scope: str | Callable[[Any], str | None] | None
+    store_errors: tuple[type[BaseException], ...]
+    should_store: Callable[[Any], bool] | None
+    on_replay: Callable[[Any, Record], Any] | None
+    required: bool
+    serializer: Serializer
+    fail_open: bool
+
+    def __init__(
+        self,
+        *,
+        key: KeySpec | None = None,
+        payload: str | None = None,
+        fingerprint: KeySpec | Literal[False] | None = None,
+        ttl: float | dt.timedelta = 24 * 3600.0,
+        lease: float | dt.timedelta = 60.0,
+        heartbeat: bool = True,
+        on_in_progress: Literal["raise", "wait"] = "raise",
+        wait_timeout: float | dt.timedelta = 60.0,
+        local_cache: int = 0,
+        namespace: str | None = None,
+        scope: str | Callable[[Any], str | None] | None = None,
+        store_errors: type[BaseException] | Iterable[type[BaseException]] = (),
+        should_store: Callable[[Any], bool] | None = None,
+        on_replay: Callable[[Any, Record], Any] | None = None,
+        required: bool = True,
+        serializer: Serializer | None = None,
+        fail_open: bool = False,
+    ) -> None:
+        if on_in_progress not in ("raise", "wait"):
+            raise ValueError(f"on_in_progress must be 'raise' or 'wait', got {on_in_progress!r}")
+        if type(local_cache) is not int or local_cache < 0:
+            raise ValueError(f"local_cache must be an int >= 0, got {local_cache!r}")
+        errors = (store_errors,) if isinstance(store_errors, type) else store_errors
         if not isinstance(errors, (tuple, list, set, frozenset)):
             raise TypeError(
                 f"store_errors must be exception classes (a tuple of them), got {errors!r}"
             )
-        errors = tuple(errors)
         if not all(isinstance(e, type) and issubclass(e, BaseException) for e in errors):
             raise TypeError("store_errors must be exception classes")
-        set_(self, "store_errors", errors)
-        if self.fingerprint is True:  # type: ignore[comparison-overlap]
-            set_(self, "fingerprint", None)
-        if not hasattr(self.serializer, "encode") or not hasattr(self.serializer, "decode"):
+        if serializer is None:
+            serializer = JSONSerializer()
+        if not hasattr(serializer, "encode") or not hasattr(serializer, "decode"):
             raise TypeError("serializer must have encode(value) -> bytes and decode(bytes, hint)")
+        set_ = object.__setattr__
+        set_(self, "key", key)
+        set_(self, "payload", payload)
+        set_(self, "fingerprint", None if fingerprint is True else fingerprint)  # type: ignore[comparison-overlap]
+        set_(self, "ttl", seconds(ttl, "ttl"))
+        set_(self, "lease", seconds(lease, "lease"))
+        set_(self, "heartbeat", heartbeat)
+        set_(self, "on_in_progress", on_in_progress)
+        set_(self, "wait_timeout", seconds(wait_timeout, "wait_timeout"))
+        set_(self, "local_cache", local_cache)
+        set_(self, "namespace", namespace)
+        set_(self, "scope", scope)
+        set_(self, "store_errors", tuple(errors))
+        set_(self, "should_store", should_store)
+        set_(self, "on_replay", on_replay)
+        set_(self, "required", required)
+        set_(self, "serializer", serializer)
+        set_(self, "fail_open", fail_open)
 
     @property
     def ttl_s(self) -> float:
         """``ttl`` in seconds."""
-        return self.ttl  # type: ignore[return-value]
+        return self.ttl
 
     @property
     def lease_s(self) -> float:
         """``lease`` in seconds."""
-        return self.lease  # type: ignore[return-value]
+        return self.lease
 
     @property
     def wait_timeout_s(self) -> float:
         """``wait_timeout`` in seconds."""
-        return self.wait_timeout  # type: ignore[return-value]
+        return self.wait_timeout
 
     def replace(self, **changes: Any) -> IdempotencyConfig:
-        """A copy with ``changes`` applied (validated)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` applied (validated). Unknown names raise ``TypeError``."""
+        return IdempotencyConfig(**{**self._asdict(), **changes})
+
+    def _asdict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"IdempotencyConfig is immutable: use .replace({name}=...)")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, IdempotencyConfig):
+            return NotImplemented
+        return self._asdict() == other._asdict()
+
+    __hash__ = None  # type: ignore[assignment]  # holds callables and may hold lists
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._asdict().items())
+        return f"IdempotencyConfig({fields})"
+
+
+_FIELDS = (
+    "key", "payload", "fingerprint", "ttl", "lease", "heartbeat", "on_in_progress",
+    "wait_timeout", "local_cache", "namespace", "scope", "store_errors", "should_store",
+    "on_replay", "required", "serializer", "fail_open",
+)  # fmt: skip

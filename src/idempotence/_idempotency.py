@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import os
 import typing
@@ -107,6 +106,8 @@ class _Bound(Generic[P, R]):
         self.fn = fn
         self.config = config
         self.namespace = check_namespace(namespace)
+        import inspect  # on first decoration: keeps the package's cold import small
+
         self.signature = inspect.signature(fn)
         params = [p for p in self.signature.parameters.values() if p.name not in _SELF_NAMES]
         if config.payload is not None:
@@ -452,6 +453,8 @@ class Idempotency:
         return f"{prefix}.{name}" if prefix else name
 
     def _decorate(self, fn: Callable[P, R], options: dict[str, Any]) -> IdempotentFunction[P, R]:
+        import inspect
+
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
             raise TypeError(
                 f"{fn.__qualname__} is a generator: its results cannot be stored; "

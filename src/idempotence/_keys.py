@@ -8,14 +8,15 @@ as sorted lists, enums as their value. The hash is SHA-256 (allowed under FIPS, 
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import decimal
 import enum
-import hashlib
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import hashlib
 
 from ._errors import InvalidKeyError
 
@@ -27,7 +28,9 @@ _MAX_NAMESPACE = 200
 
 
 def _default(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+    if hasattr(obj, "__dataclass_fields__") and not isinstance(obj, type):
+        import dataclasses  # already imported: obj is a dataclass
+
         return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
     dump = getattr(obj, "model_dump", None)
     if callable(dump):  # pydantic v2 model
@@ -69,9 +72,17 @@ def canonical_json(obj: Any) -> bytes:
         ) from exc
 
 
+_sha256: Callable[[bytes], hashlib._Hash] | None = None  # hashlib (OpenSSL) loaded on first use
+
+
 def digest(material: Any) -> str:
     """A 128-bit SHA-256 digest (hex) of the canonical JSON of ``material``."""
-    return hashlib.sha256(canonical_json(material)).hexdigest()[:32]
+    global _sha256
+    if _sha256 is None:
+        import hashlib
+
+        _sha256 = hashlib.sha256
+    return _sha256(canonical_json(material)).hexdigest()[:32]
 
 
 def is_missing(value: Any) -> bool:

@@ -14,8 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import _log
 from ._codec import UnencodableError
@@ -46,16 +45,14 @@ _FIRST_POLL = 0.05
 _MAX_POLL = 1.0
 
 
-@dataclass(slots=True)
-class ClaimOp:
+class ClaimOp(NamedTuple):
     key: str
     fingerprint: str
     lease: float
     ttl: float
 
 
-@dataclass(slots=True)
-class RunOp:
+class RunOp(NamedTuple):
     """Run the function; ``fence`` is ``None`` when running without a claim (fail-open)."""
 
     key: str
@@ -63,22 +60,19 @@ class RunOp:
     lease: float
 
 
-@dataclass(slots=True)
-class CompleteOp:
+class CompleteOp(NamedTuple):
     key: str
     fence: int
     result: bytes
     ttl: float
 
 
-@dataclass(slots=True)
-class ReleaseOp:
+class ReleaseOp(NamedTuple):
     key: str
     fence: int
 
 
-@dataclass(slots=True)
-class SleepOp:
+class SleepOp(NamedTuple):
     seconds: float
 
 
@@ -117,8 +111,7 @@ class LocalCache:
             self._items.clear()
 
 
-@dataclass(slots=True)
-class Plan:
+class Plan(NamedTuple):
     """Everything one invocation needs, derived before any I/O.
 
     ``encode(result) -> bytes`` frames a successful result (raising

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["Claim", "Record", "Status"]
 
@@ -15,8 +15,7 @@ class Status(str, enum.Enum):
     COMPLETED = "COMPLETED"
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """What a store holds for one key.
 
     Times are seconds since the epoch on the store's clock. ``fence`` grows by one on
@@ -42,8 +41,7 @@ class Record:
         return self.status is Status.IN_PROGRESS and now < self.lease_expires_at
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
+class Claim(NamedTuple):
     """Outcome of ``Store.claim``.
 
     ``acquired`` tells whether the caller now owns the key; ``record`` is the caller's new

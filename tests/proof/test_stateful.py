@@ -9,7 +9,6 @@ a dict of records updated by :func:`decide_claim` and the fence rules of ``SEMAN
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -70,8 +69,8 @@ class Reference:
         record = self._owned(key, fence)
         if record is None:
             return False
-        self.records[key] = dataclasses.replace(
-            record, status=Status.COMPLETED, result=result, expires_at=self.clock() + ttl
+        self.records[key] = record._replace(
+            status=Status.COMPLETED, result=result, expires_at=self.clock() + ttl
         )
         return True
 
@@ -79,7 +78,7 @@ class Reference:
         record = self._owned(key, fence)
         if record is None:
             return False
-        self.records[key] = dataclasses.replace(record, expires_at=self.clock())
+        self.records[key] = record._replace(expires_at=self.clock())
         return True
 
     def renew(self, key: str, fence: int, lease: float) -> bool:
@@ -87,8 +86,8 @@ class Reference:
         if record is None:
             return False
         until = self.clock() + lease
-        self.records[key] = dataclasses.replace(
-            record, lease_expires_at=until, expires_at=max(record.expires_at, until)
+        self.records[key] = record._replace(
+            lease_expires_at=until, expires_at=max(record.expires_at, until)
         )
         return True
 

@@ -77,7 +77,7 @@ class _LambdaHTTP(HTTPIdempotency):
         prepared = super().prepare(request)
         lease = _LEASE.get()
         if isinstance(prepared, Plan) and lease is not None:
-            return dataclasses.replace(prepared, lease=lease)
+            return prepared._replace(lease=lease)
         return prepared
 
 

@@ -31,7 +31,6 @@ ones if you have an async client), and run :mod:`idempotence.testing`'s conforma
 from __future__ import annotations
 
 import functools
-import inspect
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -45,6 +44,8 @@ __all__ = ["Clock", "Store", "decide_claim", "fresh_fence"]
 Clock = Callable[[], float]
 _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
+
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE
 
 _OPERATIONS = (
     "claim", "complete", "release", "renew", "get", "delete",
@@ -64,7 +65,7 @@ def _translate(name: str, method: _F) -> _F:
         )
 
     wrapper: Any
-    if inspect.iscoroutinefunction(method):
+    if method.__code__.co_flags & _CO_COROUTINE:  # inspect.iscoroutinefunction, unimported
 
         @functools.wraps(method)
         async def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 from .._record import Claim, Record, Status
@@ -73,7 +72,7 @@ class MemoryStore(Store):
                 return False
             # Keep the record (and its fence) but end its retention: it reads as absent and
             # the next claim takes it over with fence + 1, so a zombie's fence stays stale.
-            self._records[key] = dataclasses.replace(record, expires_at=now)
+            self._records[key] = record._replace(expires_at=now)
             return True
 
     def renew(self, key: str, fence: int, *, lease: float) -> bool:
@@ -83,8 +82,7 @@ class MemoryStore(Store):
             record = self._owned(key, fence, now)
             if record is None:
                 return False
-            self._records[key] = dataclasses.replace(
-                record,
+            self._records[key] = record._replace(
                 lease_expires_at=now + lease,
                 expires_at=max(record.expires_at, now + lease),
             )
