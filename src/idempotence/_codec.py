@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._errors import CorruptRecordError
+from ._json import make_dumps
 
 __all__ = ["JSONSerializer", "Serializer", "UnencodableError"]
 
@@ -106,7 +107,7 @@ def _lookup(name: str, allowed: dict[str, type]) -> type:
     )
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_DUMPS = make_dumps(sort_keys=False)
 
 
 class JSONSerializer:
@@ -114,7 +115,7 @@ class JSONSerializer:
 
     def encode(self, value: Any) -> bytes:
         try:
-            return _ENCODER.encode(self._enc(value, 0)).encode("utf-8")
+            return _DUMPS(self._enc(value, 0)).encode("utf-8")
         except RecursionError as exc:
             raise UnencodableError("the result is nested too deeply to encode") from exc
 
@@ -122,6 +123,11 @@ class JSONSerializer:
         self._allowed: dict[Any, dict[str, type]] = {}
 
     def decode(self, data: bytes, hint: Any) -> Any:
+        if b'"$' not in data:  # no type tags anywhere: plain JSON is the value itself
+            try:
+                return json.loads(data)
+            except ValueError as exc:
+                raise CorruptRecordError(f"stored result is not valid JSON: {exc}") from exc
         try:
             allowed = self._allowed[hint]
         except (KeyError, TypeError):  # TypeError: an unhashable annotation

@@ -133,6 +133,7 @@ class _Bound(Generic[P, R]):
         sole = self.payload_name is not None and len(names) == 1 + has_self
         self._only_index = names.index(self.payload_name) if sole else -1  # type: ignore[arg-type]
         self._encoder: tuple[Store, Callable[[Any], bytes]] | None = None
+        self._plan_template: Plan | None = None
         self.key_select: KeySelector | None = (
             compile_selector(config.key, what="key") if config.key is not None else None
         )
@@ -298,11 +299,18 @@ class _Bound(Generic[P, R]):
     def plan_for(self, key: str, fingerprint: str, store: Store, lease: float) -> Plan:
         """The protocol plan of one call: this function's codec and options, with the given
         fingerprint and lease (adapters pass their source's own)."""
+        template = self._plan_template
+        if template is None or template.encode is not self.encode(store):
+            template = self._plan_template = self._template(store)
+        # The per-call fields first; the rest is this function's constant tail.
+        return tuple.__new__(Plan, (key, fingerprint, lease, *template[3:]))
+
+    def _template(self, store: Store) -> Plan:
         c = self.config
         return Plan(
-            key=key,
-            fingerprint=fingerprint,
-            lease=lease,
+            key="",
+            fingerprint="",
+            lease=c.lease_s,
             ttl=c.ttl_s,
             encode=self.encode(store),
             replay=self.replay,

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import hashlib
 
 from ._errors import InvalidKeyError
+from ._json import make_dumps
 
 __all__ = ["KeySelector", "canonical_json", "compile_selector", "digest", "is_missing"]
 
@@ -52,9 +53,7 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"objects of type {type(obj).__qualname__} have no canonical JSON form")
 
 
-_CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_default
-)
+_CANONICAL = make_dumps(sort_keys=True, default=_default)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -63,7 +62,7 @@ def canonical_json(obj: Any) -> bytes:
     Raises :class:`InvalidKeyError` when ``obj`` has no canonical form.
     """
     try:
-        return _CANONICAL.encode(obj).encode("utf-8")
+        return _CANONICAL(obj).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidKeyError(
             f"cannot derive an idempotency key or fingerprint from this data ({exc}). "
