@@ -350,7 +350,11 @@ def main() -> None:
     row("import", "resident memory added by the import", import_rss_mib("import idempotence"),
         import_rss_mib(f"import {pt_mod}"), "MiB")  # fmt: skip
 
+    # 5. Behaviour: the same scenarios on both libraries.
+    from bench.correctness import run as behaviour
+
     results = {
+        "behaviour": behaviour(),
         "machine": f"{platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} cores",
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -393,7 +397,15 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         "Throughput of idempotence with 64 asyncio tasks on Redis (Powertools has no async): "
         f"{results['redis_async_throughput']:.0f} calls/s.",
         "",
+        "## Behaviour, same scenarios (`bench/correctness.py`)",
+        "",
+        "| scenario | idempotence | Powertools |",
+        "|---|---|---|",
     ]
+    for scenario, ours, theirs in results["behaviour"]:
+        cells = [c.replace("|", "\\|") for c in (scenario, ours, theirs)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
     existing = path.read_text() if path.exists() else ""
     marker = "<!-- notes -->"
     notes = existing[existing.index(marker) :] if marker in existing else marker + "\n"
