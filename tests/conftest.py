@@ -8,11 +8,15 @@ run instead, so CI can never pass by skipping a backend.
 from __future__ import annotations
 
 import os
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+REDIS_URL = os.environ.get("IDEMPOTENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_URL = os.environ.get(
+    "IDEMPOTENCE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 def backend_unavailable(reason: str) -> NoReturn:
@@ -20,3 +24,28 @@ def backend_unavailable(reason: str) -> NoReturn:
     if IN_CI:
         pytest.fail(f"backend unavailable in CI (a skip would hide it): {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def redis_client_or_unavailable(url: str) -> Any:
+    """A ``redis.Redis`` client on ``url`` that answered a ping (the caller closes it);
+    :func:`backend_unavailable` when the server does not answer. Skips without the
+    ``redis`` package (a caller that must fail instead imports it first)."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        backend_unavailable(f"Redis not reachable at {url}: {exc}")
+    return client
+
+
+def postgres_admin_or_unavailable(url: str) -> Any:
+    """An autocommit ``psycopg`` connection to ``url`` (the caller closes it);
+    :func:`backend_unavailable` when the server does not answer. Skips without the
+    ``psycopg`` package (a caller that must fail instead imports it first)."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        backend_unavailable(f"PostgreSQL not reachable at {url}: {exc}")

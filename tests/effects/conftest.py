@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 
 from idempotence.stores import MemoryStore, SQLiteStore, Store
-from tests.conftest import backend_unavailable
+from tests.conftest import (
+    POSTGRES_URL,
+    postgres_admin_or_unavailable,
+    redis_client_or_unavailable,
+)
 from tests.moto_server import dynamodb_endpoint  # noqa: F401
 
-PG_URL = os.environ.get(
-    "IDEMPOTENCE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+PG_URL = POSTGRES_URL
 REDIS_URL = os.environ.get("IDEMPOTENCE_TEST_REDIS_URL_EFFECTS", "redis://127.0.0.1:6379/14")
 SESSION = uuid.uuid4().hex[:10]
 RECORDS_TABLE = f"effects_records_{SESSION}"
@@ -30,11 +32,7 @@ STORE_KINDS = ["memory", "sqlite", "postgres", "redis", "dynamodb"]
 @pytest.fixture(scope="session")
 def pg_admin() -> Iterator[Any]:
     """An autocommit psycopg connection; drops this session's tables at the end."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        conn = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        backend_unavailable(f"PostgreSQL not reachable at {PG_URL}: {exc}")
+    conn = postgres_admin_or_unavailable(PG_URL)
     yield conn
     rows = conn.execute(
         "SELECT tablename FROM pg_tables WHERE tablename LIKE %s", (f"%{SESSION}%",)
@@ -46,13 +44,7 @@ def pg_admin() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def redis_admin() -> Iterator[Any]:
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        backend_unavailable(f"Redis not reachable at {REDIS_URL}: {exc}")
+    client = redis_client_or_unavailable(REDIS_URL)
     yield client
     for key in client.scan_iter(match=REDIS_PREFIX + "*", count=1000):
         client.delete(key)

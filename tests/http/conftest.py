@@ -7,7 +7,6 @@ Memory and SQLite always; Redis (``IDEMPOTENCE_TEST_REDIS_URL``) and PostgreSQL
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,25 +16,24 @@ import pytest
 
 from idempotence import Idempotency
 from idempotence.stores import MemoryStore, SQLiteStore, Store
-from tests.conftest import backend_unavailable
-
-REDIS_URL = os.environ.get("IDEMPOTENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-POSTGRES_URL = os.environ.get(
-    "IDEMPOTENCE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+from tests.conftest import (
+    POSTGRES_URL,
+    REDIS_URL,
+    backend_unavailable,
+    postgres_admin_or_unavailable,
+    redis_client_or_unavailable,
 )
+
 RUN = uuid.uuid4().hex[:12]
 
 
 @pytest.fixture(scope="session")
 def postgres_admin() -> Iterator[Any]:
     try:
-        import psycopg
+        import psycopg  # noqa: F401 - missing fails in CI here, not a plain skip
     except ImportError as exc:  # pragma: no cover - depends on the environment
         backend_unavailable(f"psycopg not installed: {exc}")
-    try:
-        conn = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        backend_unavailable(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
+    conn = postgres_admin_or_unavailable(POSTGRES_URL)
     yield conn
     conn.close()
 
@@ -43,15 +41,10 @@ def postgres_admin() -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def redis_ok() -> Iterator[None]:
     try:
-        import redis
+        import redis  # noqa: F401 - missing fails in CI here, not a plain skip
     except ImportError as exc:  # pragma: no cover - depends on the environment
         backend_unavailable(f"redis not installed: {exc}")
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        backend_unavailable(f"Redis not reachable at {REDIS_URL}: {exc}")
+    client = redis_client_or_unavailable(REDIS_URL)
     yield
     for key in client.scan_iter(match=f"idem-http-{RUN}:*", count=1000):
         client.delete(key)

@@ -9,7 +9,6 @@ a dict of records updated by :func:`decide_claim` and the fence rules of ``SEMAN
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -28,7 +27,12 @@ from idempotence._record import Claim, Record, Status
 from idempotence.stores import MemoryStore, SQLiteStore
 from idempotence.stores._base import Store, decide_claim
 from idempotence.testing import ManualClock, StoreDriver
-from tests.conftest import backend_unavailable
+from tests.conftest import (
+    POSTGRES_URL,
+    REDIS_URL,
+    postgres_admin_or_unavailable,
+    redis_client_or_unavailable,
+)
 from tests.moto_server import dynamodb_endpoint  # noqa: F401 - the session fixture
 
 KEYS = 3
@@ -227,35 +231,20 @@ def sqlite_store(clock: ManualClock, request: pytest.FixtureRequest) -> Iterator
 
 
 def redis_store(clock: ManualClock, request: pytest.FixtureRequest) -> Iterator[Store]:
-    redis = pytest.importorskip("redis")
+    redis_client_or_unavailable(REDIS_URL).close()
     from idempotence.stores._redis import RedisStore
 
-    url = os.environ.get("IDEMPOTENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        backend_unavailable(f"Redis not reachable at {url}: {exc}")
-    finally:
-        client.close()
-    store = RedisStore(url, prefix=f"idempotence-proof:{uuid.uuid4().hex}:", clock=clock)
+    store = RedisStore(REDIS_URL, prefix=f"idempotence-proof:{uuid.uuid4().hex}:", clock=clock)
     yield store
     store.close()
 
 
 def postgres_store(clock: ManualClock, request: pytest.FixtureRequest) -> Iterator[Store]:
-    psycopg = pytest.importorskip("psycopg")
+    admin = postgres_admin_or_unavailable(POSTGRES_URL)
     from idempotence.stores._postgres import PostgresStore
 
-    url = os.environ.get(
-        "IDEMPOTENCE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-    )
-    try:
-        admin = psycopg.connect(url, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        backend_unavailable(f"PostgreSQL not reachable at {url}: {exc}")
     table = f"idem_proof_{uuid.uuid4().hex[:12]}"
-    store = PostgresStore(url, table=table, clock=clock)
+    store = PostgresStore(POSTGRES_URL, table=table, clock=clock)
     store.create_table()
     yield store
     store.close()

@@ -26,14 +26,16 @@ from urllib.parse import quote
 import pytest
 
 from tests import moto_server
-from tests.conftest import backend_unavailable
+from tests.conftest import (
+    POSTGRES_URL,
+    REDIS_URL,
+    backend_unavailable,
+    postgres_admin_or_unavailable,
+    redis_client_or_unavailable,
+)
 
 dynamodb_endpoint = moto_server.dynamodb_endpoint  # the session fixture
 
-REDIS_URL = os.environ.get("IDEMPOTENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-POSTGRES_URL = os.environ.get(
-    "IDEMPOTENCE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 REGION = "us-east-1"
 NETWORKED = ("redis", "postgres", "dynamodb")
 MULTIPROCESS = ("sqlite", *NETWORKED)
@@ -63,23 +65,12 @@ def dynamodb_url(table: str, endpoint: str) -> str:
 
 # -- shared backends: one URL per store kind ------------------------------------------------
 def _redis_ready() -> None:
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
-    try:
-        client.ping()
-    except Exception as exc:
-        backend_unavailable(f"Redis not reachable at {REDIS_URL}: {exc}")
-    finally:
-        client.close()
+    redis_client_or_unavailable(REDIS_URL).close()
 
 
 @contextlib.contextmanager
 def _postgres_table() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        conn = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
-    except Exception as exc:
-        backend_unavailable(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
+    conn = postgres_admin_or_unavailable(POSTGRES_URL)
     table = f"rel_{uuid.uuid4().hex[:12]}"
     try:
         yield table

@@ -9,7 +9,6 @@ Round trips are counted at the protocol level with libpq's trace: every frontend
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from idempotence import StoreError
 from idempotence._record import Claim, Status
 from idempotence.stores import store_from_url
 from idempotence.testing import LEASE, TTL, ManualClock, StoreContract, StoreDriver
-from tests.conftest import backend_unavailable
+from tests.conftest import POSTGRES_URL, backend_unavailable, postgres_admin_or_unavailable
 
 try:
     import psycopg
@@ -38,17 +37,14 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     backend_unavailable(f"psycopg is not installed: {exc}")
 
-URL = os.environ.get("IDEMPOTENCE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+URL = POSTGRES_URL
 TABLE = f"idem_test_{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="module")
 def admin() -> Iterator[psycopg.Connection[Any]]:
     """A plain connection for setup and inspection; drops the session table at the end."""
-    try:
-        conn = psycopg.connect(URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        backend_unavailable(f"PostgreSQL not reachable at {URL}: {exc}")
+    conn = postgres_admin_or_unavailable(URL)
     PostgresStore(URL, table=TABLE).create_table()
     yield conn
     conn.execute(f'DROP TABLE IF EXISTS "{TABLE}"')

@@ -26,21 +26,15 @@ from idempotence._record import Status
 from idempotence.stores import store_from_url
 from idempotence.stores._redis import SCRIPTS, RedisStore
 from idempotence.testing import LEASE, TTL, ManualClock, StoreContract, StoreDriver
-from tests.conftest import backend_unavailable
+from tests.conftest import REDIS_URL, redis_client_or_unavailable
 
-REDIS_URL = os.environ.get("IDEMPOTENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PREFIX = f"idempotence-test:{uuid.uuid4().hex}:"
 
 
 @pytest.fixture(scope="session")
 def admin() -> Iterator[Any]:
     """A plain client on the test database; deletes this session's keys at the end."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        backend_unavailable(f"Redis not reachable at {REDIS_URL}: {exc}")
+    client = redis_client_or_unavailable(REDIS_URL)
     yield client
     for key in client.scan_iter(match=PREFIX + "*", count=1000):
         client.delete(key)
