@@ -8,6 +8,7 @@ run instead, so CI can never pass by skipping a backend.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, NoReturn
 
 import pytest
@@ -17,6 +18,19 @@ REDIS_URL = os.environ.get("IDEMPOTENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379
 POSTGRES_URL = os.environ.get(
     "IDEMPOTENCE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+
+
+class Counter:
+    """Counts calls of a test app or function, thread-safe: ``hit()`` returns the new count."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.lock = threading.Lock()
+
+    def hit(self) -> int:
+        with self.lock:
+            self.n += 1
+            return self.n
 
 
 def backend_unavailable(reason: str) -> NoReturn:

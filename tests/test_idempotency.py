@@ -36,6 +36,7 @@ from idempotence import (
 )
 from idempotence.stores import MemoryStore, SQLiteStore, Store
 from idempotence.testing import ManualClock
+from tests.conftest import Counter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,17 +65,6 @@ def store() -> MemoryStore:
 @pytest.fixture
 def idem(store: MemoryStore) -> Idempotency:
     return Idempotency(store)
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-        self.lock = threading.Lock()
-
-    def hit(self) -> int:
-        with self.lock:
-            self.n += 1
-            return self.n
 
 
 # -- type-faithful replays ----------------------------------------------------------------

@@ -22,17 +22,7 @@ from starlette.routing import Route
 from idempotence import Idempotency
 from idempotence.http import HTTPIdempotency, IdempotencyMiddleware
 from idempotence.stores import MemoryStore, Store
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-        self.lock = threading.Lock()
-
-    def hit(self) -> int:
-        with self.lock:
-            self.n += 1
-            return self.n
+from tests.conftest import Counter
 
 
 def make_app(
