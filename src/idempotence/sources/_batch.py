@@ -16,13 +16,11 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import MissingKeyError
 from .._idempotency import Idempotency, _Bound, _disabled
-from .._keys import digest, is_missing
 from .._protocol import Plan
 from .._shells import run_async, run_sync
 from ..stores._base import Store
-from ._common import DEFAULT_LEASE_MARGIN, lease_for, make_key, make_plan
+from ._common import DEFAULT_LEASE_MARGIN, lease_for, plan_of
 from ._detect import Source, detect
 from ._records import BATCH_SOURCES, is_fifo, item_identifier, record_content, record_id
 
@@ -108,23 +106,16 @@ def _prepare(
 def _plan(
     bound: _Bound[Any, Any], store: Store, source: Source, record: Any, lease: float
 ) -> Plan | None:
-    if bound.key_select is not None:
-        material = bound.key_select(record)
-        if is_missing(material):
-            if bound.config.required:
-                raise MissingKeyError(
-                    f"key={bound.key_spec!r} selected {material!r} from this record"
-                )
-            return None
-    else:
-        material = record_id(source, record)
-    if bound.config.fingerprint is False:
-        fingerprint = "-"
-    elif bound.fingerprint_select is not None:
-        fingerprint = digest(bound.fingerprint_select(record))
-    else:
-        fingerprint = digest(record_content(source, record))
-    return make_plan(bound, store, make_key(bound, record, material), fingerprint, lease)
+    return plan_of(
+        bound,
+        store,
+        source,
+        record,
+        lambda: lease,
+        material_of=record_id,
+        content_of=record_content,
+        missing=lambda material: f"key={bound.key_spec!r} selected {material!r} from this record",
+    )
 
 
 def _steps(batch: _Batch) -> Generator[_Item, Exception | None, BatchResponse]:

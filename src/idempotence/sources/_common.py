@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from .._errors import MissingKeyError
 from .._idempotency import _Bound
+from .._keys import digest, is_missing
 from .._protocol import Plan
 from ..stores._base import Store
+from ._detect import Source
 
-__all__ = ["DEFAULT_LEASE_MARGIN", "lease_for", "make_key", "make_plan"]
+__all__ = ["DEFAULT_LEASE_MARGIN", "lease_for", "plan_of"]
 
 #: Seconds added to the invocation's remaining time to get its lease.
 DEFAULT_LEASE_MARGIN = 5.0
@@ -35,14 +39,38 @@ def lease_for(context: Any, fixed: float | None, fallback: float, margin: float)
     return fallback
 
 
-def make_key(bound: _Bound[Any, Any], scope_payload: Any, material: Any) -> str:
-    """The key of an event or record, built as the function decorators build keys."""
-    return bound.key_of(material, scope_payload)
+def plan_of(
+    bound: _Bound[Any, Any],
+    store: Store,
+    source: Source,
+    payload: Any,
+    lease: Callable[[], float],
+    *,
+    material_of: Callable[[Source, Any], Any],
+    content_of: Callable[[Source, Any], Any],
+    missing: Callable[[Any], str],
+) -> Plan | None:
+    """The protocol plan of one event or record (``payload``), keyed and fingerprinted as
+    the function decorators do, with the invocation's ``lease()``; ``None`` runs it without
+    idempotency (``key=`` selected nothing and the key is optional).
 
-
-def make_plan(
-    bound: _Bound[Any, Any], store: Store, key: str, fingerprint: str, lease: float
-) -> Plan:
-    """The protocol plan of one event or record: ``bound``'s codec and options, with the
-    source's own fingerprint and the invocation's lease."""
-    return bound.plan_for(key, fingerprint, store, lease)
+    Without ``key=`` / ``fingerprint=``, ``material_of`` / ``content_of`` give the source's
+    own key and fingerprint material. ``missing(material)`` is the message of the
+    :class:`~idempotence.MissingKeyError` of a required ``key=`` that selected nothing.
+    """
+    if bound.key_select is not None:
+        material = bound.key_select(payload)
+        if is_missing(material):
+            if bound.config.required:
+                raise MissingKeyError(missing(material))
+            return None
+    else:
+        material = material_of(source, payload)
+    if bound.config.fingerprint is False:
+        fingerprint = "-"
+    elif bound.fingerprint_select is not None:
+        fingerprint = digest(bound.fingerprint_select(payload))
+    else:
+        fingerprint = digest(content_of(source, payload))
+    key = bound.key_of(material, payload)
+    return bound.plan_for(key, fingerprint, store, lease())

@@ -32,14 +32,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._config import IdempotencyConfig
-from .._errors import MissingKeyError
 from .._idempotency import Idempotency, _Bound, _disabled
 from .._keys import digest, is_missing
 from .._protocol import Plan
 from .._shells import run_async, run_sync
 from ..http import HTTPIdempotency, HTTPRequest, HTTPResponse
 from ..stores._base import Store
-from ._common import DEFAULT_LEASE_MARGIN, lease_for, make_key, make_plan
+from ._common import DEFAULT_LEASE_MARGIN, lease_for, plan_of
 from ._detect import HTTP_SOURCES, Source, detect
 from ._http import to_proxy_result, to_request, to_response
 from ._records import event_content, event_key_material
@@ -131,26 +130,19 @@ class _Handler:
     # -- other sources --------------------------------------------------------------------
     def plan(self, source: Source, event: Any, context: Any) -> Plan | None:
         """The plan of a non-HTTP invocation; ``None`` runs it without idempotency."""
-        bound = self.bound
-        if bound.key_select is not None:
-            material = bound.key_select(event)
-            if is_missing(material):
-                if self.config.required:
-                    raise MissingKeyError(
-                        f"no idempotency key in this event for {self.fn.__qualname__}: key="
-                        f"{bound.key_spec!r} selected {material!r}"
-                    )
-                return None
-        else:
-            material = event_key_material(source, event)
-        if self.config.fingerprint is False:
-            fingerprint = "-"
-        elif bound.fingerprint_select is not None:
-            fingerprint = digest(bound.fingerprint_select(event))
-        else:
-            fingerprint = digest(event_content(source, event))
-        key = make_key(bound, event, material)
-        return make_plan(bound, self.idem.store, key, fingerprint, self.lease(context))
+        return plan_of(
+            self.bound,
+            self.idem.store,
+            source,
+            event,
+            lambda: self.lease(context),
+            material_of=event_key_material,
+            content_of=event_content,
+            missing=lambda material: (
+                f"no idempotency key in this event for {self.fn.__qualname__}: key="
+                f"{self.bound.key_spec!r} selected {material!r}"
+            ),
+        )
 
     def passthrough(self) -> bool:
         if not _disabled():
