@@ -86,6 +86,17 @@ class Trace:
     def attach(self, pgconn: pq.abc.PGconn) -> None:
         self.traced.append((pgconn, self._start(pgconn)))
 
+    def pool(self) -> ConnectionPool[Any]:
+        """An open one-connection autocommit pool whose connection is traced."""
+        return ConnectionPool(
+            URL,
+            min_size=1,
+            max_size=1,
+            kwargs={"autocommit": True},
+            configure=lambda conn: self.attach(conn.pgconn),
+            open=True,
+        )
+
     def count(self) -> tuple[int, int]:
         """(round trips, statements) sent since the last call."""
         messages: list[str] = []
@@ -107,14 +118,7 @@ class Trace:
 
 def test_one_round_trip_per_operation_sync(admin: Any, key: str) -> None:
     trace = Trace()
-    pool: ConnectionPool[Any] = ConnectionPool(
-        URL,
-        min_size=1,
-        max_size=1,
-        kwargs={"autocommit": True},
-        configure=lambda conn: trace.attach(conn.pgconn),
-        open=True,
-    )
+    pool = trace.pool()
     store = PostgresStore(pool=pool, table=TABLE)
     try:
         store.get(key)  # warm up: the pool's connection exists, trace attached
@@ -177,14 +181,7 @@ async def test_one_round_trip_per_operation_async(admin: Any, key: str) -> None:
 
 def test_auto_prepare_costs_one_round_trip_once_per_connection(admin: Any) -> None:
     trace = Trace()
-    with ConnectionPool(
-        URL,
-        min_size=1,
-        max_size=1,
-        kwargs={"autocommit": True},
-        configure=lambda conn: trace.attach(conn.pgconn),
-        open=True,
-    ) as pool:
+    with trace.pool() as pool:
         store = PostgresStore(pool=pool, table=TABLE)
         store.get("warm-up")
         trace.count()
