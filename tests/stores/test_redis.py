@@ -294,45 +294,49 @@ def _idle(s: StoreDriver, seconds: float) -> None:
         s.loop.run_until_complete(asyncio.sleep(seconds))
 
 
-def test_recovers_after_its_connections_are_killed(url: str, admin: Any, mode: str) -> None:
+@pytest.fixture
+def named(url: str, mode: str) -> Iterator[tuple[StoreDriver, str]]:
+    """A driven store whose connections carry a client name of their own, and that name."""
     name = f"idem-test-{uuid.uuid4().hex[:12]}"
     s = StoreDriver(RedisStore(url, prefix=PREFIX, client_name=name), mode)
-    try:
-        key = _key()
-        assert s.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
-        assert _kill_connections(admin, name) >= 1
-        _idle(s, 0.1)
-        # The pool notices the closed connection before sending and reconnects.
-        assert not s.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
-        record = s.get(key)
-        assert record is not None
-        assert record.status is Status.IN_PROGRESS
-    finally:
-        s.close()
-        s.store.close()
+    yield s, name
+    s.close()
+    s.store.close()
 
 
-def test_a_dead_connection_fails_one_call_at_most(url: str, admin: Any, mode: str) -> None:
+def test_recovers_after_its_connections_are_killed(
+    named: tuple[StoreDriver, str], admin: Any
+) -> None:
+    s, name = named
+    key = _key()
+    assert s.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
+    assert _kill_connections(admin, name) >= 1
+    _idle(s, 0.1)
+    # The pool notices the closed connection before sending and reconnects.
+    assert not s.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
+    record = s.get(key)
+    assert record is not None
+    assert record.status is Status.IN_PROGRESS
+
+
+def test_a_dead_connection_fails_one_call_at_most(
+    named: tuple[StoreDriver, str], admin: Any, mode: str
+) -> None:
     # An async connection killed while its loop was not running is only found dead when
     # used: that call fails closed (a script's reply lost in flight is never retried, as
     # it may have run), and the next call reconnects.
-    name = f"idem-test-{uuid.uuid4().hex[:12]}"
-    s = StoreDriver(RedisStore(url, prefix=PREFIX, client_name=name), mode)
-    try:
-        key = _key()
-        assert s.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
-        assert _kill_connections(admin, name) >= 1
-        if mode == "async":
-            with pytest.raises(StoreError, match="ConnectionError"):
-                s.get(key)
-        else:  # the sync pool polls the socket at checkout and reconnects
-            assert s.get(key) is not None
-        record = s.get(key)
-        assert record is not None
-        assert record.status is Status.IN_PROGRESS
-    finally:
-        s.close()
-        s.store.close()
+    s, name = named
+    key = _key()
+    assert s.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
+    assert _kill_connections(admin, name) >= 1
+    if mode == "async":
+        with pytest.raises(StoreError, match="ConnectionError"):
+            s.get(key)
+    else:  # the sync pool polls the socket at checkout and reconnects
+        assert s.get(key) is not None
+    record = s.get(key)
+    assert record is not None
+    assert record.status is Status.IN_PROGRESS
 
 
 # -- clients ---------------------------------------------------------------------------------
