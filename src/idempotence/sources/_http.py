@@ -20,17 +20,9 @@ from urllib.parse import quote, urlencode
 
 from ..http import HTTPRequest, HTTPResponse
 from ._detect import Source
+from ._records import _get
 
 __all__ = ["principal", "to_proxy_result", "to_request", "to_response"]
-
-
-def _get(event: Any, *path: str) -> Any:
-    value = event
-    for name in path:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(name)
-    return value
 
 
 def _text(value: Any) -> str | None:

@@ -43,6 +43,8 @@ BATCH_SOURCES = frozenset({Source.SQS, Source.KINESIS, Source.DYNAMODB_STREAMS})
 
 
 def _get(record: Any, *path: str) -> Any:
+    """``record[path[0]][path[1]]...``, or ``None`` where a step is missing or no mapping
+    (also used on whole events by ``_http``)."""
     value = record
     for name in path:
         if not isinstance(value, Mapping):
