@@ -7,11 +7,13 @@ Memory and SQLite always; Redis (``IDEMPOTENCE_TEST_REDIS_URL``) and PostgreSQL
 
 from __future__ import annotations
 
+import concurrent.futures
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from idempotence import Idempotency
@@ -81,3 +83,15 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 @pytest.fixture
 def idem(store: Store) -> Idempotency:
     return Idempotency(store, lease=30)
+
+
+def post_concurrently(base: str, headers: dict[str, str], n: int = 16) -> list[httpx.Response]:
+    """``n`` simultaneous ``POST /orders {"item": "book"}`` to the server at ``base``, each
+    on a client of its own (duplicates racing through a real server)."""
+
+    def post(_: int) -> httpx.Response:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            return client.post("/orders", json={"item": "book"}, headers=headers)
+
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        return list(pool.map(post, range(n)))

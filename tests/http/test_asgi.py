@@ -4,7 +4,6 @@ store, and once behind a real uvicorn server with concurrent duplicates."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import socket
 import threading
@@ -23,6 +22,7 @@ from idempotence import Idempotency
 from idempotence.http import HTTPIdempotency, IdempotencyMiddleware
 from idempotence.stores import MemoryStore, Store
 from tests.conftest import Counter
+from tests.http.conftest import post_concurrently
 
 
 def make_app(
@@ -319,13 +319,7 @@ def uvicorn_server(store: Store) -> Iterator[tuple[str, Counter]]:
 def test_uvicorn_concurrent_duplicates_run_once(uvicorn_server: tuple[str, Counter]) -> None:
     base, counter = uvicorn_server
     headers = {"Idempotency-Key": '"concurrent-1"'}
-
-    def post(_: int) -> httpx.Response:
-        with httpx.Client(base_url=base, timeout=10) as client:
-            return client.post("/orders", json={"item": "book"}, headers=headers)
-
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        responses = list(pool.map(post, range(16)))
+    responses = post_concurrently(base, headers)
     assert counter.n == 1
     statuses = sorted(r.status_code for r in responses)
     assert statuses.count(201) >= 1

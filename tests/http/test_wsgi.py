@@ -19,6 +19,7 @@ from idempotence import Idempotency
 from idempotence.http import WSGIIdempotencyMiddleware
 from idempotence.stores import MemoryStore, Store
 from tests.conftest import Counter
+from tests.http.conftest import post_concurrently
 
 
 def make_app(
@@ -233,13 +234,7 @@ def wsgi_server(request: pytest.FixtureRequest, store: Store) -> Iterator[tuple[
 def test_real_server_concurrent_duplicates_run_once(wsgi_server: tuple[str, Counter]) -> None:
     base, counter = wsgi_server
     headers = {"Idempotency-Key": '"concurrent-1"'}
-
-    def post(_: int) -> httpx.Response:
-        with httpx.Client(base_url=base, timeout=10) as client:
-            return client.post("/orders", json={"item": "book"}, headers=headers)
-
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        responses = list(pool.map(post, range(16)))
+    responses = post_concurrently(base, headers)
     assert counter.n == 1
     statuses = [r.status_code for r in responses]
     assert statuses.count(201) >= 1
