@@ -15,9 +15,8 @@ a result that could not be stored.
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import enum
+import importlib
 import json
 import math
 import sys
@@ -230,10 +229,6 @@ class JSONSerializer:
         raise CorruptRecordError(f"unknown tag {tag!r} in stored result")
 
 
-def _timedelta(body: list[int]) -> dt.timedelta:
-    return dt.timedelta(days=body[0], seconds=body[1], microseconds=body[2])
-
-
 def _b64encode(b: bytes) -> str:
     import base64
 
@@ -246,37 +241,69 @@ def _b64decode(s: str) -> bytes:
     return base64.b64decode(s, validate=True)
 
 
-def _uuid(s: str) -> Any:
-    import uuid
+def _from(module: str, path: str) -> Callable[[Any], Any]:
+    """A decoder calling ``module.<dotted path>``, imported on first use (cold start)."""
 
-    return uuid.UUID(s)
+    def decode(body: Any) -> Any:
+        target: Any = importlib.import_module(module)
+        for name in path.split("."):
+            target = getattr(target, name)
+        return target(body)
+
+    return decode
+
+
+def _timedelta(body: list[int]) -> Any:
+    import datetime
+
+    return datetime.timedelta(days=body[0], seconds=body[1], microseconds=body[2])
 
 
 _SIMPLE_ENCODERS: dict[type, tuple[str, Callable[[Any], Any]]] = {
     bytes: ("$bytes", _b64encode),
     bytearray: ("$bytearray", _b64encode),
-    dt.datetime: ("$datetime", dt.datetime.isoformat),
-    dt.date: ("$date", dt.date.isoformat),
-    dt.time: ("$time", dt.time.isoformat),
-    dt.timedelta: ("$timedelta", lambda t: [t.days, t.seconds, t.microseconds]),
-    decimal.Decimal: ("$decimal", str),
 }
 _SIMPLE_DECODERS: dict[str, Callable[[Any], Any]] = {
     "$bytes": _b64decode,
     "$bytearray": lambda s: bytearray(_b64decode(s)),
-    "$datetime": dt.datetime.fromisoformat,
-    "$date": dt.date.fromisoformat,
-    "$time": dt.time.fromisoformat,
+    "$datetime": _from("datetime", "datetime.fromisoformat"),
+    "$date": _from("datetime", "date.fromisoformat"),
+    "$time": _from("datetime", "time.fromisoformat"),
     "$timedelta": _timedelta,
-    "$decimal": decimal.Decimal,
-    "$uuid": _uuid,
+    "$decimal": _from("decimal", "Decimal"),
+    "$uuid": _from("uuid", "UUID"),
 }
+
+
+def _register(module: str) -> None:
+    """Add the encoders of a standard module's types once that module is in use (a value
+    of its types exists, so it is imported): nothing is imported for it up front."""
+    if module == "datetime":
+        import datetime as dt
+
+        _SIMPLE_ENCODERS.update(
+            {
+                dt.datetime: ("$datetime", dt.datetime.isoformat),
+                dt.date: ("$date", dt.date.isoformat),
+                dt.time: ("$time", dt.time.isoformat),
+                dt.timedelta: ("$timedelta", lambda t: [t.days, t.seconds, t.microseconds]),
+            }
+        )
+    elif module == "decimal":
+        import decimal
+
+        _SIMPLE_ENCODERS[decimal.Decimal] = ("$decimal", str)
+    elif module == "uuid":
+        import uuid
+
+        _SIMPLE_ENCODERS[uuid.UUID] = ("$uuid", str)
 
 
 def _simple_encoder(t: type) -> tuple[str, Callable[[Any], Any]] | None:
     found = _SIMPLE_ENCODERS.get(t)
-    if found is None and t.__module__ == "uuid" and t.__name__ == "UUID":
-        found = _SIMPLE_ENCODERS[t] = ("$uuid", str)  # registered once uuid is in use
+    if found is None and t.__module__ in ("datetime", "decimal", "uuid"):
+        _register(t.__module__)
+        found = _SIMPLE_ENCODERS.get(t)
     return found
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import datetime as dt
 
 from ._codec import JSONSerializer, Serializer
 from ._record import Record
@@ -16,10 +18,11 @@ KeySpec = str | Callable[[Any], Any]
 
 def seconds(value: float | dt.timedelta, name: str) -> float:
     """A positive duration in seconds from a number or a ``timedelta``."""
-    try:
-        s = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
-    except (TypeError, ValueError):
-        s = float("nan")
+    s = float("nan")
+    if isinstance(value, (int, float)):
+        s = float(value)
+    elif callable(getattr(value, "total_seconds", None)):  # a timedelta, datetime unimported
+        s = value.total_seconds()
     if isinstance(value, (bool, str)) or not s > 0 or s == float("inf"):
         raise ValueError(
             f"{name} must be a positive duration (finite seconds or a timedelta), got {value!r}"

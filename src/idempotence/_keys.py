@@ -8,10 +8,9 @@ as sorted lists, enums as their value. The hash is SHA-256 (allowed under FIPS, 
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import enum
 import json
+import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -36,11 +35,18 @@ def _default(obj: Any) -> Any:
     dump = getattr(obj, "model_dump", None)
     if callable(dump):  # pydantic v2 model
         return dump(mode="json")
-    if isinstance(obj, (dt.datetime, dt.date, dt.time)):
-        return obj.isoformat()
-    if isinstance(obj, dt.timedelta):
-        return obj.total_seconds()
-    if isinstance(obj, decimal.Decimal) or type(obj).__name__ == "UUID":
+    # Types of modules that may not be imported yet (their values imply they are).
+    dt = sys.modules.get("datetime")
+    if dt is not None:
+        if isinstance(obj, (dt.datetime, dt.date, dt.time)):
+            return obj.isoformat()
+        if isinstance(obj, dt.timedelta):
+            return obj.total_seconds()
+    decimal = sys.modules.get("decimal")
+    if decimal is not None and isinstance(obj, decimal.Decimal):
+        return str(obj)
+    uuid = sys.modules.get("uuid")
+    if uuid is not None and isinstance(obj, uuid.UUID):
         return str(obj)
     if isinstance(obj, (bytes, bytearray, memoryview)):
         import base64
