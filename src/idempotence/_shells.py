@@ -6,9 +6,6 @@ under a lease heartbeat, and sleeps; every decision lives in the protocol.
 
 from __future__ import annotations
 
-import itertools
-import os
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,73 +13,44 @@ from typing import Any
 from . import _log
 from ._context import CURRENT_KEY
 from ._protocol import ClaimOp, CompleteOp, Plan, ReleaseOp, RunOp, SleepOp, protocol
+from ._timers import Timers
 from .stores._base import Store
 
 __all__ = ["run_async", "run_sync"]
 
 
-class _Heartbeats:
-    """One daemon thread renews the leases of every running sync invocation of the process.
+class _Heartbeat:
+    """Renews one running sync invocation's lease every ``lease / 3`` on the shared timer
+    thread, until :meth:`stop`. Starting costs a closure and a dict insert: a fast call
+    never wakes the thread."""
 
-    Registering and cancelling are a dict insert and pop; the thread wakes only when a
-    lease is due for renewal (every ``lease / 3``), so a fast call costs no thread.
-    """
+    __slots__ = ("fence", "ident", "key", "lease", "stopped", "store")
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._active: dict[int, list[Any]] = {}  # id -> [due, store, key, fence, lease]
-        self._ids = itertools.count(1)
-        self._pid = 0  # the process whose thread runs (a fork has none)
-        self._next_wake = float("inf")
+    def __init__(self, store: Store, key: str, fence: int, lease: float) -> None:
+        self.store, self.key, self.fence, self.lease = store, key, fence, lease
+        self.stopped = False
+        self.ident = _timers.add(lease / 3, self._renew)
 
-    def start(self, store: Store, key: str, fence: int, lease: float) -> int:
-        """Begin renewing ``key``'s lease every ``lease / 3``; returns a handle for stop.
+    def _renew(self) -> None:
+        if self.stopped:
+            return
+        try:
+            if not self.store.renew(self.key, self.fence, lease=self.lease):
+                _log.warning("lease on %s was lost; the result will not be kept", self.key)
+                return
+        except Exception:
+            _log.warning("could not renew the lease on %s", self.key, exc_info=True)
+        self.ident = _timers.add(self.lease / 3, self._renew)
+        if self.stopped:  # stop() ran while we renewed: it may have missed the new handle
+            _timers.cancel(self.ident)
 
-        The hot path takes no lock: dict insert/pop and ``next`` on a counter are atomic
-        under the GIL. The thread is only woken when this lease is due before its next
-        planned wake-up (typically the first call after an idle period).
-        """
-        due = time.monotonic() + lease / 3
-        ident = next(self._ids)
-        self._active[ident] = [due, store, key, fence, lease]
-        if self._pid != os.getpid():
-            with self._cond:
-                if self._pid != os.getpid():
-                    self._pid = os.getpid()
-                    self._next_wake = due
-                    threading.Thread(
-                        target=self._run, name="idempotence-heartbeat", daemon=True
-                    ).start()
-        elif due < self._next_wake:
-            with self._cond:
-                self._cond.notify()
-        return ident
-
-    def stop(self, ident: int) -> None:
+    def stop(self) -> None:
         """Stop renewing (the body returned or raised)."""
-        self._active.pop(ident, None)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                now = time.monotonic()
-                due = [(i, e) for i, e in list(self._active.items()) if e[0] <= now]
-                for _, entry in due:
-                    entry[0] = now + entry[4] / 3
-                self._next_wake = min((e[0] for e in list(self._active.values())), default=now + 60)
-                if not due:
-                    self._cond.wait(self._next_wake - now)
-                    continue
-            for ident, (_, store, key, fence, lease) in due:
-                try:
-                    if not store.renew(key, fence, lease=lease):
-                        _log.warning("lease on %s was lost; the result will not be kept", key)
-                        self._active.pop(ident, None)
-                except Exception:
-                    _log.warning("could not renew the lease on %s", key, exc_info=True)
+        self.stopped = True
+        _timers.cancel(self.ident)
 
 
-_heartbeats = _Heartbeats()
+_timers = Timers("idempotence-heartbeat")
 
 
 def run_sync(plan: Plan, store: Store, body: Callable[[], Any], *, heartbeat: bool) -> Any:
@@ -102,14 +70,15 @@ def run_sync(plan: Plan, store: Store, body: Callable[[], Any], *, heartbeat: bo
             elif type(op) is RunOp:
                 token = CURRENT_KEY.set(op.key)
                 beat = (
-                    _heartbeats.start(store, op.key, op.fence, op.lease)
+                    _Heartbeat(store, op.key, op.fence, op.lease)
                     if heartbeat and op.fence is not None
-                    else 0
+                    else None
                 )
                 try:
                     value = body()
                 finally:
-                    _heartbeats.stop(beat)
+                    if beat is not None:
+                        beat.stop()
                     CURRENT_KEY.reset(token)
             elif type(op) is CompleteOp:
                 value = store.complete(op.key, op.fence, op.result, ttl=op.ttl)

@@ -491,7 +491,7 @@ def test_operation_timeout_none_disables_the_watch(admin: Any, key: str) -> None
     store = PostgresStore(URL, table=TABLE, operation_timeout=None)
     try:
         assert store.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
-        assert not _watchdog._active  # nothing registered, nothing left behind
+        assert _watchdog.pending() == 0  # nothing registered, nothing left behind
     finally:
         store.delete(key)
         store.close()

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import math
+import functools
 import os
 import re
 import socket
 import threading
-import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -20,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._lazy import require
 from .._record import Claim, Record, Status
+from .._timers import Timers
 from ._base import Clock, Store
 
 if TYPE_CHECKING:
@@ -279,78 +278,32 @@ def _cut(conn: Any) -> None:
 
 
 class _Watchdog:
-    """One daemon thread per process cuts the connection of any sync operation that
-    overruns its deadline (psycopg has no client-side timeout on an open connection, so a
-    stalled network would otherwise block the caller until TCP gives up).
-
-    :meth:`watch` and :meth:`done` are the hot path: a counter, a clock read, a dict insert
-    and pop, no lock and no thread start (the thread starts once per process). The thread
-    sleeps until the earliest deadline; operations that finish in time never wake it
-    beyond one spurious wake-up per deadline. Firing and :meth:`done` settle who owns an
-    entry by ``dict.pop`` (atomic under the GIL); the loser of a race waits on a lock for
-    the cut to finish, so a connection is never cut after its operation moved on.
-    """
+    """Cuts the connection of any sync operation that overruns its deadline (psycopg has no
+    client-side timeout on an open connection, so a stalled network would otherwise block
+    the caller until TCP gives up), on one shared timer thread per process
+    (:class:`~idempotence._timers.Timers`): watching costs a dict insert and pop, and a
+    connection is never cut after its operation moved on (firing and :meth:`done` settle
+    ownership atomically, and the loser waits for a running cut to finish)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._fire = threading.Lock()
-        self._active: dict[int, tuple[float, Any]] = {}  # id -> (deadline, connection)
-        self._ids = itertools.count(1)
-        self._pid = 0  # the process whose thread runs (a forked child has none)
-        self._next_wake = math.inf  # inf while the thread is awake: every watch notifies
-        os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self) -> None:
-        # The parent's connections are not ours to cut (a shutdown would hit the parent).
-        self._active = {}
-        self._pid = 0
-        self._next_wake = math.inf
-        self._cond = threading.Condition()
-        self._fire = threading.Lock()
+        self._timers = Timers("idempotence-pg-watchdog")
 
     def watch(self, conn: Any, timeout: float) -> int:
         """Cut ``conn`` if :meth:`done` is not called within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        ident = next(self._ids)
-        self._active[ident] = (deadline, conn)
-        if self._pid != os.getpid():
-            with self._cond:
-                if self._pid != os.getpid():
-                    self._pid = os.getpid()
-                    threading.Thread(
-                        target=self._run, name="idempotence-pg-watchdog", daemon=True
-                    ).start()
-        elif deadline < self._next_wake:
-            with self._cond:
-                self._cond.notify()
-        return ident
+        return self._timers.add(timeout, functools.partial(_cut, conn))
+
+    def pending(self) -> int:
+        """Operations being watched right now."""
+        return len(self._timers)
 
     def done(self, ident: int, conn: Any) -> bool:
         """End the watch; ``True`` if the watchdog fired (then ``conn`` is cut and closed)."""
-        if self._active.pop(ident, None) is not None:
+        if self._timers.cancel(ident):
             return False
-        with self._fire:  # the thread holds it while cutting: wait until the cut is done
-            pass
+        self._timers.wait_fired()
         with contextlib.suppress(Exception):
             conn.close()  # a pool discards it (a closed connection is never reused)
         return True
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                now = time.monotonic()
-                due = [i for i, (d, _) in list(self._active.items()) if d <= now]
-                if not due:
-                    deadlines = [d for d, _ in list(self._active.values())]
-                    self._next_wake = min(deadlines, default=now + 3600.0)
-                    self._cond.wait(self._next_wake - now)
-                    self._next_wake = math.inf
-                    continue
-            for ident in due:
-                with self._fire:
-                    entry = self._active.pop(ident, None)
-                    if entry is not None:
-                        _cut(entry[1])
 
 
 _watchdog = _Watchdog()

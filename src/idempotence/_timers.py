@@ -1,0 +1,96 @@
+"""Deadlines on one daemon thread per process, with a lock-free hot path.
+
+Used by the lease heartbeat (renew every ``lease / 3`` while a sync body runs) and by
+PostgreSQL's operation timeout (cut a connection whose statement overran). Both register
+a deadline around work that almost always finishes first, so registering must cost next
+to nothing and must never start a thread per call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from . import _log
+
+__all__ = ["Timers"]
+
+
+class Timers:
+    """Calls callbacks at monotonic deadlines, on one daemon thread per process.
+
+    :meth:`add` and :meth:`cancel` are the hot path: a counter, a clock read, a dict insert
+    or pop (atomic under the GIL), no lock; the thread starts once per process and is only
+    woken when a new deadline is earlier than its planned wake-up. The thread pops an entry
+    and runs its callback while holding a lock, so :meth:`cancel` and firing settle who
+    owns an entry by ``dict.pop``, and :meth:`wait_fired` lets the loser of that race wait
+    until a callback that won has finished. A forked child starts with no entries (its
+    parent's are not its own) and starts its own thread on first use.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._firing = threading.Lock()
+        self._active: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._ids = itertools.count(1)
+        self._pid = 0  # the process whose thread runs
+        self._next_wake = math.inf  # inf while the thread is awake: every add notifies
+
+    def add(self, delay: float, callback: Callable[[], None]) -> int:
+        """Call ``callback()`` on the timer thread in ``delay`` seconds unless cancelled;
+        returns the handle for :meth:`cancel`."""
+        deadline = time.monotonic() + delay
+        ident = next(self._ids)
+        self._active[ident] = (deadline, callback)
+        if self._pid != os.getpid():
+            with self._cond:
+                if self._pid != os.getpid():
+                    self._pid = os.getpid()
+                    threading.Thread(target=self._run, name=self.name, daemon=True).start()
+        elif deadline < self._next_wake:
+            with self._cond:
+                self._cond.notify()
+        return ident
+
+    def cancel(self, ident: int) -> bool:
+        """Cancel a deadline: ``True`` if it had not fired (its callback will not run)."""
+        return self._active.pop(ident, None) is not None
+
+    def __len__(self) -> int:
+        """Deadlines registered and not yet fired or cancelled."""
+        return len(self._active)
+
+    def wait_fired(self) -> None:
+        """Wait until a callback that is running right now has returned."""
+        with self._firing:
+            pass
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [i for i, (d, _) in list(self._active.items()) if d <= now]
+                if not due:
+                    deadlines = [d for d, _ in list(self._active.values())]
+                    self._next_wake = min(deadlines, default=now + 3600.0)
+                    self._cond.wait(self._next_wake - now)
+                    self._next_wake = math.inf
+                    continue
+            for ident in due:
+                with self._firing:
+                    entry = self._active.pop(ident, None)
+                    if entry is None:
+                        continue  # cancelled meanwhile
+                    try:
+                        entry[1]()
+                    except Exception:
+                        _log.warning("%s: a timer callback failed", self.name, exc_info=True)
