@@ -612,22 +612,6 @@ class TinyStore(MemoryStore):
     max_result_bytes = 64
 
 
-def test_oversized_result_completes_as_not_stored() -> None:
-    calls = Counter()
-
-    @Idempotency(TinyStore())
-    def big(x: int) -> str:
-        calls.hit()
-        return "x" * 1000
-
-    with pytest.raises(ResultNotStoredError, match="more than this store keeps") as info:
-        big(1)
-    assert info.value.result == "x" * 1000
-    with pytest.raises(ResultNotStoredError, match="not run again"):
-        big(1)
-    assert calls.n == 1
-
-
 def test_unencodable_result_completes_as_not_stored(idem: Idempotency) -> None:
     calls = Counter()
 
@@ -792,17 +776,27 @@ class RefusingStore(MemoryStore):
         return super().complete(key, fence, result, ttl=ttl)
 
 
-def test_result_refused_by_the_store_completes_as_not_stored() -> None:
+@pytest.mark.parametrize(
+    ("store_class", "value", "why"),
+    [
+        (TinyStore, "x" * 1000, "more than this store keeps"),  # measured by the core
+        (RefusingStore, "y" * 500, "item too large"),  # refused by the store itself
+    ],
+    ids=["over-max_result_bytes", "refused-by-store"],
+)
+def test_result_too_large_completes_as_not_stored(
+    store_class: type[MemoryStore], value: str, why: str
+) -> None:
     calls = Counter()
 
-    @Idempotency(RefusingStore())
+    @Idempotency(store_class())
     def big(x: int) -> str:
         calls.hit()
-        return "y" * 500
+        return value
 
-    with pytest.raises(ResultNotStoredError, match="item too large") as info:
+    with pytest.raises(ResultNotStoredError, match=why) as info:
         big(1)
-    assert info.value.result == "y" * 500
+    assert info.value.result == value
     with pytest.raises(ResultNotStoredError, match="not run again"):
         big(1)
     assert calls.n == 1
