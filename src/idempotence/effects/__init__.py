@@ -11,7 +11,7 @@ This package closes that window where the store allows:
   the result commit in one transaction (PostgreSQL, SQLite); :func:`dynamodb_transaction`:
   your DynamoDB writes and the record in one ``TransactWriteItems``.
 - :func:`child_key`: stable idempotency keys for downstream APIs (e.g. Stripe), derived from
-  the operation's key; :func:`current_key` inside a transactional function.
+  the operation's key; :func:`current_key` inside any idempotent function.
 
 See ``docs/effects.md`` for when to use which.
 """
