@@ -329,7 +329,18 @@ def _not_stored(reason: str) -> bytes:
     return envelope(KIND_NOT_STORED, reason.encode("utf-8"))
 
 
+# ``os.environ`` reads from a private dict of encoded keys; looking the (almost always
+# absent) variable up there skips ``Mapping.get``'s KeyError on every call. Any other
+# mapping (``os.environ`` replaced, another interpreter) takes the ordinary path.
+_ENVIRON = os.environ
+_ENV_DATA: dict[Any, Any] | None = getattr(_ENVIRON, "_data", None)
+_ENV_KEY: Any = getattr(_ENVIRON, "encodekey", str)("IDEMPOTENCE_DISABLED")
+
+
 def _disabled() -> bool:
+    """Whether ``IDEMPOTENCE_DISABLED`` is set to a true value, read now (not cached)."""
+    if os.environ is _ENVIRON and type(_ENV_DATA) is dict and _ENV_KEY not in _ENV_DATA:
+        return False
     return os.environ.get("IDEMPOTENCE_DISABLED", "").lower() in _DISABLED_VALUES
 
 
