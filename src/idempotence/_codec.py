@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import enum
 import importlib
-import json
 import math
 import sys
 import typing
@@ -25,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._errors import CorruptRecordError
-from ._json import make_dumps
+from ._json import loads, make_dumps
 
 __all__ = ["JSONSerializer", "Serializer", "UnencodableError"]
 
@@ -124,7 +123,7 @@ class JSONSerializer:
     def decode(self, data: bytes, hint: Any) -> Any:
         if b'"$' not in data:  # no type tags anywhere: plain JSON is the value itself
             try:
-                return json.loads(data)
+                return loads(data)
             except ValueError as exc:
                 raise CorruptRecordError(f"stored result is not valid JSON: {exc}") from exc
         try:
@@ -137,7 +136,7 @@ class JSONSerializer:
             except TypeError:  # an unhashable annotation: not cached
                 pass
         try:
-            tree = json.loads(data)
+            tree = loads(data)
         except ValueError as exc:
             raise CorruptRecordError(f"stored result is not valid JSON: {exc}") from exc
         return self._dec(tree, allowed)
