@@ -352,17 +352,12 @@ def decide_claim(
     if existing is not None and not existing.is_expired(now):
         lapsed = existing.status is Status.IN_PROGRESS and now >= existing.lease_expires_at
         if not (lapsed and existing.fingerprint == fingerprint):
-            return Claim(acquired=False, record=existing, now=now)
+            return Claim(False, existing, now)
     fence = existing.fence + 1 if existing is not None else fresh_fence(now)
-    record = Record(
-        key=key,
-        status=Status.IN_PROGRESS,
-        fingerprint=fingerprint,
-        fence=fence,
-        lease_expires_at=now + lease,
-        expires_at=now + max(ttl, lease),
-    )
-    return Claim(acquired=True, record=record, now=now)
+    # Positional (fields: key, status, fingerprint, fence, lease_expires_at, expires_at):
+    # this runs on every call of the in-process stores.
+    record = Record(key, Status.IN_PROGRESS, fingerprint, fence, now + lease, now + max(ttl, lease))
+    return Claim(True, record, now)
 
 
 def system_clock() -> float:
