@@ -32,6 +32,7 @@ from ._keys import (
     compile_selector,
     digest,
     is_missing,
+    list_digest,
 )
 from ._protocol import LocalCache, Plan
 from ._record import Record
@@ -133,7 +134,7 @@ class _Bound(Generic[P, R]):
         sole = self.payload_name is not None and len(names) == 1 + has_self
         self._only_index = names.index(self.payload_name) if sole else -1  # type: ignore[arg-type]
         self._encoder: tuple[Store, Callable[[Any], bytes]] | None = None
-        self._plan_template: Plan | None = None
+        self._plan_tail: tuple[Store, tuple[Any, ...]] | None = None
         self.key_select: KeySelector | None = (
             compile_selector(config.key, what="key") if config.key is not None else None
         )
@@ -148,6 +149,9 @@ class _Bound(Generic[P, R]):
             else getattr(spec, "__qualname__", repr(spec))
         )
         self.cache = LocalCache(config.local_cache) if config.local_cache else None
+        # digest([key spec, scope, material]) with the constant head encoded once.
+        self._key_prefix = f"{self.namespace}#"
+        self._key_digest = list_digest((self.key_spec, config.scope))
         self._hint: Any = ...
         self.is_async = inspect.iscoroutinefunction(fn)
 
@@ -187,8 +191,8 @@ class _Bound(Generic[P, R]):
         to ``scope_payload``. Adapters with their own key material use it too."""
         scope = self.config.scope
         if callable(scope):
-            scope = scope(scope_payload)
-        return f"{self.namespace}#{digest([self.key_spec, scope, material])}"
+            return f"{self.namespace}#{digest([self.key_spec, scope(scope_payload), material])}"
+        return self._key_prefix + self._key_digest(material)
 
     def fingerprint(self, payload: Any) -> str:
         if self.config.fingerprint is False:
@@ -299,11 +303,11 @@ class _Bound(Generic[P, R]):
     def plan_for(self, key: str, fingerprint: str, store: Store, lease: float) -> Plan:
         """The protocol plan of one call: this function's codec and options, with the given
         fingerprint and lease (adapters pass their source's own)."""
-        template = self._plan_template
-        if template is None or template.encode is not self.encode(store):
-            template = self._plan_template = self._template(store)
-        # The per-call fields first; the rest is this function's constant tail.
-        return tuple.__new__(Plan, (key, fingerprint, lease, *template[3:]))
+        tail = self._plan_tail
+        if tail is None or tail[0] is not store:
+            tail = self._plan_tail = (store, tuple(self._template(store))[3:])
+        # The per-call fields first; the rest is this function's constant tail (per store).
+        return tuple.__new__(Plan, (key, fingerprint, lease) + tail[1])
 
     def _template(self, store: Store) -> Plan:
         c = self.config

@@ -20,7 +20,14 @@ if TYPE_CHECKING:
 from ._errors import InvalidKeyError
 from ._json import make_dumps
 
-__all__ = ["KeySelector", "canonical_json", "compile_selector", "digest", "is_missing"]
+__all__ = [
+    "KeySelector",
+    "canonical_json",
+    "compile_selector",
+    "digest",
+    "is_missing",
+    "list_digest",
+]
 
 KeySelector = Callable[[Any], Any]
 
@@ -62,6 +69,14 @@ def _default(obj: Any) -> Any:
 _CANONICAL = make_dumps(sort_keys=True, default=_default)
 
 
+def _invalid(exc: Exception) -> InvalidKeyError:
+    return InvalidKeyError(
+        f"cannot derive an idempotency key or fingerprint from this data ({exc}). "
+        "Select JSON-representable fields with key=/fingerprint= (a JMESPath expression "
+        "or a function), or convert the value first."
+    )
+
+
 def canonical_json(obj: Any) -> bytes:
     """The canonical JSON bytes of ``obj`` (see the module docstring).
 
@@ -70,24 +85,46 @@ def canonical_json(obj: Any) -> bytes:
     try:
         return _CANONICAL(obj).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidKeyError(
-            f"cannot derive an idempotency key or fingerprint from this data ({exc}). "
-            "Select JSON-representable fields with key=/fingerprint= (a JMESPath expression "
-            "or a function), or convert the value first."
-        ) from exc
+        raise _invalid(exc) from exc
 
 
-_sha256: Callable[[bytes], hashlib._Hash] | None = None  # hashlib (OpenSSL) loaded on first use
+def _load_sha256(data: bytes) -> hashlib._Hash:
+    """hashlib (OpenSSL) is loaded on first use."""
+    global _sha256
+    import hashlib
+
+    _sha256 = hashlib.sha256
+    return _sha256(data)
+
+
+_sha256: Callable[[bytes], hashlib._Hash] = _load_sha256
 
 
 def digest(material: Any) -> str:
     """A 128-bit SHA-256 digest (hex) of the canonical JSON of ``material``."""
-    global _sha256
-    if _sha256 is None:
-        import hashlib
+    try:
+        data = _CANONICAL(material).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise _invalid(exc) from exc
+    return _sha256(data).hexdigest()[:32]
 
-        _sha256 = hashlib.sha256
-    return _sha256(canonical_json(material)).hexdigest()[:32]
+
+def list_digest(head: tuple[Any, ...]) -> Callable[[Any], str]:
+    """``lambda x: digest([*head, x])``, with the canonical JSON of ``head`` written once
+    (a JSON array is its items' canonical forms between brackets, joined by commas)."""
+    try:
+        prefix = "".join(["[", *(_CANONICAL(item) + "," for item in head)])
+    except (TypeError, ValueError, RecursionError):
+        return lambda x: digest([*head, x])  # raises on every call, as digest would
+
+    def digest_of(x: Any) -> str:
+        try:
+            data = (prefix + _CANONICAL(x) + "]").encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise _invalid(exc) from exc
+        return _sha256(data).hexdigest()[:32]
+
+    return digest_of
 
 
 def is_missing(value: Any) -> bool:
