@@ -9,13 +9,14 @@ from typing import Any
 
 
 def ledger(workdir: Path) -> dict[str, list[str]]:
-    """key -> nonces of every execution of its body (all processes)."""
+    """key -> nonces of every execution of its body (all processes), in the order the
+    executions began (nonces start with a nanosecond timestamp)."""
     runs: dict[str, list[str]] = defaultdict(list)
     for path in sorted(workdir.glob("ledger-*")):
         for line in path.read_text().splitlines():
             key, nonce = line.split()
             runs[key].append(nonce)
-    return dict(runs)
+    return {key: sorted(nonces) for key, nonces in runs.items()}
 
 
 def results(workdir: Path) -> list[dict[str, Any]]:

@@ -60,7 +60,9 @@ def make_op(
     def op(key: str) -> str:
         if hook is not None:
             hook("start", key)
-        nonce = uuid.uuid4().hex
+        # Time-ordered across processes (same clock), so the ledger can tell which
+        # execution of a key came last.
+        nonce = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         ledger.line(f"{key} {nonce}")
         if hook is not None:
             hook("effect", key)
