@@ -133,7 +133,6 @@ class _Bound(Generic[P, R]):
         has_self = len(names) > len(params)
         sole = self.payload_name is not None and len(names) == 1 + has_self
         self._only_index = names.index(self.payload_name) if sole else -1  # type: ignore[arg-type]
-        self._encoder: tuple[Store, Callable[[Any], bytes]] | None = None
         self._plan_tail: tuple[Store, tuple[Any, ...]] | None = None
         self.key_select: KeySelector | None = (
             compile_selector(config.key, what="key") if config.key is not None else None
@@ -213,9 +212,7 @@ class _Bound(Generic[P, R]):
         return self._hint
 
     def encode(self, store: Store) -> Callable[[Any], bytes]:
-        cached = self._encoder
-        if cached is not None and cached[0] is store:
-            return cached[1]
+        """The result encoder for ``store`` (built once per store with the plan's tail)."""
         serializer = self.config.serializer
         limit = store.max_result_bytes
 
@@ -228,7 +225,6 @@ class _Bound(Generic[P, R]):
                 )
             return data
 
-        self._encoder = (store, encode)
         return encode
 
     def encode_error(self, exc: BaseException) -> bytes:

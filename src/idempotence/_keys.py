@@ -102,11 +102,7 @@ _sha256: Callable[[bytes], hashlib._Hash] = _load_sha256
 
 def digest(material: Any) -> str:
     """A 128-bit SHA-256 digest (hex) of the canonical JSON of ``material``."""
-    try:
-        data = _CANONICAL(material).encode("utf-8")
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise _invalid(exc) from exc
-    return _sha256(data).hexdigest()[:32]
+    return _sha256(canonical_json(material)).hexdigest()[:32]
 
 
 def list_digest(head: tuple[Any, ...]) -> Callable[[Any], str]:
