@@ -18,7 +18,6 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
@@ -282,11 +281,8 @@ _REDIS_SET = "redis.call('SET', KEYS[1], ARGV[1]) return 1"
 _REDIS_DEL = "return redis.call('DEL', KEYS[1])"
 
 
-@dataclass(frozen=True, slots=True)
-class _Eval:
-    script: Any  # idempotence.stores._redis._Script
-    key: str
-    args: tuple[str, ...]
+def _reply(value: Any) -> Any:
+    return value
 
 
 class _RedisBackend(_Backend):
@@ -307,8 +303,11 @@ class _RedisBackend(_Backend):
             )
         }
 
-    def _eval(self, name: str, entity: str, *args: str) -> _Eval:
-        return _Eval(self.scripts[name], self.prefix + entity, args)
+    def _eval(self, name: str, entity: str, *args: str) -> Any:
+        """One script call in the store's own form (``_redis._Call``), the raw reply kept."""
+        from ..stores._redis import _Call
+
+        return _Call(self.scripts[name], self.prefix + entity, args, _reply)
 
     def cas(self, entity: str, expected: str | None, new: str | None) -> Generator[Any, Any, bool]:
         if expected is None and new is None:
@@ -331,35 +330,25 @@ class _RedisBackend(_Backend):
     def remove(self, entity: str) -> Generator[Any, Any, bool]:
         return int((yield self._eval("del", entity))) == 1
 
+    # Each script runs through the store's own transport (EVALSHA, EVAL on NOSCRIPT; the
+    # async side on the loop's client, or the sync client in a thread).
     def run(self, steps: Generator[Any, Any, _T]) -> _T:
-        client = self.store._sync_client()
-        no_script = self.store._redis.exceptions.NoScriptError
         reply: Any = None
         while True:
             try:
                 call = steps.send(reply)
             except StopIteration as done:
                 return done.value  # type: ignore[no-any-return]
-            try:
-                reply = client.evalsha(call.script.sha, 1, call.key, *call.args)
-            except no_script:
-                reply = client.eval(call.script.source, 1, call.key, *call.args)
+            reply = self.store._run(call)
 
     async def arun(self, steps: Generator[Any, Any, _T]) -> _T:
-        client = await self.store._async_client()
-        if client is None:
-            return await asyncio.to_thread(self.run, steps)
-        no_script = self.store._redis.exceptions.NoScriptError
         reply: Any = None
         while True:
             try:
                 call = steps.send(reply)
             except StopIteration as done:
                 return done.value  # type: ignore[no-any-return]
-            try:
-                reply = await client.evalsha(call.script.sha, 1, call.key, *call.args)
-            except no_script:
-                reply = await client.eval(call.script.source, 1, call.key, *call.args)
+            reply = await self.store._arun(call)
 
 
 # DynamoDB: a request builder shared by StateGuard and the helpers on user tables.
