@@ -154,13 +154,14 @@ class JSONSerializer:
         if t is list:
             return [self._enc(x, d) for x in v]
         if t is dict:
-            out = {}
+            flat = True  # string keys and scalar values only: the dict encodes as it is
             for k, x in v.items():
                 if type(k) is not str or k[:1] == "$":
                     return {"$dict": [[self._enc(k, d), self._enc(x, d)] for k, x in v.items()]}
                 tx = type(x)
-                out[k] = x if tx is str or tx is int or tx is bool or x is None else self._enc(x, d)
-            return out
+                if not (tx is str or tx is int or tx is bool or x is None):
+                    flat = False
+            return v if flat else {k: self._enc(x, d) for k, x in v.items()}
         if t is tuple:
             return {"$tuple": [self._enc(x, d) for x in v]}
         if isinstance(v, enum.Enum):

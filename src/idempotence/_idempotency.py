@@ -133,6 +133,7 @@ class _Bound(Generic[P, R]):
         has_self = len(names) > len(params)
         sole = self.payload_name is not None and len(names) == 1 + has_self
         self._only_index = names.index(self.payload_name) if sole else -1  # type: ignore[arg-type]
+        self._arity = self._only_index + 1 if sole else -1  # never a length: no fast path
         self._plan_tail: tuple[Store, tuple[Any, ...]] | None = None
         self.key_select: KeySelector | None = (
             compile_selector(config.key, what="key") if config.key is not None else None
@@ -148,15 +149,23 @@ class _Bound(Generic[P, R]):
             else getattr(spec, "__qualname__", repr(spec))
         )
         self.cache = LocalCache(config.local_cache) if config.local_cache else None
-        # digest([key spec, scope, material]) with the constant head encoded once.
-        self._key_prefix = f"{self.namespace}#"
-        self._key_digest = list_digest((self.key_spec, config.scope))
+        # ``namespace#digest([key spec, scope, material])``, the constant head encoded once.
+        self._key_digest = list_digest((self.key_spec, config.scope), f"{self.namespace}#")
+        #: ``fingerprint(payload)``: the digest the record keeps to refuse a reused key.
+        self.fingerprint: Callable[[Any], str]
+        if fp is False:
+            self.fingerprint = _no_fingerprint
+        elif self.fingerprint_select is not None:
+            select = self.fingerprint_select
+            self.fingerprint = lambda payload: digest(select(payload))
+        else:
+            self.fingerprint = digest
         self._hint: Any = ...
         self.is_async = inspect.iscoroutinefunction(fn)
 
     # -- derivation ------------------------------------------------------------------------
     def payload(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-        if self._only_index >= 0 and not kwargs and len(args) == self._only_index + 1:
+        if len(args) == self._arity and not kwargs:  # ``f(x)``, ``obj.f(x)``: no binding
             return args[self._only_index]
         # A wrong call raises the TypeError the function itself would raise.
         bound = self.signature.bind(*args, **kwargs)
@@ -191,14 +200,7 @@ class _Bound(Generic[P, R]):
         scope = self.config.scope
         if callable(scope):
             return f"{self.namespace}#{digest([self.key_spec, scope(scope_payload), material])}"
-        return self._key_prefix + self._key_digest(material)
-
-    def fingerprint(self, payload: Any) -> str:
-        if self.config.fingerprint is False:
-            return "-"
-        if self.fingerprint_select is not None:
-            return digest(self.fingerprint_select(payload))
-        return digest(payload)
+        return self._key_digest(material)
 
     # -- results ---------------------------------------------------------------------------
     def hint(self) -> Any:
@@ -294,6 +296,7 @@ class _Bound(Generic[P, R]):
         )
 
     def plan(self, key: str, payload: Any, store: Store) -> Plan:
+        """The plan of a call of the decorated function with this key and payload."""
         return self.plan_for(key, self.fingerprint(payload), store, self.config.lease_s)
 
     def plan_for(self, key: str, fingerprint: str, store: Store, lease: float) -> Plan:
@@ -323,6 +326,10 @@ class _Bound(Generic[P, R]):
             cache=self.cache,
             fail_open=c.fail_open,
         )
+
+
+def _no_fingerprint(payload: Any) -> str:
+    return "-"
 
 
 def _not_stored(reason: str) -> bytes:
@@ -484,9 +491,7 @@ class Idempotency:
         idem = self
         warned: list[bool] = []
 
-        def passthrough() -> bool:
-            if not _disabled():
-                return False
+        def warn_disabled() -> None:
             if not warned:
                 warned.append(True)
                 warnings.warn(
@@ -494,7 +499,6 @@ class Idempotency:
                     RuntimeWarning,
                     stacklevel=3,
                 )
-            return True
 
         wrapper: Any
         if bound.is_async:
@@ -502,7 +506,8 @@ class Idempotency:
 
             @functools.wraps(fn)
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
-                if passthrough():
+                if _disabled():
+                    warn_disabled()
                     return await afn(*args, **kwargs)
                 payload = bound.payload(args, kwargs)
                 key = bound.key(payload)
@@ -520,7 +525,8 @@ class Idempotency:
 
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                if passthrough():
+                if _disabled():
+                    warn_disabled()
                     return fn(*args, **kwargs)
                 payload = bound.payload(args, kwargs)
                 key = bound.key(payload)

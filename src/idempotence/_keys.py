@@ -100,27 +100,32 @@ def _load_sha256(data: bytes) -> hashlib._Hash:
 _sha256: Callable[[bytes], hashlib._Hash] = _load_sha256
 
 
-def digest(material: Any) -> str:
-    """A 128-bit SHA-256 digest (hex) of the canonical JSON of ``material``."""
-    return _sha256(canonical_json(material)).hexdigest()[:32]
-
-
-def list_digest(head: tuple[Any, ...]) -> Callable[[Any], str]:
-    """``lambda x: digest([*head, x])``, with the canonical JSON of ``head`` written once
-    (a JSON array is its items' canonical forms between brackets, joined by commas)."""
-    try:
-        prefix = "".join(["[", *(_CANONICAL(item) + "," for item in head)])
-    except (TypeError, ValueError, RecursionError):
-        return lambda x: digest([*head, x])  # raises on every call, as digest would
+def _digester(prefix: str, suffix: str, label: str = "") -> Callable[[Any], str]:
+    """``lambda x: label + sha256(prefix + canonical_json(x) + suffix)`` as 32 hex digits,
+    with the canonical-JSON errors of :func:`canonical_json`."""
 
     def digest_of(x: Any) -> str:
         try:
-            data = (prefix + _CANONICAL(x) + "]").encode("utf-8")
+            data = (prefix + _CANONICAL(x) + suffix).encode("utf-8")
         except (TypeError, ValueError, RecursionError) as exc:
             raise _invalid(exc) from exc
-        return _sha256(data).hexdigest()[:32]
+        return label + _sha256(data).hexdigest()[:32]
 
     return digest_of
+
+
+digest: Callable[[Any], str] = _digester("", "")
+digest.__doc__ = """A 128-bit SHA-256 digest (hex) of the canonical JSON of ``material``."""
+
+
+def list_digest(head: tuple[Any, ...], label: str = "") -> Callable[[Any], str]:
+    """``lambda x: label + digest([*head, x])``, with the canonical JSON of ``head`` written
+    once (a JSON array is its items' canonical forms between brackets, joined by commas)."""
+    try:
+        prefix = "".join(["[", *(_CANONICAL(item) + "," for item in head)])
+    except (TypeError, ValueError, RecursionError):
+        return lambda x: label + digest([*head, x])  # raises on every call, as digest would
+    return _digester(prefix, "]", label)
 
 
 def is_missing(value: Any) -> bool:

@@ -24,12 +24,13 @@ class Timers:
     """Calls callbacks at monotonic deadlines, on one daemon thread per process.
 
     :meth:`add` and :meth:`cancel` are the hot path: a counter, a clock read, a dict insert
-    or pop (atomic under the GIL), no lock; the thread starts once per process and is only
-    woken when a new deadline is earlier than its planned wake-up. The thread pops an entry
-    and runs its callback while holding a lock, so :meth:`cancel` and firing settle who
-    owns an entry by ``dict.pop``, and :meth:`wait_fired` lets the loser of that race wait
-    until a callback that won has finished. A forked child starts with no entries (its
-    parent's are not its own) and starts its own thread on first use.
+    or pop (atomic under the GIL), no lock, no system call; the thread starts once per
+    process and is only woken when a new deadline is earlier than its planned wake-up.
+    The thread pops an entry and runs its callback while holding a lock, so
+    :meth:`cancel` and firing settle who owns an entry by ``dict.pop``, and
+    :meth:`wait_fired` lets the loser of that race wait until a callback that won has
+    finished. A forked child starts with no entries (its parent's are not its own) and
+    starts its own thread on first use.
     """
 
     def __init__(self, name: str) -> None:
@@ -42,7 +43,7 @@ class Timers:
         self._firing = threading.Lock()
         self._active: dict[int, tuple[float, Callable[[], None]]] = {}
         self._ids = itertools.count(1)
-        self._pid = 0  # the process whose thread runs
+        self._started = False  # in this process (a forked child resets it)
         self._next_wake = math.inf  # inf while the thread is awake: every add notifies
 
     def add(self, delay: float, callback: Callable[[], None]) -> int:
@@ -51,10 +52,10 @@ class Timers:
         deadline = time.monotonic() + delay
         ident = next(self._ids)
         self._active[ident] = (deadline, callback)
-        if self._pid != os.getpid():
+        if not self._started:
             with self._cond:
-                if self._pid != os.getpid():
-                    self._pid = os.getpid()
+                if not self._started:
+                    self._started = True
                     threading.Thread(target=self._run, name=self.name, daemon=True).start()
         elif deadline < self._next_wake:
             with self._cond:

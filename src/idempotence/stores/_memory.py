@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from .._record import Claim, Record, Status
-from ._base import Clock, Store, decide_claim, system_clock
+from ._base import Clock, Store, _new, decide_claim, system_clock
 
 __all__ = ["MemoryStore"]
 
@@ -57,10 +57,10 @@ class MemoryStore(Store):
             record = self._owned(key, fence, now)
             if record is None:
                 return False
-            self._records[key] = Record(
+            self._records[key] = _new(Record, (
                 key, Status.COMPLETED, record.fingerprint, fence, record.lease_expires_at,
                 now + ttl, bytes(result),
-            )  # fmt: skip
+            ))  # fmt: skip
             return True
 
     def release(self, key: str, fence: int) -> bool:
