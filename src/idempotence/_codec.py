@@ -21,6 +21,7 @@ import math
 import sys
 import typing
 from collections.abc import Callable
+from json import encoder as _json_encoder
 from typing import Any, Protocol
 
 from ._errors import CorruptRecordError
@@ -106,19 +107,32 @@ def _lookup(name: str, allowed: dict[str, type]) -> type:
 
 
 _DUMPS = make_dumps(sort_keys=False)
+_MAX_DEPTH = 200
+_str: Callable[[str], str] = getattr(_json_encoder, "c_encode_basestring", None) or (
+    _json_encoder.py_encode_basestring
+)
+_int = int.__repr__
+_float = float.__repr__
 
 
 class JSONSerializer:
     """The default serializer (see the module docstring)."""
 
-    def encode(self, value: Any) -> bytes:
-        try:
-            return _DUMPS(self._enc(value, 0)).encode("utf-8")
-        except RecursionError as exc:
-            raise UnencodableError("the result is nested too deeply to encode") from exc
-
     def __init__(self) -> None:
         self._allowed: dict[Any, dict[str, type]] = {}
+
+    def encode(self, value: Any) -> bytes:
+        try:
+            return _write(value, 0).encode("utf-8")
+        except RecursionError as exc:
+            raise UnencodableError("the result is nested too deeply to encode") from exc
+        except UnicodeEncodeError as exc:  # a lone surrogate: not UTF-8, not JSON text
+            raise UnencodableError(
+                f"the result holds text that is not valid Unicode ({exc.reason}: "
+                f"{exc.object[exc.start : exc.end]!r}), which JSON cannot carry"
+            ) from exc
+        except ValueError as exc:  # an int over sys.get_int_max_str_digits() digits
+            raise UnencodableError(f"the result cannot be written as JSON: {exc}") from exc
 
     def decode(self, data: bytes, hint: Any) -> Any:
         if b'"$' not in data:  # no type tags anywhere: plain JSON is the value itself
@@ -140,48 +154,6 @@ class JSONSerializer:
         except ValueError as exc:
             raise CorruptRecordError(f"stored result is not valid JSON: {exc}") from exc
         return self._dec(tree, allowed)
-
-    # -- encoding -----------------------------------------------------------------------
-    def _enc(self, v: Any, depth: int) -> Any:
-        if depth > 200:
-            raise UnencodableError("the result is nested more than 200 levels deep")
-        t = type(v)
-        if v is None or t is bool or t is int or t is str:
-            return v
-        if t is float:
-            return v if math.isfinite(v) else {"$float": repr(v)}
-        d = depth + 1
-        if t is list:
-            return [self._enc(x, d) for x in v]
-        if t is dict:
-            flat = True  # string keys and scalar values only: the dict encodes as it is
-            for k, x in v.items():
-                if type(k) is not str or k[:1] == "$":
-                    return {"$dict": [[self._enc(k, d), self._enc(x, d)] for k, x in v.items()]}
-                tx = type(x)
-                if not (tx is str or tx is int or tx is bool or x is None):
-                    flat = False
-            return v if flat else {k: self._enc(x, d) for k, x in v.items()}
-        if t is tuple:
-            return {"$tuple": [self._enc(x, d) for x in v]}
-        if isinstance(v, enum.Enum):
-            return {"$enum": _qualname(t), "v": self._enc(v.value, d)}
-        if _is_dataclass(v) and not isinstance(v, type):
-            fields = {name: self._enc(getattr(v, name), d) for name in _init_fields(v)}
-            return {"$dataclass": _qualname(t), "v": fields}
-        if _is_model(t):
-            return {"$model": _qualname(t), "v": v.model_dump(mode="json")}
-        simple = _simple_encoder(t)
-        if simple is not None:
-            return {simple[0]: simple[1](v)}
-        if t in (set, frozenset):
-            return {"$" + t.__name__: [self._enc(x, d) for x in v]}
-        if isinstance(v, (int, str, float)):  # subclasses of builtins (not enums)
-            raise UnencodableError(f"subclass {t.__qualname__} of a builtin type is not encodable")
-        raise UnencodableError(
-            f"a result of type {t.__qualname__} cannot be stored as JSON; return JSON-like data, "
-            "a dataclass or a pydantic model, or pass serializer="
-        )
 
     # -- decoding -----------------------------------------------------------------------
     def _dec(self, v: Any, allowed: dict[str, type]) -> Any:
@@ -227,6 +199,87 @@ class JSONSerializer:
         except Exception as exc:
             raise CorruptRecordError(f"cannot decode stored {tag} value: {exc}") from exc
         raise CorruptRecordError(f"unknown tag {tag!r} in stored result")
+
+
+# -- encoding -----------------------------------------------------------------------------
+# JSON text is written directly, in one pass that also tags the types JSON lacks: on
+# CPython 3.11 this is faster than tagging a copy of the value and handing it to the C
+# encoder (which, among other things, would write tuples as lists behind our back).
+def _write(v: Any, depth: int) -> str:
+    """The JSON text of ``v``, JSON's own types as they are and the others tagged."""
+    t = type(v)
+    if t is dict:
+        if depth >= _MAX_DEPTH:
+            raise UnencodableError(f"the result is nested more than {_MAX_DEPTH} levels deep")
+        parts = []
+        for k, x in v.items():
+            if type(k) is not str or k[:1] == "$":
+                return _write_pairs(v, depth)
+            tx = type(x)
+            if tx is str:
+                parts.append(_str(k) + ":" + _str(x))
+            elif tx is int:
+                parts.append(_str(k) + ":" + _int(x))
+            else:
+                parts.append(_str(k) + ":" + _write(x, depth + 1))
+        return "{" + ",".join(parts) + "}"
+    if t is list:
+        if depth >= _MAX_DEPTH:
+            raise UnencodableError(f"the result is nested more than {_MAX_DEPTH} levels deep")
+        parts = []
+        for x in v:
+            tx = type(x)
+            if tx is str:
+                parts.append(_str(x))
+            elif tx is int:
+                parts.append(_int(x))
+            else:
+                parts.append(_write(x, depth + 1))
+        return "[" + ",".join(parts) + "]"
+    if t is str:
+        return _str(v)
+    if t is int:
+        return _int(v)
+    if v is None:
+        return "null"
+    if t is bool:
+        return "true" if v else "false"
+    if t is float:
+        return _float(v) if math.isfinite(v) else '{"$float":' + _str(repr(v)) + "}"
+    if depth >= _MAX_DEPTH:
+        raise UnencodableError(f"the result is nested more than {_MAX_DEPTH} levels deep")
+    if t is tuple:
+        return '{"$tuple":' + _write(list(v), depth + 1) + "}"
+    if isinstance(v, enum.Enum):
+        return _tagged("$enum", _qualname(t), _write(v.value, depth + 1))
+    if _is_dataclass(v) and not isinstance(v, type):
+        fields = {name: getattr(v, name) for name in _init_fields(v)}
+        return _tagged("$dataclass", _qualname(t), _write(fields, depth + 1))
+    if _is_model(t):
+        return _tagged("$model", _qualname(t), _DUMPS(v.model_dump(mode="json")))
+    simple = _simple_encoder(t)
+    if simple is not None:
+        return "{" + _str(simple[0]) + ":" + _write(simple[1](v), depth + 1) + "}"
+    if t in (set, frozenset):
+        return "{" + _str("$" + t.__name__) + ":" + _write(list(v), depth + 1) + "}"
+    if isinstance(v, (int, str, float)):  # subclasses of builtins (not enums)
+        raise UnencodableError(f"subclass {t.__qualname__} of a builtin type is not encodable")
+    raise UnencodableError(
+        f"a result of type {t.__qualname__} cannot be stored as JSON; return JSON-like data, "
+        "a dataclass or a pydantic model, or pass serializer="
+    )
+
+
+def _write_pairs(v: dict[Any, Any], depth: int) -> str:
+    """A dict with non-string keys or ``$``-keys: ``{"$dict": [[key, value], ...]}``."""
+    d = depth + 1
+    pairs = ["[" + _write(k, d) + "," + _write(x, d) + "]" for k, x in v.items()]
+    return '{"$dict":[' + ",".join(pairs) + "]}"
+
+
+def _tagged(tag: str, class_name: str, body: str) -> str:
+    """``{tag: class_name, "v": body}`` (``body`` is JSON text already)."""
+    return "{" + _str(tag) + ":" + _str(class_name) + ',"v":' + body + "}"
 
 
 def _b64encode(b: bytes) -> str:

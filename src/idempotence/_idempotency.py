@@ -151,6 +151,7 @@ class _Bound(Generic[P, R]):
         self.cache = LocalCache(config.local_cache) if config.local_cache else None
         # ``namespace#digest([key spec, scope, material])``, the constant head encoded once.
         self._key_digest = list_digest((self.key_spec, config.scope), f"{self.namespace}#")
+        self._scope_fn = config.scope if callable(config.scope) else None
         #: ``fingerprint(payload)``: the digest the record keeps to refuse a reused key.
         self.fingerprint: Callable[[Any], str]
         if fp is False:
@@ -184,7 +185,11 @@ class _Bound(Generic[P, R]):
             material = payload
         else:
             material = self.key_select(payload)
-            if is_missing(material):
+            if (
+                material is None
+                or material == ""
+                or (isinstance(material, list) and is_missing(material))  # inline: per call
+            ):
                 if self.config.required:
                     raise MissingKeyError(
                         f"no idempotency key in this call to {self.fn.__qualname__}: key="
@@ -192,14 +197,16 @@ class _Bound(Generic[P, R]):
                         "key=, or set required=False to run such calls without idempotency."
                     )
                 return None
+        if self._scope_fn is None:
+            return self._key_digest(material)
         return self.key_of(material, payload)
 
     def key_of(self, material: Any, scope_payload: Any) -> str:
         """``namespace#digest([key spec, scope, material])``; a callable ``scope`` is applied
         to ``scope_payload``. Adapters with their own key material use it too."""
-        scope = self.config.scope
-        if callable(scope):
-            return f"{self.namespace}#{digest([self.key_spec, scope(scope_payload), material])}"
+        if self._scope_fn is not None:
+            scope = self._scope_fn(scope_payload)
+            return f"{self.namespace}#{digest([self.key_spec, scope, material])}"
         return self._key_digest(material)
 
     # -- results ---------------------------------------------------------------------------
@@ -294,10 +301,6 @@ class _Bound(Generic[P, R]):
             type_name=type_name,
             args=args,
         )
-
-    def plan(self, key: str, payload: Any, store: Store) -> Plan:
-        """The plan of a call of the decorated function with this key and payload."""
-        return self.plan_for(key, self.fingerprint(payload), store, self.config.lease_s)
 
     def plan_for(self, key: str, fingerprint: str, store: Store, lease: float) -> Plan:
         """The protocol plan of one call: this function's codec and options, with the given
@@ -489,6 +492,7 @@ class Idempotency:
         config = self.config.replace(**options) if options else self.config
         bound = _Bound(fn, config, self.namespace_for(fn, options.get("namespace")))
         idem = self
+        lease = config.lease_s
         warned: list[bool] = []
 
         def warn_disabled() -> None:
@@ -515,9 +519,9 @@ class Idempotency:
                     return await afn(*args, **kwargs)
                 store = idem.store
                 return await run_async(
-                    bound.plan(key, payload, store),
+                    bound.plan_for(key, bound.fingerprint(payload), store, lease),
                     store,
-                    lambda: afn(*args, **kwargs),
+                    functools.partial(afn, *args, **kwargs),
                     heartbeat=config.heartbeat,
                 )
 
@@ -534,9 +538,9 @@ class Idempotency:
                     return fn(*args, **kwargs)
                 store = idem.store
                 return run_sync(
-                    bound.plan(key, payload, store),
+                    bound.plan_for(key, bound.fingerprint(payload), store, lease),
                     store,
-                    lambda: fn(*args, **kwargs),
+                    functools.partial(fn, *args, **kwargs),
                     heartbeat=config.heartbeat,
                 )
 

@@ -1,7 +1,7 @@
 """Compact JSON encoders built once: the C encoder of :mod:`json` called directly, without
 the per-call set-up of ``json.dumps``/``JSONEncoder.encode`` (measurable on a hot path
-that encodes three small documents per call); and :func:`loads`, the C scanner called
-directly on the compact UTF-8 JSON we write."""
+that encodes the key material and the fingerprint's payload on every call); and
+:func:`loads`, the C scanner called directly on the compact UTF-8 JSON we write."""
 
 from __future__ import annotations
 

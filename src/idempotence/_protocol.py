@@ -233,10 +233,11 @@ def protocol(plan: Plan) -> Generator[Op, Any, Any]:
     not_stored: ResultNotStoredError | None = None
     try:
         data = plan.encode(result)
-    except UnencodableError as exc:
+    except Exception as exc:  # UnencodableError, or any failure of a custom serializer
         # The side effect happened: keep the key completed (never re-run), say so loudly.
-        data = plan.encode_not_stored(str(exc))
-        not_stored = _not_stored(plan, str(exc), result)
+        reason = str(exc) if isinstance(exc, UnencodableError) else f"{type(exc).__name__}: {exc}"
+        data = plan.encode_not_stored(reason)
+        not_stored = _not_stored(plan, reason, result)
     try:
         try:
             completed = yield _new(CompleteOp, (plan.key, fence, data, plan.ttl))

@@ -6,6 +6,7 @@ under a lease heartbeat, and sleeps; every decision lives in the protocol.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,35 +20,17 @@ from .stores._base import Store
 __all__ = ["run_async", "run_sync"]
 
 
-class _Heartbeat:
-    """Renews one running sync invocation's lease every ``lease / 3`` on the shared timer
-    thread, until :meth:`stop`. Starting costs a closure and a dict insert: a fast call
-    never wakes the thread."""
-
-    __slots__ = ("fence", "ident", "key", "lease", "stopped", "store")
-
-    def __init__(self, store: Store, key: str, fence: int, lease: float) -> None:
-        self.store, self.key, self.fence, self.lease = store, key, fence, lease
-        self.stopped = False
-        self.ident = _timers.add(lease / 3, self._renew)
-
-    def _renew(self) -> None:
-        if self.stopped:
-            return
-        try:
-            if not self.store.renew(self.key, self.fence, lease=self.lease):
-                _log.warning("lease on %s was lost; the result will not be kept", self.key)
-                return
-        except Exception:
-            _log.warning("could not renew the lease on %s", self.key, exc_info=True)
-        self.ident = _timers.add(self.lease / 3, self._renew)
-        if self.stopped:  # stop() ran while we renewed: it may have missed the new handle
-            _timers.cancel(self.ident)
-
-    def stop(self) -> None:
-        """Stop renewing (the body returned or raised)."""
-        self.stopped = True
-        _timers.cancel(self.ident)
+def _renew(store: Store, key: str, fence: int, lease: float) -> bool:
+    """One heartbeat of a running sync invocation: extend its lease. ``False`` (stop
+    beating) once the lease is lost; a failed renewal is logged and tried again next beat."""
+    try:
+        if store.renew(key, fence, lease=lease):
+            return True
+    except Exception:
+        _log.warning("could not renew the lease on %s", key, exc_info=True)
+        return True
+    _log.warning("lease on %s was lost; the result will not be kept", key)
+    return False
 
 
 _timers = Timers("idempotence-heartbeat")
@@ -69,16 +52,16 @@ def run_sync(plan: Plan, store: Store, body: Callable[[], Any], *, heartbeat: bo
                 value = store.claim(op.key, op.fingerprint, lease=op.lease, ttl=op.ttl)
             elif type(op) is RunOp:
                 token = CURRENT_KEY.set(op.key)
-                beat = (
-                    _Heartbeat(store, op.key, op.fence, op.lease)
-                    if heartbeat and op.fence is not None
-                    else None
-                )
+                beat = 0  # the heartbeat: renew every lease / 3 on the shared timer thread
+                if heartbeat and op.fence is not None:
+                    every = op.lease / 3
+                    renew = functools.partial(_renew, store, op.key, op.fence, op.lease)
+                    beat = _timers.add(every, renew, every)
                 try:
                     value = body()
                 finally:
-                    if beat is not None:
-                        beat.stop()
+                    if beat:
+                        _timers.cancel(beat)  # waits for a renewal in flight, if any
                     CURRENT_KEY.reset(token)
             elif type(op) is CompleteOp:
                 value = store.complete(op.key, op.fence, op.result, ttl=op.ttl)

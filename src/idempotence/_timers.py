@@ -26,10 +26,10 @@ class Timers:
     :meth:`add` and :meth:`cancel` are the hot path: a counter, a clock read, a dict insert
     or pop (atomic under the GIL), no lock, no system call; the thread starts once per
     process and is only woken when a new deadline is earlier than its planned wake-up.
-    The thread pops an entry and runs its callback while holding a lock, so
-    :meth:`cancel` and firing settle who owns an entry by ``dict.pop``, and
-    :meth:`wait_fired` lets the loser of that race wait until a callback that won has
-    finished. A forked child starts with no entries (its parent's are not its own) and
+    The thread pops an entry and runs its callback while holding a lock (re-arming a
+    repeating one under it), so :meth:`cancel` and firing settle who owns an entry by
+    ``dict.pop``, and a :meth:`cancel` that lost the race waits for the callback to
+    return. A forked child starts with no entries (its parent's are not its own) and
     starts its own thread on first use.
     """
 
@@ -41,17 +41,18 @@ class Timers:
     def _reset(self) -> None:
         self._cond = threading.Condition()
         self._firing = threading.Lock()
-        self._active: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._active: dict[int, tuple[float, Callable[[], object], float]] = {}
         self._ids = itertools.count(1)
         self._started = False  # in this process (a forked child resets it)
         self._next_wake = math.inf  # inf while the thread is awake: every add notifies
 
-    def add(self, delay: float, callback: Callable[[], None]) -> int:
-        """Call ``callback()`` on the timer thread in ``delay`` seconds unless cancelled;
-        returns the handle for :meth:`cancel`."""
+    def add(self, delay: float, callback: Callable[[], object], every: float = 0.0) -> int:
+        """Call ``callback()`` on the timer thread in ``delay`` seconds unless cancelled,
+        and then every ``every`` seconds (if given) for as long as it returns a true
+        value; returns the handle for :meth:`cancel`."""
         deadline = time.monotonic() + delay
         ident = next(self._ids)
-        self._active[ident] = (deadline, callback)
+        self._active[ident] = (deadline, callback, every)
         if not self._started:
             with self._cond:
                 if not self._started:
@@ -63,25 +64,27 @@ class Timers:
         return ident
 
     def cancel(self, ident: int) -> bool:
-        """Cancel a deadline: ``True`` if it had not fired (its callback will not run)."""
-        return self._active.pop(ident, None) is not None
+        """Cancel a deadline. ``True`` if it was pending: its callback is not running and
+        will not run (again). ``False`` if a one-shot callback has run, or a callback is
+        running right now: then this waits until it has returned (and a repeating one is
+        not re-armed)."""
+        if self._active.pop(ident, None) is not None:
+            return True
+        with self._firing:  # a running callback re-arms (or not) before releasing this
+            self._active.pop(ident, None)
+        return False
 
     def __len__(self) -> int:
         """Deadlines registered and not yet fired or cancelled."""
         return len(self._active)
 
-    def wait_fired(self) -> None:
-        """Wait until a callback that is running right now has returned."""
-        with self._firing:
-            pass
-
     def _run(self) -> None:
         while True:
             with self._cond:
                 now = time.monotonic()
-                due = [i for i, (d, _) in list(self._active.items()) if d <= now]
+                due = [i for i, (d, _, _) in list(self._active.items()) if d <= now]
                 if not due:
-                    deadlines = [d for d, _ in list(self._active.values())]
+                    deadlines = [d for d, _, _ in list(self._active.values())]
                     self._next_wake = min(deadlines, default=now + 3600.0)
                     self._cond.wait(self._next_wake - now)
                     self._next_wake = math.inf
@@ -91,7 +94,11 @@ class Timers:
                     entry = self._active.pop(ident, None)
                     if entry is None:
                         continue  # cancelled meanwhile
+                    _, callback, every = entry
                     try:
-                        entry[1]()
+                        again = callback()
                     except Exception:
                         _log.warning("%s: a timer callback failed", self.name, exc_info=True)
+                        again = True
+                    if every and again:
+                        self._active[ident] = (time.monotonic() + every, callback, every)

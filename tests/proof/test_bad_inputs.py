@@ -85,6 +85,16 @@ class _StrSub(str):
     pass
 
 
+class _FailingSerializer:
+    """A custom serializer whose encode fails with an exception of its own."""
+
+    def encode(self, value: Any) -> bytes:
+        raise RuntimeError("cannot pickle this")
+
+    def decode(self, data: bytes, hint: Any) -> Any:
+        raise AssertionError("never called: nothing was stored")
+
+
 def _generator(payload: Any) -> Any:
     yield payload
 
@@ -234,6 +244,12 @@ CASES = [
         completed_not_stored),
     Bad("result-10k-levels", returning(_deep(10_000)), ResultNotStoredError, NOT_KEPT,
         completed_not_stored),
+    Bad("result-lone-surrogate", returning({"name": "caf\ud800"}), ResultNotStoredError,
+        "not valid Unicode", completed_not_stored),
+    Bad("result-int-of-5000-digits", returning(10**5000), ResultNotStoredError,
+        "cannot be written as JSON", completed_not_stored),
+    Bad("result-serializer-raises", returning("ok", serializer=_FailingSerializer()),
+        ResultNotStoredError, "RuntimeError: cannot pickle this", completed_not_stored),
     Bad("result-too-large-for-store", lambda env: _small_store(env), ResultNotStoredError,
         "more than this store keeps", completed_not_stored),
     # -- corrupt records in the store: reported, not re-run, healed by forget()

@@ -265,7 +265,8 @@ def fresh_fence(now: float) -> int:
     sustained, over its whole life). Every store computes it the same way (Lua
     ``math.floor``, SQL ``floor``: exact for doubles below 2**53 ms, i.e. until year 287396).
     """
-    return max(1, int(now * 1000))
+    fence = int(now * 1000)
+    return fence if fence > 1 else 1
 
 
 def decide_claim(
@@ -288,11 +289,11 @@ def decide_claim(
             return _new(Claim, (False, existing, now))
     fence = existing.fence + 1 if existing is not None else fresh_fence(now)
     # Fields: key, status, fingerprint, fence, lease_expires_at, expires_at, result.
-    lease_end, expires = now + lease, now + max(ttl, lease)
+    lease_end, expires = now + lease, now + (ttl if ttl > lease else lease)
     record = _new(Record, (key, Status.IN_PROGRESS, fingerprint, fence, lease_end, expires, None))
     return _new(Claim, (True, record, now))
 
 
-def system_clock() -> float:
-    """Wall-clock seconds since the epoch."""
-    return time.time()
+#: Wall-clock seconds since the epoch: the clock of stores that read their own
+#: (``time.time`` itself, not a wrapper: it is read on every claim and complete).
+system_clock: Clock = time.time

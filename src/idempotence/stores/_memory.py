@@ -45,7 +45,7 @@ class MemoryStore(Store):
             record is None
             or record.fence != fence
             or record.status is not Status.IN_PROGRESS
-            or record.is_expired(now)
+            or now >= record.expires_at  # past retention
         ):
             return None
         return record

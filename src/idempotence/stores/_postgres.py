@@ -298,9 +298,8 @@ class _Watchdog:
 
     def done(self, ident: int, conn: Any) -> bool:
         """End the watch; ``True`` if the watchdog fired (then ``conn`` is cut and closed)."""
-        if self._timers.cancel(ident):
+        if self._timers.cancel(ident):  # else the cut ran: cancel waited for it to finish
             return False
-        self._timers.wait_fired()
         with contextlib.suppress(Exception):
             conn.close()  # a pool discards it (a closed connection is never reused)
         return True

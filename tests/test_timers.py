@@ -1,0 +1,96 @@
+"""The shared timer thread: one-shot and repeating deadlines, and cancel's guarantees
+(the heartbeat and the PostgreSQL watchdog rely on them)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from idempotence._timers import Timers
+
+
+def wait_until(condition: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_a_deadline_fires_once_and_a_cancelled_one_never() -> None:
+    timers = Timers("test-timers")
+    fired: list[str] = []
+    timers.add(0.02, lambda: fired.append("a"))
+    cancelled = timers.add(0.02, lambda: fired.append("b"))
+    assert timers.cancel(cancelled) is True
+    wait_until(lambda: fired == ["a"])
+    time.sleep(0.1)
+    assert fired == ["a"]
+    assert len(timers) == 0
+
+
+def test_a_repeating_deadline_fires_until_its_callback_returns_false() -> None:
+    timers = Timers("test-timers")
+    calls: list[int] = []
+
+    def beat() -> bool:
+        calls.append(1)
+        return len(calls) < 3
+
+    timers.add(0.01, beat, 0.01)
+    wait_until(lambda: len(calls) == 3)
+    time.sleep(0.1)
+    assert len(calls) == 3  # it stopped itself
+    assert len(timers) == 0
+
+
+def test_cancel_of_a_repeating_deadline_stops_it_for_good() -> None:
+    timers = Timers("test-timers")
+    calls: list[int] = []
+    ident = timers.add(0.01, lambda: calls.append(1) or True, 0.01)
+    wait_until(lambda: len(calls) >= 2)
+    timers.cancel(ident)  # pending between beats (True) or running (waits): either way
+    seen = len(calls)
+    time.sleep(0.1)
+    assert len(calls) == seen
+    assert len(timers) == 0
+
+
+def test_cancel_waits_for_a_running_callback_and_disarms_it() -> None:
+    timers = Timers("test-timers")
+    entered, leave = threading.Event(), threading.Event()
+    done: list[str] = []
+
+    def slow() -> bool:
+        entered.set()
+        leave.wait(5)
+        done.append("returned")
+        return True  # would re-arm, but cancel is waiting
+
+    ident = timers.add(0.0, slow, 0.01)
+    assert entered.wait(5)
+    threading.Timer(0.1, leave.set).start()
+    started = time.monotonic()
+    assert timers.cancel(ident) is False
+    assert done == ["returned"], "cancel returned before the callback did"
+    assert time.monotonic() - started >= 0.05
+    time.sleep(0.1)
+    assert done == ["returned"]  # not re-armed
+    assert len(timers) == 0
+
+
+def test_a_failing_callback_is_logged_and_a_repeating_one_keeps_going(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    timers = Timers("test-timers")
+    calls: list[int] = []
+
+    def boom() -> bool:
+        calls.append(1)
+        raise RuntimeError("store down")
+
+    ident = timers.add(0.01, boom, 0.01)
+    wait_until(lambda: len(calls) >= 2)
+    timers.cancel(ident)
+    assert "a timer callback failed" in caplog.text
