@@ -50,7 +50,8 @@ class IdempotencyConfig:
       string, or a function of the payload) mixed into the key.
     - ``store_errors``: exception types that complete the key and are re-raised on replay.
     - ``should_store``: predicate on the result; ``False`` releases the key instead of
-      keeping the result. ``on_replay``: ``(result, record) -> result`` hook on replays.
+      keeping the result (if it raises, the key is completed as "result not stored").
+    - ``on_replay``: ``(result, record) -> result`` hook on replays.
     - ``required``: missing key material raises :class:`MissingKeyError`; ``False`` runs the
       call without idempotency. ``serializer``: result encoding (default JSON with types).
     - ``fail_open``: when the store fails, run the function without idempotency instead of

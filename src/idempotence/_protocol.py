@@ -226,18 +226,19 @@ def protocol(plan: Plan) -> Generator[Op, Any, Any]:
             )
         raise
 
-    if plan.should_store is not None and not plan.should_store(result):
-        yield _new(ReleaseOp, (plan.key, fence))
-        return result
-
     not_stored: ResultNotStoredError | None = None
     try:
-        data = plan.encode(result)
-    except Exception as exc:  # UnencodableError, or any failure of a custom serializer
+        keep = plan.should_store is None or plan.should_store(result)
+        data = plan.encode(result) if keep else b""
+    except Exception as exc:  # UnencodableError, a failing serializer or should_store
         # The side effect happened: keep the key completed (never re-run), say so loudly.
+        keep = True
         reason = str(exc) if isinstance(exc, UnencodableError) else f"{type(exc).__name__}: {exc}"
         data = plan.encode_not_stored(reason)
         not_stored = _not_stored(plan, reason, result)
+    if not keep:  # should_store declined: free the key for a retry
+        yield _new(ReleaseOp, (plan.key, fence))
+        return result
     try:
         try:
             completed = yield _new(CompleteOp, (plan.key, fence, data, plan.ttl))

@@ -248,6 +248,8 @@ CASES = [
         "not valid Unicode", completed_not_stored),
     Bad("result-int-of-5000-digits", returning(10**5000), ResultNotStoredError,
         "cannot be written as JSON", completed_not_stored),
+    Bad("should-store-raises", returning("ok", should_store=lambda result: result["x"]),
+        ResultNotStoredError, "TypeError: string indices must be integers", completed_not_stored),
     Bad("result-serializer-raises", returning("ok", serializer=_FailingSerializer()),
         ResultNotStoredError, "RuntimeError: cannot pickle this", completed_not_stored),
     Bad("result-too-large-for-store", lambda env: _small_store(env), ResultNotStoredError,
