@@ -224,9 +224,10 @@ class _Bound(Generic[P, R]):
         """The result encoder for ``store`` (built once per store with the plan's tail)."""
         serializer = self.config.serializer
         limit = store.max_result_bytes
+        head = envelope(KIND_VALUE, b"")
 
         def encode(result: Any) -> bytes:
-            data = envelope(KIND_VALUE, serializer.encode(result))
+            data = head + serializer.encode(result)
             if len(data) > limit:
                 raise UnencodableError(
                     f"the encoded result is {len(data)} bytes, more than this store keeps "
