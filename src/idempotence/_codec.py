@@ -16,7 +16,6 @@ a result that could not be stored.
 from __future__ import annotations
 
 import enum
-import importlib
 import math
 import sys
 import typing
@@ -298,6 +297,8 @@ def _from(module: str, path: str) -> Callable[[Any], Any]:
     """A decoder calling ``module.<dotted path>``, imported on first use (cold start)."""
 
     def decode(body: Any) -> Any:
+        import importlib  # on first decode of such a value: not part of the cold import
+
         target: Any = importlib.import_module(module)
         for name in path.split("."):
             target = getattr(target, name)

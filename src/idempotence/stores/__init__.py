@@ -8,7 +8,6 @@ stores are imported on first use and need their extra: ``DynamoDBStore``
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._base import Clock, Store, decide_claim, fresh_fence
@@ -47,4 +46,6 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'idempotence.stores' has no attribute {name!r}")
+    import importlib  # on first use: not part of the cold import
+
     return getattr(importlib.import_module(module), name)

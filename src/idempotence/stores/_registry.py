@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 from ._base import Store
@@ -44,6 +43,8 @@ def store_from_url(url: str) -> Store:
         raise ValueError(f"unknown store URL scheme in {url!r}; known: {known}")
     if isinstance(target, str):
         module_name, _, attr = target.partition(":")
+        import importlib  # on first use: not part of the cold import
+
         cls = getattr(importlib.import_module(module_name), attr)
         target = _SCHEMES[scheme] = cls.from_url
     return target(url)
