@@ -226,6 +226,32 @@ def test_store_errors_are_replayed_without_running(idem: Idempotency) -> None:
     assert calls.n == 1
 
 
+def test_a_stored_error_that_cannot_be_written_completes_the_key_as_not_stored(
+    idem: Idempotency,
+) -> None:
+    class Broken:
+        """A serializer that cannot write anything."""
+
+        def encode(self, value: Any) -> bytes:
+            raise RuntimeError("no encoder here")
+
+        def decode(self, data: bytes, hint: Any) -> Any:
+            raise AssertionError("never called")
+
+    calls = Counter()
+
+    @idem(store_errors=(OutOfStock,), serializer=Broken())
+    def reserve(sku: str) -> None:
+        calls.hit()
+        raise OutOfStock(sku, 0)
+
+    with pytest.raises(OutOfStock):  # the caller gets the error it raised
+        reserve("sku-1")
+    with pytest.raises(ResultNotStoredError, match="OutOfStock it raised cannot be stored"):
+        reserve("sku-1")  # a duplicate: completed, not run again
+    assert calls.n == 1
+
+
 def test_stored_error_of_unknown_type_replays_as_stored_error_replay(
     store: MemoryStore,
 ) -> None:

@@ -211,7 +211,14 @@ def protocol(plan: Plan) -> Generator[Op, Any, Any]:
         raise
     except BaseException as exc:
         if plan.encode_error is not None and isinstance(exc, plan.store_errors):
-            stored = yield _new(CompleteOp, (plan.key, fence, plan.encode_error(exc), plan.ttl))
+            try:
+                data = plan.encode_error(exc)
+            except Exception as failure:  # its args cannot be written: never re-run either
+                data = plan.encode_not_stored(
+                    f"the {type(exc).__name__} it raised cannot be stored "
+                    f"({type(failure).__name__}: {failure})"
+                )
+            stored = yield _new(CompleteOp, (plan.key, fence, data, plan.ttl))
             if not stored:
                 _log.warning("lease on %s lost before its error could be stored", plan.key)
             raise
