@@ -66,11 +66,9 @@ def plan_of(
             return None
     else:
         material = material_of(source, payload)
-    if bound.config.fingerprint is False:
-        fingerprint = "-"
-    elif bound.fingerprint_select is not None:
-        fingerprint = digest(bound.fingerprint_select(payload))
-    else:
+    if bound.config.fingerprint is None:  # the default: the source's own content
         fingerprint = digest(content_of(source, payload))
+    else:  # fingerprint=False or a selector: as for any decorated function
+        fingerprint = bound.fingerprint(payload)
     key = bound.key_of(material, payload)
     return bound.plan_for(key, fingerprint, store, lease())
