@@ -128,12 +128,12 @@ class _Bound(Generic[P, R]):
             self.payload_name = "event"
         else:
             self.payload_name = None  # all arguments, as a mapping
-        # Fast path: the payload is the only argument of the call (``f(x)``/``obj.f(x)``).
+        # Fast path: the payload is the only parameter (after ``self``), so a call with
+        # exactly that many positional arguments (``f(x)``/``obj.f(x)``) ends with it.
         names = list(self.signature.parameters)
         has_self = len(names) > len(params)
-        sole = self.payload_name is not None and len(names) == 1 + has_self
-        self._only_index = names.index(self.payload_name) if sole else -1  # type: ignore[arg-type]
-        self._arity = self._only_index + 1 if sole else -1  # never a length: no fast path
+        sole = len(names) == 1 + has_self and names[-1] == self.payload_name
+        self._arity = len(names) if sole else -1  # -1: never a length, no fast path
         self._plan_tail: tuple[Store, tuple[Any, ...]] | None = None
         self.key_select: KeySelector | None = (
             compile_selector(config.key, what="key") if config.key is not None else None
@@ -167,7 +167,7 @@ class _Bound(Generic[P, R]):
     # -- derivation ------------------------------------------------------------------------
     def payload(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
         if len(args) == self._arity and not kwargs:  # ``f(x)``, ``obj.f(x)``: no binding
-            return args[self._only_index]
+            return args[-1]
         # A wrong call raises the TypeError the function itself would raise.
         bound = self.signature.bind(*args, **kwargs)
         if self.payload_name is not None:
