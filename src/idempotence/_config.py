@@ -15,6 +15,13 @@ __all__ = ["IdempotencyConfig", "seconds"]
 
 KeySpec = str | Callable[[Any], Any]
 
+# The options, in the order of the signature (also the order of repr and ``_asdict``).
+_FIELDS = (
+    "key", "payload", "fingerprint", "ttl", "lease", "heartbeat", "on_in_progress",
+    "wait_timeout", "local_cache", "namespace", "scope", "store_errors", "should_store",
+    "on_replay", "required", "serializer", "fail_open",
+)  # fmt: skip
+
 
 def seconds(value: float | dt.timedelta, name: str) -> float:
     """A positive duration in seconds from a number or a ``timedelta``."""
@@ -58,11 +65,7 @@ class IdempotencyConfig:
       raising :class:`StoreError` (default off: fail closed).
     """
 
-    __slots__ = (
-        "fail_open", "fingerprint", "heartbeat", "key", "lease", "local_cache", "namespace",
-        "on_in_progress", "on_replay", "payload", "required", "scope", "serializer",
-        "should_store", "store_errors", "ttl", "wait_timeout",
-    )  # fmt: skip
+    __slots__ = _FIELDS
 
     key: KeySpec | None
     payload: str | None
@@ -172,10 +175,3 @@ class IdempotencyConfig:
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self._asdict().items())
         return f"IdempotencyConfig({fields})"
-
-
-_FIELDS = (
-    "key", "payload", "fingerprint", "ttl", "lease", "heartbeat", "on_in_progress",
-    "wait_timeout", "local_cache", "namespace", "scope", "store_errors", "should_store",
-    "on_replay", "required", "serializer", "fail_open",
-)  # fmt: skip
