@@ -357,8 +357,7 @@ class RedisStore(Store):
         with self._lock:
             entry = self._loop_clients.pop(asyncio.get_running_loop(), None)
         if entry is not None:
-            await entry.closer.aclose()
-            await entry.client.aclose()
+            await entry.closer.aclose()  # its `finally` closes the loop's client
         self.close()
 
     # -- running a call -----------------------------------------------------------------
