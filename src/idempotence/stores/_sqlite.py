@@ -158,31 +158,37 @@ class SQLiteStore(Store):
         return outcome
 
     def _update_owned(
-        self, assignments: str, params: tuple[object, ...], key: str, fence: int
+        self, assignments: str, params: tuple[object, ...], key: str, fence: int, now: float
     ) -> bool:
+        """Apply ``assignments`` if ``fence`` owns ``key`` at ``now`` (the instant the new
+        values were computed from: the clock is read once per operation)."""
         cursor = self._conn().execute(
             f"UPDATE {self.table} SET {assignments} "
             "WHERE key = ? AND fence = ? AND status = 'IN_PROGRESS' AND expires_at > ?",
-            (*params, key, fence, self.clock()),
+            (*params, key, fence, now),
         )
         return cursor.rowcount == 1
 
     def complete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
+        now = self.clock()
         return self._update_owned(
             "status = 'COMPLETED', result = ?, expires_at = ?",
-            (sqlite3.Binary(result), self.clock() + ttl),
+            (sqlite3.Binary(result), now + ttl),
             key,
             fence,
+            now,
         )
 
     def release(self, key: str, fence: int) -> bool:
         # Keep the row and its fence; ending retention makes it read as absent.
-        return self._update_owned("expires_at = ?", (self.clock(),), key, fence)
+        now = self.clock()
+        return self._update_owned("expires_at = ?", (now,), key, fence, now)
 
     def renew(self, key: str, fence: int, *, lease: float) -> bool:
-        until = self.clock() + lease
+        now = self.clock()
+        until = now + lease
         return self._update_owned(
-            "lease_expires_at = ?, expires_at = MAX(expires_at, ?)", (until, until), key, fence
+            "lease_expires_at = ?, expires_at = MAX(expires_at, ?)", (until, until), key, fence, now
         )
 
     def get(self, key: str) -> Record | None:
