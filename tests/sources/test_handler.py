@@ -431,6 +431,20 @@ def test_http_user_key_from_the_body(idem: Idempotency) -> None:
     assert calls == [1]
 
 
+def test_http_user_key_from_the_body_with_a_custom_header_name(idem: Idempotency) -> None:
+    calls: list[int] = []
+
+    @idem.handler(key="powertools_json(body).order_id", header="X-Order-Key")
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        calls.append(1)
+        return created({"n": len(calls)})
+
+    handler(set_key(load("apigw_rest"), None), None)
+    again = handler(set_key(load("apigw_rest"), None), None)
+    assert headers_of(again)["idempotent-replayed"] == "true"
+    assert calls == [1]
+
+
 def test_http_plain_result_is_a_200_json(idem: Idempotency) -> None:
     @idem.handler
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -53,8 +53,6 @@ _HTTP_OPTIONS = frozenset(
 )
 #: The lease of the HTTP invocation running in this context (see ``_LambdaHTTP``).
 _LEASE: contextvars.ContextVar[float | None] = contextvars.ContextVar("lease", default=None)
-#: The header carrying a key derived from ``key=`` in HTTP mode (replaces the client's).
-_DERIVED_HEADER = "Idempotency-Key"
 
 
 class _Configured(Idempotency):
@@ -120,11 +118,13 @@ class _Handler:
         request = to_request(source, event, scope)
         if self.bound.key_select is None:
             return request
-        # key= replaces the client's header: the engine reads the derived key instead.
-        headers = [(k, v) for k, v in request.headers if k.lower() != _DERIVED_HEADER.lower()]
+        # key= replaces the client's header: the engine reads the derived key instead, from
+        # the header it is configured to read (``header=``).
+        name = self.http.header
+        headers = [(k, v) for k, v in request.headers if k.lower() != name.lower()]
         material = self.bound.key_select(event)
         if not is_missing(material):
-            headers.append((_DERIVED_HEADER, digest([self.bound.key_spec, material])))
+            headers.append((name, digest([self.bound.key_spec, material])))
         return dataclasses.replace(request, headers=headers)
 
     # -- other sources --------------------------------------------------------------------
