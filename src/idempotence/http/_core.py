@@ -48,7 +48,7 @@ from .._errors import (
     KeyReuseError,
     StoreError,
 )
-from .._idempotency import Idempotency, _disabled
+from .._idempotency import Idempotency, _disabled, _not_stored
 from .._keys import check_namespace, digest
 from .._protocol import LocalCache, Plan
 from .._record import Record
@@ -578,7 +578,3 @@ def _response(value: Any) -> HTTPResponse:
     if not isinstance(value, HTTPResponse):
         raise TypeError(f"the app must produce an HTTPResponse, got {type(value).__name__}")
     return value
-
-
-def _not_stored(reason: str) -> bytes:
-    return envelope(KIND_NOT_STORED, reason.encode("utf-8"))
