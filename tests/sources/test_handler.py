@@ -150,6 +150,32 @@ def test_async_handler_with_asyncio_run_per_invocation(idem: Idempotency) -> Non
     assert calls == [1]
 
 
+def test_http_lease_comes_from_the_context(
+    idem: Idempotency, store: MemoryStore, clock: ManualClock
+) -> None:
+    seen: list[float] = []
+
+    def lease_now() -> None:
+        record = next(r for r in store._records.values() if r.status.value == "IN_PROGRESS")
+        seen.append(record.lease_expires_at - clock())
+
+    @idem.handler(lease_margin=2)
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        lease_now()
+        return created({"ok": True})
+
+    @idem.handler(lease_margin=3)
+    async def ahandler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        lease_now()
+        return created({"ok": True})
+
+    handler(set_key(load("apigw_rest"), "lease-sync"), FakeContext(remaining_ms=12_500))
+    asyncio.run(
+        ahandler(set_key(load("apigw_rest"), "lease-async"), FakeContext(remaining_ms=12_500))
+    )
+    assert seen == [pytest.approx(14.5), pytest.approx(15.5)]
+
+
 def test_lease_comes_from_the_context(
     idem: Idempotency, store: MemoryStore, clock: ManualClock
 ) -> None:

@@ -393,9 +393,13 @@ class HTTPIdempotency:
             out.append((k, v))
         return out
 
-    def prepare(self, request: HTTPRequest) -> Plan | HTTPResponse | None:
+    def prepare(
+        self, request: HTTPRequest, *, lease: float | None = None
+    ) -> Plan | HTTPResponse | None:
         """Decide before any I/O: ``None`` (run the app without idempotency), a refusal
-        (a problem response to send as is), or the :class:`Plan` to run."""
+        (a problem response to send as is), or the :class:`Plan` to run. ``lease``
+        overrides the configured lease for this request (the Lambda adapter passes the
+        invocation's remaining time)."""
         if not self.applies_to(request.method) or _disabled():
             return None
         values = request.header_values(self.header)
@@ -419,7 +423,7 @@ class HTTPIdempotency:
         return Plan(
             key=self.key_for(request, key),
             fingerprint=self.fingerprint_for(request),
-            lease=c.lease_s,
+            lease=c.lease_s if lease is None else lease,
             ttl=c.ttl_s,
             encode=self._encode,
             replay=self._replay,
@@ -504,10 +508,17 @@ class HTTPIdempotency:
         raise exc
 
     # -- running --------------------------------------------------------------------------
-    def run(self, request: HTTPRequest, call: Callable[[], HTTPResponse]) -> HTTPResponse:
+    def run(
+        self,
+        request: HTTPRequest,
+        call: Callable[[], HTTPResponse],
+        *,
+        lease: float | None = None,
+    ) -> HTTPResponse:
         """Answer ``request``: ``call()`` produces the app's response and runs at most once
-        per key; duplicates get the stored response (or a problem response)."""
-        prepared = self.prepare(request)
+        per key; duplicates get the stored response (or a problem response). ``lease`` as
+        for :meth:`prepare`."""
+        prepared = self.prepare(request, lease=lease)
         if prepared is None:
             return call()
         if isinstance(prepared, HTTPResponse):
@@ -515,10 +526,14 @@ class HTTPIdempotency:
         return self.execute(prepared, call)
 
     async def arun(
-        self, request: HTTPRequest, call: Callable[[], Awaitable[HTTPResponse]]
+        self,
+        request: HTTPRequest,
+        call: Callable[[], Awaitable[HTTPResponse]],
+        *,
+        lease: float | None = None,
     ) -> HTTPResponse:
         """The ``async`` twin of :meth:`run`: ``await call()`` runs at most once per key."""
-        prepared = self.prepare(request)
+        prepared = self.prepare(request, lease=lease)
         if prepared is None:
             return await call()
         if isinstance(prepared, HTTPResponse):

@@ -22,7 +22,6 @@ covers the whole invocation).
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import functools
 import inspect
@@ -51,8 +50,6 @@ Handler = typing.TypeVar("Handler", bound=Callable[..., Any])
 _HTTP_OPTIONS = frozenset(
     {"methods", "header", "keep", "replay_headers", "replay_set_cookie", "max_body_bytes"}
 )
-#: The lease of the HTTP invocation running in this context (see ``_LambdaHTTP``).
-_LEASE: contextvars.ContextVar[float | None] = contextvars.ContextVar("lease", default=None)
 
 
 class _Configured(Idempotency):
@@ -65,17 +62,6 @@ class _Configured(Idempotency):
     @property
     def store(self) -> Store:
         return self._parent.store
-
-
-class _LambdaHTTP(HTTPIdempotency):
-    """The HTTP engine, with each invocation's lease (from its Lambda context)."""
-
-    def prepare(self, request: HTTPRequest) -> Plan | HTTPResponse | None:
-        prepared = super().prepare(request)
-        lease = _LEASE.get()
-        if isinstance(prepared, Plan) and lease is not None:
-            return prepared._replace(lease=lease)
-        return prepared
 
 
 class _Handler:
@@ -99,7 +85,7 @@ class _Handler:
             fn, config, idem.namespace_for(fn, options.get("namespace"))
         )
         self.config = config
-        self.http = _LambdaHTTP(
+        self.http = HTTPIdempotency(
             _Configured(idem, config),
             required=bool(required),
             namespace=self.bound.namespace,
@@ -189,11 +175,7 @@ def decorate_handler(idem: Idempotency, fn: Handler, options: dict[str, Any]) ->
                     first.append((response, result))
                     return response
 
-                token = _LEASE.set(h.lease(context))
-                try:
-                    response = await h.http.arun(request, call)
-                finally:
-                    _LEASE.reset(token)
+                response = await h.http.arun(request, call, lease=h.lease(context))
                 return _result(first, response, source, event)
             plan = h.plan(source, event, context)
             if plan is None:
@@ -219,11 +201,7 @@ def decorate_handler(idem: Idempotency, fn: Handler, options: dict[str, Any]) ->
                     first.append((response, result))
                     return response
 
-                token = _LEASE.set(h.lease(context))
-                try:
-                    response = h.http.run(request, call)
-                finally:
-                    _LEASE.reset(token)
+                response = h.http.run(request, call, lease=h.lease(context))
                 return _result(first, response, source, event)
             plan = h.plan(source, event, context)
             if plan is None:
