@@ -23,6 +23,7 @@ from idempotence.http import HTTPIdempotency, IdempotencyMiddleware
 from idempotence.stores import MemoryStore, Store
 from tests.conftest import Counter
 from tests.http.conftest import post_concurrently
+from tests.sources.events import load
 
 
 def make_app(
@@ -280,6 +281,18 @@ async def test_principal_from_mangum_event(idem: Idempotency) -> None:
 
     assert [await call("alice"), await call("bob"), await call("alice")] == [1, 2, 1]
     assert runs == [b"{}", b"{}"]
+
+
+def test_principal_is_read_as_the_lambda_adapter_reads_it() -> None:
+    from idempotence.http._asgi import _principal
+
+    rest = load("apigw_rest")  # a REST API behind a Cognito user pool authorizer
+    rest["requestContext"]["authorizer"] = {"claims": {"sub": "alice"}}
+    assert _principal({"aws.event": rest}) == "alice"
+    http_api = load("apigw_http")
+    http_api["requestContext"]["authorizer"] = {"jwt": {"claims": None}}
+    assert _principal({"aws.event": http_api}) is None  # no claims: no identity, no crash
+    assert _principal({"type": "http"}) is None  # not behind Mangum
 
 
 def test_engine_and_options_are_exclusive() -> None:

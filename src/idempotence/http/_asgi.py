@@ -23,22 +23,16 @@ _BYPASS_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopy")
 
 def _principal(scope: Scope) -> str | None:
     """The API Gateway authorizer identity when the app runs behind Mangum
-    (``scope["aws.event"]``): REST ``principalId``, HTTP API JWT ``sub``, Lambda
-    authorizer ``principalId`` or IAM ``userArn``; else ``None``."""
+    (``scope["aws.event"]``), as the Lambda adapter reads it
+    (:func:`idempotence.sources._http.principal`); else ``None``."""
     event = scope.get("aws.event")
     if not isinstance(event, dict):
         return None
-    context = event.get("requestContext")
-    authorizer = context.get("authorizer") if isinstance(context, dict) else None
-    if not isinstance(authorizer, dict):
-        return None
-    candidates = [
-        authorizer.get("principalId"),
-        (authorizer.get("jwt") or {}).get("claims", {}).get("sub"),
-        (authorizer.get("lambda") or {}).get("principalId"),
-        (authorizer.get("iam") or {}).get("userArn"),
-    ]
-    return next((str(c) for c in candidates if c), None)
+    # Imported here: the Lambda sources import this package.
+    from ..sources._detect import detect
+    from ..sources._http import principal
+
+    return principal(detect(event), event)
 
 
 class IdempotencyMiddleware(MiddlewareBase[ASGIApp]):
