@@ -14,6 +14,7 @@ from ._codec import (
     KIND_ERROR,
     KIND_NOT_STORED,
     KIND_VALUE,
+    Serializer,
     UnencodableError,
     envelope,
     open_envelope,
@@ -247,61 +248,8 @@ class _Bound(Generic[P, R]):
         return envelope(KIND_ERROR, head + b"\n" + args)
 
     def replay(self, record: Record) -> Any:
-        try:
-            return self._replay(record)
-        except CorruptRecordError as exc:
-            if exc.key is not None:
-                raise
-            raise CorruptRecordError(
-                f"the stored result of {record.key!r} cannot be read: {exc}. The function is "
-                "not run again; inspect the record (`idempotence inspect`) and forget the key "
-                "(`.forget(...)` or `idempotence forget`) to let it run.",
-                key=record.key,
-            ) from exc
-
-    def _replay(self, record: Record) -> Any:
-        data = record.result
-        if data is None:
-            raise CorruptRecordError(
-                f"completed record {record.key!r} holds no result; forget the key to let the "
-                "function run again",
-                key=record.key,
-            )
-        kind, body = open_envelope(data)
-        if kind == KIND_VALUE:
-            value = self.config.serializer.decode(body, self.hint())
-            if self.config.on_replay is not None:
-                value = self.config.on_replay(value, record)
-            return value
-        if kind == KIND_NOT_STORED:
-            raise ResultNotStoredError(
-                f"an earlier call under {record.key!r} ran, but its result could not be kept "
-                f"({body.decode('utf-8', 'replace')}); it is not run again.",
-                key=record.key,
-            )
-        head, _, args_data = body.partition(b"\n")
-        try:
-            meta = json.loads(head)
-            type_name, message = str(meta["type"]), str(meta["message"])
-            args = self.config.serializer.decode(args_data, None)
-        except Exception as exc:
-            raise CorruptRecordError(
-                f"stored error of {record.key!r} is corrupt: {exc}", key=record.key
-            ) from exc
-        for cls in self.config.store_errors:
-            if f"{cls.__module__}:{cls.__qualname__}" == type_name:
-                try:
-                    error = cls(*args)
-                except Exception:
-                    break  # its constructor does not take its own args: report generically
-                raise error
-        raise StoredErrorReplay(
-            f"replay of stored {type_name}: {message} (add the class to store_errors to get "
-            "the original type back)",
-            key=record.key,
-            type_name=type_name,
-            args=args,
-        )
+        c = self.config
+        return replay_record(record, c.serializer, self.hint(), c.on_replay, c.store_errors)
 
     def plan_for(self, key: str, fingerprint: str, store: Store, lease: float) -> Plan:
         """The protocol plan of one call: this function's codec and options, with the given
@@ -330,6 +278,81 @@ class _Bound(Generic[P, R]):
             cache=self.cache,
             fail_open=c.fail_open,
         )
+
+
+def replay_record(
+    record: Record,
+    serializer: Serializer,
+    hint: Any,
+    on_replay: Callable[[Any, Record], Any] | None = None,
+    store_errors: tuple[type[BaseException], ...] = (),
+) -> Any:
+    """A completed record's answer: the stored value (decoded with ``hint``, then passed
+    through ``on_replay``), or the error it stands for (an exception of ``store_errors``
+    rebuilt, :class:`StoredErrorReplay`, or :class:`ResultNotStoredError`). An unreadable
+    record raises :class:`CorruptRecordError` saying how to heal the key."""
+    try:
+        return _replay(record, serializer, hint, on_replay, store_errors)
+    except CorruptRecordError as exc:
+        if exc.key is not None:
+            raise
+        raise CorruptRecordError(
+            f"the stored result of {record.key!r} cannot be read: {exc}. The function is "
+            "not run again; inspect the record (`idempotence inspect`) and forget the key "
+            "(`.forget(...)` or `idempotence forget`) to let it run.",
+            key=record.key,
+        ) from exc
+
+
+def _replay(
+    record: Record,
+    serializer: Serializer,
+    hint: Any,
+    on_replay: Callable[[Any, Record], Any] | None,
+    store_errors: tuple[type[BaseException], ...],
+) -> Any:
+    data = record.result
+    if data is None:
+        raise CorruptRecordError(
+            f"completed record {record.key!r} holds no result; forget the key to let the "
+            "function run again",
+            key=record.key,
+        )
+    kind, body = open_envelope(data)
+    if kind == KIND_VALUE:
+        value = serializer.decode(body, hint)
+        if on_replay is not None:
+            value = on_replay(value, record)
+        return value
+    if kind == KIND_NOT_STORED:
+        raise ResultNotStoredError(
+            f"an earlier call under {record.key!r} ran, but its result could not be kept "
+            f"({body.decode('utf-8', 'replace')}); it is not run again.",
+            key=record.key,
+        )
+    head, _, args_data = body.partition(b"\n")
+    try:
+        meta = json.loads(head)
+        type_name, message = str(meta["type"]), str(meta["message"])
+        args = serializer.decode(args_data, None)
+    except Exception as exc:
+        raise CorruptRecordError(
+            f"stored error of {record.key!r} is corrupt: {exc}", key=record.key
+        ) from exc
+    for cls in store_errors:
+        if f"{cls.__module__}:{cls.__qualname__}" == type_name:
+            try:
+                error = cls(*args)
+            except Exception:
+                break  # its constructor does not take its own args: report generically
+            raise error
+    raise StoredErrorReplay(
+        f"replay of stored {type_name}: {message} (add the class to store_errors to get "
+        "the original type back)",
+        key=record.key,
+        type_name=type_name,
+        args=args,
+    )
 
 
 def _no_fingerprint(payload: Any) -> str:

@@ -118,6 +118,28 @@ def test_runs_once_then_replays(db: DB, key: str) -> None:
     assert abs(record.fence - time.time() * 1000) < 60_000  # a new key: the clock in ms
 
 
+def test_replays_go_through_on_replay_as_with_decorators(db: DB, key: str) -> None:
+    seen: list[str] = []
+
+    def on_replay(value: Any, record: Any) -> Any:
+        seen.append(record.key)
+        return {**value, "replayed": True}
+
+    txi = TransactionalIdempotency(table=RECORDS_TABLE, on_replay=on_replay)
+    results = []
+    for _ in range(2):
+        conn = db.connect()
+        try:
+            with txi.transaction(conn, key) as tx:
+                if not tx.replayed:
+                    tx.set_result({"order_id": "o1"})
+        finally:
+            conn.close()
+        results.append(tx.result)
+    assert results == [{"order_id": "o1"}, {"order_id": "o1", "replayed": True}]
+    assert seen == [key]
+
+
 def test_body_error_rolls_everything_back(db: DB, key: str) -> None:
     txi = TransactionalIdempotency(table=RECORDS_TABLE)
     conn = db.connect()

@@ -45,23 +45,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from .._codec import (
-    KIND_ERROR,
-    KIND_NOT_STORED,
     KIND_VALUE,
     JSONSerializer,
     Serializer,
     envelope,
-    open_envelope,
 )
 from .._config import IdempotencyConfig, seconds
 from .._errors import (
     AlreadyInProgressError,
-    CorruptRecordError,
     KeyReuseError,
-    ResultNotStoredError,
-    StoredErrorReplay,
 )
-from .._idempotency import _Bound
+from .._idempotency import _Bound, replay_record
 from .._keys import digest
 from .._record import Claim, Record, Status
 from ..stores._base import decide_claim
@@ -191,25 +185,6 @@ def _complete_steps(t: _Table, key: str, fence: int, result: bytes, ttl: float) 
 
 
 # -- results -------------------------------------------------------------------------------
-def _replay_record(record: Record, serializer: Serializer, hint: Any) -> Any:
-    """Decode a completed record: the stored value, or the error it stands for."""
-    if record.result is None:
-        raise CorruptRecordError(f"completed record {record.key!r} holds no result", key=record.key)
-    kind, body = open_envelope(record.result)
-    if kind == KIND_VALUE:
-        return serializer.decode(body, hint)
-    if kind == KIND_NOT_STORED:
-        raise ResultNotStoredError(
-            f"an earlier call under {record.key!r} ran, but its result could not be kept",
-            key=record.key,
-        )
-    assert kind == KIND_ERROR
-    head = body.partition(b"\n")[0].decode("utf-8", "replace")
-    raise StoredErrorReplay(
-        f"replay of a stored error under {record.key!r}: {head}", key=record.key
-    )
-
-
 def _open(
     key: str,
     claim: Claim,
@@ -426,7 +401,7 @@ class TransactionalIdempotency:
             fingerprint,
             keep,
             _encoder(serializer),
-            lambda r: _replay_record(r, serializer, result_type),
+            lambda r: replay_record(r, serializer, result_type, self.config.on_replay),
         )
 
     def transaction(
@@ -776,7 +751,7 @@ def _dynamodb_steps(
                 claim = Claim(acquired=False, record=record, now=now)
                 _check_existing(claim, key, fingerprint)
                 return TransactionOutcome(
-                    True, _replay_record(record, serializer, result_type), record
+                    True, replay_record(record, serializer, result_type), record
                 )
             if "TransactionConflict" in codes and attempt + 1 < _CONFLICT_ATTEMPTS:
                 yield _Sleep(delay)
