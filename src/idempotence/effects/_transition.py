@@ -397,11 +397,10 @@ def _dynamodb_cas_request(
 
 
 def _is_condition_failure(exc: BaseException) -> bool:
-    response = getattr(exc, "response", None)
-    return (
-        isinstance(response, dict)
-        and response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
-    )
+    """The DynamoDB store's own test, imported on first use (it loads asyncio)."""
+    from ..stores._dynamodb import _is_conditional_failure
+
+    return _is_conditional_failure(exc)
 
 
 class _DynamoDBBackend(_Backend):
