@@ -139,3 +139,10 @@ async def arun(conn: Any, steps: Steps[_T]) -> _T:
             reply = await aexecute(conn, stmt)
         except Exception as exc:
             error = exc
+
+
+def ddl_race(exc: BaseException) -> bool:
+    """A concurrent ``CREATE TABLE/INDEX IF NOT EXISTS`` in PostgreSQL collided in the
+    catalog: the object exists, carry on. The same errors the PostgreSQL store tolerates,
+    matched by name so that psycopg is not imported for SQLite."""
+    return type(exc).__name__ in {"UniqueViolation", "DuplicateTable", "DuplicateObject"}

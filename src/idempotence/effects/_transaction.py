@@ -494,7 +494,7 @@ class TransactionalIdempotency:
                 with conn.transaction():  # a savepoint if the caller's transaction is open
                     conn.execute(t.ddl)
             except Exception as exc:
-                if type(exc).__name__ not in {"UniqueViolation", "DuplicateTable"}:
+                if not _sql.ddl_race(exc):
                     raise
         self._created.add(t.dialect)
 
@@ -505,7 +505,7 @@ class TransactionalIdempotency:
             async with conn.transaction():
                 await conn.execute(t.ddl)
         except Exception as exc:
-            if type(exc).__name__ not in {"UniqueViolation", "DuplicateTable"}:
+            if not _sql.ddl_race(exc):
                 raise
         self._created.add(t.dialect)
 

@@ -195,7 +195,7 @@ class _SQLBackend(_Backend):
             try:
                 yield Stmt(self.ddl, {})
             except Exception as exc:
-                if not _ddl_race(exc):
+                if not _sql.ddl_race(exc):
                     raise
             self._created = True
 
@@ -258,11 +258,6 @@ class _SQLBackend(_Backend):
             return await asyncio.to_thread(self.run, steps)
         async with store._async_conn() as conn:
             return await _sql.arun(conn, steps)
-
-
-def _ddl_race(exc: BaseException) -> bool:
-    """Concurrent ``CREATE TABLE IF NOT EXISTS`` in PostgreSQL can collide in the catalog."""
-    return type(exc).__name__ in {"UniqueViolation", "DuplicateTable"}
 
 
 # Redis: every operation is one script on one key (valid on Redis Cluster).
