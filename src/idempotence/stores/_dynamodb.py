@@ -31,6 +31,7 @@ raises ``LeaseLostError``) instead of overwriting the successor.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 import re
@@ -75,6 +76,14 @@ _ATTRIBUTES: Final = (
 )  # fmt: skip
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 _PLACEHOLDER = re.compile(r"[#:][A-Za-z_][A-Za-z0-9_]*")
+
+
+@functools.lru_cache(maxsize=64)
+def _placeholders(update: str, condition: str) -> frozenset[str]:
+    """The ``#name``/``:value`` placeholders two expressions use. The expressions are a few
+    constants, so each is scanned once, not on every request."""
+    return frozenset(_PLACEHOLDER.findall(f"{update} {condition}"))
+
 
 CLOUDFORMATION_TEMPLATE: Final = """\
 # SAM / CloudFormation: the table DynamoDBStore("idempotency") expects.
@@ -457,7 +466,7 @@ class DynamoDBStore(Store):
     def _update(
         self, key: str, update: str, condition: str, values: dict[str, Any], **extra: Any
     ) -> _Call:
-        used = set(_PLACEHOLDER.findall(f"{update} {condition}"))
+        used = _placeholders(update, condition)
         return _Call(
             "update_item",
             {
