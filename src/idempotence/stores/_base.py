@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any, ClassVar, TypeVar
 
 from .._errors import IdempotencyError, StoreError
@@ -250,6 +250,14 @@ async def _to_thread(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
 # skips the Python-level ``__new__`` that calling a NamedTuple class runs (~0.3 us each).
 # Every field is passed (defaults are not applied on this path).
 _new = tuple.__new__
+
+
+def forget_closed_loops(per_loop: MutableMapping[Any, Any]) -> None:
+    """Drop the entries of event loops that are closed from a ``{loop: client}`` map (their
+    clients were closed with their loops, or leaked with them). Call it under the map's
+    lock."""
+    for loop in [loop for loop in per_loop if loop.is_closed()]:
+        del per_loop[loop]
 
 
 def fresh_fence(now: float) -> int:

@@ -50,7 +50,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from .._errors import CorruptRecordError, ResultTooLargeError, StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
-from ._base import Clock, Store, fresh_fence, system_clock
+from ._base import Clock, Store, forget_closed_loops, fresh_fence, system_clock
 
 if TYPE_CHECKING:
     from aiobotocore.session import AioSession
@@ -365,8 +365,7 @@ class DynamoDBStore(Store):
     async def _async_client(self) -> Any:
         loop = asyncio.get_running_loop()
         with self._lock:
-            for dead in [lp for lp in self._async_clients if lp.is_closed()]:
-                del self._async_clients[dead]
+            forget_closed_loops(self._async_clients)
             task = self._async_clients.get(loop)
             if task is None:
                 task = loop.create_task(self._open_async_client())
@@ -386,8 +385,7 @@ class DynamoDBStore(Store):
         clients belong to their event loops: :meth:`aclose` closes the running loop's."""
         with self._lock:
             client, self._client = self._client, None
-            for dead in [lp for lp in self._async_clients if lp.is_closed()]:
-                del self._async_clients[dead]
+            forget_closed_loops(self._async_clients)
         if client is not None:
             client.close()
 

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._lazy import require
 from .._record import Claim, Record, Status
-from ._base import Clock, Store
+from ._base import Clock, Store, forget_closed_loops
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -332,8 +332,7 @@ class RedisStore(Store):
             entry = self._loop_clients.get(loop)
             if entry is not None:
                 return entry.client
-            for old in [old for old in self._loop_clients if old.is_closed()]:
-                del self._loop_clients[old]  # its client was closed with the loop, or leaked
+            forget_closed_loops(self._loop_clients)
             client: AsyncRedis = self._redis.asyncio.Redis.from_url(self.url, **self._options)
             entry = self._loop_clients[loop] = _LoopClient(client, _close_with_loop(client))
         await entry.closer.__anext__()  # runs to its `yield` now; the loop tracks it
@@ -346,8 +345,7 @@ class RedisStore(Store):
         left open."""
         with self._lock:
             client, self._client = self._client, None
-            for old in [old for old in self._loop_clients if old.is_closed()]:
-                del self._loop_clients[old]
+            forget_closed_loops(self._loop_clients)
         if client is not None:
             client.close()
 
