@@ -42,9 +42,8 @@ from ._detect import HTTP_SOURCES, Source, detect
 from ._http import to_proxy_result, to_request, to_response
 from ._records import event_content, event_key_material
 
-__all__ = ["Handler", "LambdaHandler", "decorate_handler"]
+__all__ = ["Handler", "decorate_handler"]
 
-LambdaHandler = Callable[[Any, Any], Any]
 Handler = typing.TypeVar("Handler", bound=Callable[..., Any])
 
 _HTTP_OPTIONS = frozenset(
