@@ -198,6 +198,37 @@ def test_retried_claim_recognises_its_own_success(plain_store: DynamoDBStore) ->
     assert not plain_store.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
 
 
+def test_retried_complete_recognises_its_own_success(plain_store: DynamoDBStore) -> None:
+    """A completion whose response is lost is retried by botocore; the retry fails the
+    condition (the record is completed already), but the returned item is our own write -
+    same fence, same result - so the completion stands (it is not a lost lease)."""
+    from botocore.exceptions import ReadTimeoutError
+
+    key = f"retry-complete-{uuid.uuid4().hex}"
+    fence = plain_store.claim(key, "fp", lease=LEASE, ttl=TTL).record.fence
+    client = plain_store._sync_client()
+    sent: list[str] = []
+
+    def lose_first_response(request: Any, **kwargs: Any) -> Any:
+        sent.append("UpdateItem")
+        if len(sent) == 1:
+            client._endpoint.http_session.send(request)  # DynamoDB applies it...
+            raise ReadTimeoutError(endpoint_url=request.url)  # ...the client never hears
+        return None
+
+    client.meta.events.register("before-send.dynamodb.UpdateItem", lose_first_response)
+    try:
+        assert plain_store.complete(key, fence, b"result", ttl=TTL)
+    finally:
+        client.meta.events.unregister("before-send.dynamodb.UpdateItem", lose_first_response)
+    assert len(sent) == 2
+    assert not plain_store.complete(key, fence, b"another result", ttl=TTL)  # never overwritten
+    assert not plain_store.complete(key, fence + 1, b"result", ttl=TTL)  # nor by another fence
+    record = plain_store.get(key)
+    assert record is not None
+    assert record.result == b"result"
+
+
 # -- item layout ----------------------------------------------------------------------------
 def _raw_item(store: DynamoDBStore, key: str) -> dict[str, Any]:
     response = store._sync_client().get_item(

@@ -18,8 +18,8 @@ Item layout (one item per idempotency key)::
     expiration        N   integer epoch seconds: the DynamoDB TTL attribute (physical deletion)
     result            B   encoded result, zlib-compressed when ``result_encoding`` = "zlib"
     result_encoding   S   present only when ``result`` is compressed
-    claim_id          S   random id of the claim that wrote the item (makes a retried claim
-                          request recognise its own earlier success)
+    claim_id          S   random id of the claim or completion that last wrote the item
+                          (makes a retried request recognise its own earlier success)
 
 Time: DynamoDB has no server clock, so the client clock (``clock``, default
 ``time.time``) decides whether a lease or retention is live. It never decides safety: only
@@ -40,7 +40,7 @@ import time
 import uuid
 import weakref
 import zlib
-from collections.abc import AsyncGenerator, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from decimal import Decimal
@@ -558,19 +558,30 @@ class DynamoDBStore(Store):
         return Claim(acquired=True, record=self._record(response["Attributes"]), now=now)
 
     def _owned_steps(
-        self, key: str, fence: int, update: str, values: dict[str, Any], now: float
+        self,
+        key: str,
+        fence: int,
+        update: str,
+        values: dict[str, Any],
+        now: float,
+        landed: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> _Steps[bool]:
+        """Apply ``update`` if ``fence`` owns ``key``. ``landed(item)`` tells, from the item
+        that failed the condition, whether it is this very write, applied by an earlier
+        attempt of the same request (botocore retries a request that timed out)."""
         values = {
             **values,
             ":fence": {"N": str(int(fence))},
             ":in_progress": {"S": Status.IN_PROGRESS.value},
             ":now": _num(now),
         }
+        extra = {"ReturnValuesOnConditionCheckFailure": "ALL_OLD"} if landed else {}
         try:
-            yield self._update(key, update, self._OWNED, values)
+            yield self._update(key, update, self._OWNED, values, **extra)
         except Exception as exc:
             if _is_conditional_failure(exc):
-                return False
+                item = getattr(exc, "response", {}).get("Item")
+                return bool(landed is not None and item and landed(item))
             if _is_item_too_large(exc):
                 raise ResultTooLargeError(
                     f"DynamoDB refused the record of {key!r}: {exc}. The result (with the "
@@ -595,8 +606,9 @@ class DynamoDBStore(Store):
                 "use a store without this limit (Redis, PostgreSQL).",
                 key=key,
             )
+        request_id = uuid.uuid4().hex  # tells a retry of this request from another call
         update = "SET #status = :completed, #result = :result, #expires = :expires_at, "
-        update += "#expiration = :expiration"
+        update += "#expiration = :expiration, #claim = :request_id"
         update += ", #encoding = :encoding" if encoding else " REMOVE #encoding"
         return (
             yield from self._owned_steps(
@@ -609,8 +621,10 @@ class DynamoDBStore(Store):
                     ":encoding": {"S": encoding or ""},
                     ":expires_at": _num(now + ttl),
                     ":expiration": self._expiration(now + ttl),
+                    ":request_id": {"S": request_id},
                 },
                 now,
+                landed=lambda item: item.get(_CLAIM_ID, {}).get("S") == request_id,
             )
         )
 
