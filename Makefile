@@ -4,20 +4,28 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make demo` needs the package and rich only: its own stamp, no dev group.
+DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: .venv demo test lint bench clean distclean
+.PHONY: .venv demo test lint bench dist clean distclean
 
 .venv: $(STAMP)
 
-# The stamp is the real target: a fresh clone bootstraps, later runs reuse the venv until
+# The stamps are the real targets: a fresh clone bootstraps, later runs reuse the venv until
 # pyproject.toml changes. Dependencies come from pyproject only (extras + dev group).
-$(STAMP): pyproject.toml
+$(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip uv
+
+$(STAMP): pyproject.toml | $(BIN)/uv
 	$(BIN)/uv pip install --python $(BIN)/python -e '.[all]' --group dev
 	touch $@
 
-demo: $(STAMP)
+$(DEMO_STAMP): pyproject.toml | $(BIN)/uv
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[cli]'
+	touch $@
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m idempotence demo
 
 test: $(STAMP)
@@ -27,6 +35,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check
 	$(BIN)/ruff format --check
 	$(BIN)/mypy --strict
+
+# The sdist and wheel as they would ship to the index, checked by twine.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist
+	$(BIN)/twine check --strict dist/*
 
 bench: $(STAMP)
 	@if [ -f bench/run.py ]; then $(BIN)/python bench/run.py; else echo "bench/run.py does not exist yet"; fi

@@ -188,7 +188,8 @@ async def _close_with_loop(stack: AsyncExitStack) -> AsyncGenerator[None, None]:
 
 class DynamoDBStore(Store):
     """Records in a DynamoDB table, one item per key (see the module docstring for the
-    layout). Needs ``pip install 'idempotence[dynamodb]'`` (boto3 and aiobotocore).
+    layout). Needs ``pip install 'idempotence[dynamodb]'`` (boto3); the async methods
+    also need aiobotocore: ``pip install 'idempotence[dynamodb-async]'``.
 
     ``table``
         Table name. The table must exist (see :meth:`create_table`).
@@ -315,7 +316,7 @@ class DynamoDBStore(Store):
         """The fail-fast defaults with ``boto_config`` merged over them (an ``AioConfig``
         for the aiobotocore client)."""
         if aio:
-            config_class = require("aiobotocore.config", "dynamodb").AioConfig
+            config_class = require("aiobotocore.config", "dynamodb-async").AioConfig
         else:
             config_class = require("botocore.config", "dynamodb").Config
         config = config_class(
@@ -347,7 +348,7 @@ class DynamoDBStore(Store):
     async def _open_async_client(self) -> tuple[Any, AsyncGenerator[None, None]]:
         with self._lock:
             if self._session is None:
-                self._session = require("aiobotocore.session", "dynamodb").get_session()
+                self._session = require("aiobotocore.session", "dynamodb-async").get_session()
             session = self._session
         stack = AsyncExitStack()
         client = await stack.enter_async_context(
