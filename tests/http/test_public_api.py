@@ -7,16 +7,19 @@ import idempotence.http
 
 def test_exported_members() -> None:
     assert sorted(idempotence.http.__all__) == [
+        "DEFAULT_CREDENTIAL_HEADERS",
         "HOP_BY_HOP_HEADERS",
         "HTTPIdempotency",
         "HTTPRequest",
         "HTTPResponse",
         "IdempotencyMiddleware",
+        "NEVER_KEPT_STATUSES",
         "PROBLEM_TYPES",
         "REPLAYED_HEADER",
         "WSGIIdempotencyMiddleware",
         "parse_idempotency_key",
         "problem",
+        "request_scope",
     ]
     for name in idempotence.http.__all__:
         assert getattr(idempotence.http, name) is not None

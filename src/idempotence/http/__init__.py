@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from ._asgi import IdempotencyMiddleware
 from ._core import (
+    DEFAULT_CREDENTIAL_HEADERS,
     HOP_BY_HOP_HEADERS,
+    NEVER_KEPT_STATUSES,
     PROBLEM_TYPES,
     REPLAYED_HEADER,
     HTTPIdempotency,
@@ -20,11 +22,14 @@ from ._core import (
     HTTPResponse,
     parse_idempotency_key,
     problem,
+    request_scope,
 )
 from ._wsgi import WSGIIdempotencyMiddleware
 
 __all__ = [
+    "DEFAULT_CREDENTIAL_HEADERS",
     "HOP_BY_HOP_HEADERS",
+    "NEVER_KEPT_STATUSES",
     "PROBLEM_TYPES",
     "REPLAYED_HEADER",
     "HTTPIdempotency",
@@ -34,4 +39,5 @@ __all__ = [
     "WSGIIdempotencyMiddleware",
     "parse_idempotency_key",
     "problem",
+    "request_scope",
 ]

@@ -7,7 +7,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from .._idempotency import Idempotency
 from ..stores._base import Store
-from ._core import HTTPIdempotency, HTTPRequest, HTTPResponse
+from ._core import DEFAULT_CREDENTIAL_HEADERS, HTTPIdempotency, HTTPRequest, HTTPResponse
 
 AppT = TypeVar("AppT")
 
@@ -35,6 +35,11 @@ class MiddlewareBase(Generic[AppT]):
         max_body_bytes: int = 1024 * 1024,
         on_in_progress: Literal["raise", "wait"] | None = None,
         namespace: str = "http",
+        credential_headers: Collection[str] = DEFAULT_CREDENTIAL_HEADERS,
+        credential_cookies: Collection[str] = (),
+        scope_secret: bytes | str | None = None,
+        retry_after: float = 1,
+        max_request_bytes: int = 10 * 1024 * 1024,
     ) -> None:
         self.app = app
         options: dict[str, Any] = {
@@ -48,6 +53,11 @@ class MiddlewareBase(Generic[AppT]):
             "max_body_bytes": max_body_bytes,
             "on_in_progress": on_in_progress,
             "namespace": namespace,
+            "credential_headers": credential_headers,
+            "credential_cookies": credential_cookies,
+            "scope_secret": scope_secret,
+            "retry_after": retry_after,
+            "max_request_bytes": max_request_bytes,
         }
         if isinstance(idempotency, HTTPIdempotency):
             defaults = MiddlewareBase.__init__.__kwdefaults__ or {}

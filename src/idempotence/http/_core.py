@@ -10,11 +10,14 @@ the key, the fingerprint, the claim, replays, refusals - happens here, on the sh
 Responses the engine answers itself (``application/problem+json``, RFC 9457)::
 
     400  missing-key (required=True) / invalid-key    fix the request, no retry as is
+    400  invalid-request: unusable method/path/query  fix the request
+    413  request-too-large (max_request_bytes)       send less, no retry as is
     422  key-reused: same key, another payload         use a new key for a new operation
     409  in-progress + Retry-After                     retry later with the same key
     503  store-unavailable + Retry-After (fail closed) retry later with the same key
     500  response-not-stored                           do not retry: it ran once already
     500  record-corrupt                                do not retry; an operator must look
+    500  callback-failed: scope/keep raised            an operator must look (see the log)
 
 Each problem has ``type`` ``urn:idempotence:problem:<name>`` and the extension member
 ``retry_same_key`` (``true`` for 409/503) so a client knows whether to retry with the key.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -56,7 +60,9 @@ from .._shells import run_async, run_sync
 from ..stores._base import Store
 
 __all__ = [
+    "DEFAULT_CREDENTIAL_HEADERS",
     "HOP_BY_HOP_HEADERS",
+    "NEVER_KEPT_STATUSES",
     "PROBLEM_TYPES",
     "REPLAYED_HEADER",
     "HTTPIdempotency",
@@ -64,6 +70,7 @@ __all__ = [
     "HTTPResponse",
     "parse_idempotency_key",
     "problem",
+    "request_scope",
 ]
 
 log = logging.getLogger("idempotence.http")
@@ -82,6 +89,8 @@ _PROBLEM_PREFIX = "urn:idempotence:problem:"
 PROBLEM_TYPES: dict[str, tuple[int, str, bool]] = {
     "missing-key": (400, "Idempotency-Key header is required", False),
     "invalid-key": (400, "Idempotency-Key header is malformed", False),
+    "invalid-request": (400, "The request's method, path or query cannot be used", False),
+    "request-too-large": (413, "The request body is larger than this endpoint accepts", False),
     "key-reused": (422, "Idempotency-Key was already used with another request", False),
     "in-progress": (409, "A request with this Idempotency-Key is still being processed", True),
     "store-unavailable": (503, "The idempotency store is unavailable", True),
@@ -91,10 +100,23 @@ PROBLEM_TYPES: dict[str, tuple[int, str, bool]] = {
         False,
     ),
     "record-corrupt": (500, "The stored response for this Idempotency-Key is unreadable", False),
+    "callback-failed": (500, "The server's idempotency configuration failed", False),
 }
+
+#: Statuses never kept by the default ``keep``, besides every status >= 500: the caller
+#: was not let in (401, 403), or the server asks for a retry (408, 425, 429). The key is
+#: released and the next request with it runs fresh.
+NEVER_KEPT_STATUSES = frozenset({401, 403, 408, 425, 429})
+
+#: Request headers whose values identify the caller by default (see :func:`request_scope`).
+DEFAULT_CREDENTIAL_HEADERS = ("authorization", "x-api-key")
+
+#: The HMAC key of credential scopes when no ``scope_secret`` is given.
+_SCOPE_LABEL = b"idempotence.http.scope.v1"
 
 _MAX_KEY = 255
 _STORE_RETRY_AFTER = 1
+_MIN_STATUS, _MAX_STATUS = 100, 999
 _SERIALIZER = JSONSerializer()
 _JSON_TYPE = re.compile(r"^\s*application/([\w.+-]+\+)?json\s*(;|$)", re.IGNORECASE)
 
@@ -223,12 +245,28 @@ class HTTPResponse:
         try:
             value = _SERIALIZER.decode(body, None)
             status = value["status"]
-            headers = [(str(k), str(v)) for k, v in value["headers"]]
+            raw_headers = value["headers"]
             payload = value["body"]
-            if not isinstance(status, int) or not isinstance(payload, bytes):
+            if type(status) is not int or not _MIN_STATUS <= status <= _MAX_STATUS:
+                raise ValueError("status is not an HTTP status code")
+            if not isinstance(payload, bytes) or not isinstance(raw_headers, list):
                 raise TypeError("unexpected field types")
-        except (CorruptRecordError, KeyError, TypeError, ValueError) as exc:
-            raise CorruptRecordError(f"stored HTTP response is corrupt: {exc}") from exc
+            headers: list[tuple[str, str]] = []
+            for pair in raw_headers:
+                if (
+                    not isinstance(pair, list)
+                    or len(pair) != 2
+                    or not all(isinstance(x, str) for x in pair)
+                ):
+                    raise TypeError("a header is not a [name, value] pair of strings")
+                headers.append((pair[0], pair[1]))
+        except CorruptRecordError:
+            raise
+        except (KeyError, TypeError, ValueError, RecursionError) as exc:
+            # The type only: the message of a decoding error may quote the record's bytes.
+            raise CorruptRecordError(
+                f"stored HTTP response is corrupt ({type(exc).__name__})"
+            ) from exc
         return cls(status, headers, payload)
 
 
@@ -262,13 +300,71 @@ def problem(
     return HTTPResponse(status, out, body)
 
 
+# -- the scope ----------------------------------------------------------------------------
+def _cookies(request: HTTPRequest) -> list[tuple[str, str]]:
+    """``(name, value)`` of every cookie in the ``Cookie`` headers, in order (RFC 6265
+    syntax, leniently: a piece without ``=`` is skipped)."""
+    out = []
+    for line in request.header_values("cookie"):
+        for piece in line.split(";"):
+            name, sep, value = piece.partition("=")
+            if sep:
+                out.append((name.strip(), value.strip()))
+    return out
+
+
+def request_scope(
+    request: HTTPRequest,
+    principal: str | None = None,
+    *,
+    credential_headers: Iterable[str] = DEFAULT_CREDENTIAL_HEADERS,
+    credential_cookies: Iterable[str] = (),
+    secret: bytes | str | None = None,
+) -> str | None:
+    """The default scope of ``request``: who is calling, so one caller never gets another
+    caller's stored response.
+
+    1. A verified principal: ``principal`` if given, else ``request.principal`` (set by the
+       adapters from the stack's authentication: ASGI ``scope["user"]``, WSGI
+       ``REMOTE_USER``, an API Gateway authorizer) -> ``"principal:<name>"``.
+    2. Else the credentials the request carries: every value of the ``credential_headers``
+       (case-insensitive) and of the cookies named in ``credential_cookies`` ->
+       ``"credentials:<HMAC-SHA256 hex>"``, keyed by ``secret`` (default: a fixed library
+       label), so no raw credential reaches keys, records or logs. Tokens are never decoded
+       (an unverified JWT's claims say nothing about who sent it): two different tokens of
+       one user are two scopes.
+    3. Else ``None``: unscoped.
+    """
+    who = principal if principal is not None else request.principal
+    if who:
+        return f"principal:{who}"
+    names = {h.lower() for h in credential_headers}
+    material: list[list[str]] = [
+        ["header", k.lower(), v] for k, v in request.headers if k.lower() in names
+    ]
+    wanted = set(credential_cookies)
+    if wanted:
+        material += [["cookie", k, v] for k, v in _cookies(request) if k in wanted]
+    if not material:
+        return None
+    key = _SCOPE_LABEL if secret is None else secret
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    text = json.dumps(material, ensure_ascii=True, separators=(",", ":"))
+    mac = hmac.new(key, text.encode("ascii"), hashlib.sha256).hexdigest()
+    return f"credentials:{mac}"
+
+
 # -- the engine ---------------------------------------------------------------------------
-def _default_scope(request: HTTPRequest) -> str | None:
-    return request.principal
-
-
 def _default_keep(response: HTTPResponse) -> bool:
-    return response.status < 500
+    """Keep a response unless the caller was refused (401, 403), asked to retry (408, 425,
+    429) or the server failed (>= 500)."""
+    return response.status < 500 and response.status not in NEVER_KEPT_STATUSES
+
+
+class _Streamed(HTTPResponse):
+    """A response an adapter already sent, streamed, because its body exceeded
+    ``max_body_bytes``: never stored (its key completes as "not stored"), never resent."""
 
 
 class HTTPIdempotency:
@@ -285,24 +381,36 @@ class HTTPIdempotency:
     - ``required``: a request without the header gets 400; ``False`` (default) runs it
       normally, without idempotency.
     - ``scope``: ``request -> str | None``, the caller identity mixed into the key so one
-      tenant can never replay another's response (default: ``request.principal``). Use only
-      an identity the app has verified.
-    - ``keep``: ``response -> bool``, whether a response is stored (default: status < 500).
-      A response not kept releases the key, so a retry runs again.
+      caller can never replay another's response. Default: :func:`request_scope` - the
+      verified ``request.principal``, else a keyed hash of the request's credentials
+      (``credential_headers``, default ``Authorization`` and ``X-Api-Key``, and the cookies
+      named in ``credential_cookies``, default none; HMAC-SHA256 keyed by ``scope_secret``,
+      default a fixed library label), else unscoped. Use only an identity the app has
+      verified; a stable tenant id keeps retries after a token refresh in one scope.
+    - ``keep``: ``response -> bool``, whether a response is stored (default: not 401, 403,
+      408, 425, 429 nor >= 500, see :data:`NEVER_KEPT_STATUSES`). A response not kept
+      releases the key, so the next request with it runs again.
+    - ``retry_after``: the ``Retry-After`` seconds of a 409 ``in-progress`` (default 1): a
+      short polling hint, not the remaining lease.
+    - ``max_request_bytes``: larger request bodies (default 10 MiB) get 413
+      ``request-too-large``; the adapters stop reading the body there.
     - ``replay_headers``: ``"all"`` (default) or a collection of header names: the response
       headers stored and replayed. Hop-by-hop headers (:data:`HOP_BY_HOP_HEADERS`, the ones
       named in ``Connection``, ``Proxy-*``) are never stored; ``Set-Cookie`` only with
       ``replay_set_cookie=True`` (a replay would hand a session to whoever holds the key).
     - ``max_body_bytes``: responses with larger bodies (default 1 MiB) are completed as "not
-      replayable": the first caller gets its response, duplicates get 500
-      ``response-not-stored`` and the app never runs twice.
+      replayable": the first caller gets its response (the adapters stop buffering there
+      and stream the rest), duplicates get 500 ``response-not-stored`` and the app never
+      runs twice.
     - ``on_in_progress``: ``"raise"`` (409 + Retry-After) or ``"wait"`` for the first
       request's response (up to ``wait_timeout``); default: the Idempotency's setting.
     - ``namespace``: key prefix (default ``"http"``).
 
-    Exceptions raised by the app propagate unchanged (the key is released). Once the app
-    has produced a response, that response is what the caller gets, even if the store then
-    fails to keep it (logged as a warning).
+    Exceptions raised by the app propagate unchanged (the key is released). Exceptions
+    raised by ``scope`` are logged and answered with 500 ``callback-failed`` (their text is
+    never sent); one raised by ``keep`` is logged and completes the key as not replayable.
+    Once the app has produced a response, that response is what the caller gets, even if
+    the store then fails to keep it (logged as a warning).
     """
 
     def __init__(
@@ -319,6 +427,11 @@ class HTTPIdempotency:
         max_body_bytes: int = 1024 * 1024,
         on_in_progress: Literal["raise", "wait"] | None = None,
         namespace: str = "http",
+        credential_headers: Collection[str] = DEFAULT_CREDENTIAL_HEADERS,
+        credential_cookies: Collection[str] = (),
+        scope_secret: bytes | str | None = None,
+        retry_after: float = 1,
+        max_request_bytes: int = 10 * 1024 * 1024,
     ) -> None:
         if isinstance(idempotency, Idempotency):
             self.idempotency = idempotency
@@ -330,7 +443,20 @@ class HTTPIdempotency:
             raise ValueError(f"header must be an ASCII header name, got {header!r}")
         self.header = header
         self.required = required
-        self.scope = scope if scope is not None else _default_scope
+        if isinstance(credential_headers, str) or isinstance(credential_cookies, str):
+            raise TypeError("credential_headers/credential_cookies must be collections of names")
+        self.credential_headers = tuple(h.lower() for h in credential_headers)
+        self.credential_cookies = tuple(credential_cookies)
+        self._scope_secret = scope_secret
+        self.scope: Callable[[HTTPRequest], str | None] = (
+            scope if scope is not None else self._default_scope
+        )
+        if not retry_after > 0 or not math.isfinite(retry_after):
+            raise ValueError("retry_after must be a positive number of seconds")
+        self.retry_after = retry_after
+        if max_request_bytes < 0:
+            raise ValueError("max_request_bytes must be >= 0")
+        self.max_request_bytes = max_request_bytes
         self.keep = keep if keep is not None else _default_keep
         if replay_headers == "all":
             self.replay_headers: frozenset[str] | None = None
@@ -355,13 +481,32 @@ class HTTPIdempotency:
         return self.idempotency.store
 
     # -- derivation -----------------------------------------------------------------------
+    def _default_scope(self, request: HTTPRequest) -> str | None:
+        return request_scope(
+            request,
+            credential_headers=self.credential_headers,
+            credential_cookies=self.credential_cookies,
+            secret=self._scope_secret,
+        )
+
+    def too_large(self) -> HTTPResponse:
+        """The 413 ``request-too-large`` answer (adapters send it without reading on)."""
+        return problem(
+            "request-too-large",
+            f"the request body exceeds {self.max_request_bytes} bytes",
+            headers=[("connection", "close")],
+        )
+
     def applies_to(self, method: str) -> bool:
         """Whether requests with ``method`` are handled (others pass through)."""
         return method.upper() in self.methods
 
     def key_for(self, request: HTTPRequest, key: str) -> str:
         """The store key of header value ``key`` sent by ``request``'s caller."""
-        return f"{self.namespace}#{digest([self.scope(request), key])}"
+        return self._store_key(self.scope(request), key)
+
+    def _store_key(self, scope: str | None, key: str) -> str:
+        return f"{self.namespace}#{digest([scope, key])}"
 
     def fingerprint_for(self, request: HTTPRequest) -> str:
         """Hash of method + path + query + body; a JSON body (by content type) that parses
@@ -419,10 +564,29 @@ class HTTPIdempotency:
             return problem("invalid-key", str(exc))
         if key is None:  # pragma: no cover - values[0] is a str
             return None
+        if len(request.body) > self.max_request_bytes:
+            return self.too_large()
+        try:
+            scope = self.scope(request)
+            if scope is not None and not isinstance(scope, str):
+                raise TypeError(f"scope returned {type(scope).__name__}, not str or None")
+        except Exception:
+            log.exception("the scope callback raised; answering 500 callback-failed")
+            return problem(
+                "callback-failed", "the server could not scope this request; see its log"
+            )
+        try:
+            store_key = self._store_key(scope, key)
+            fingerprint = self.fingerprint_for(request)
+        except InvalidKeyError:  # a lone surrogate, say: not a text any hash can take
+            return problem(
+                "invalid-request",
+                "the request's method, path, query or scope is not valid text",
+            )
         c = self.idempotency.config
         return Plan(
-            key=self.key_for(request, key),
-            fingerprint=self.fingerprint_for(request),
+            key=store_key,
+            fingerprint=fingerprint,
             lease=c.lease_s if lease is None else lease,
             ttl=c.ttl_s,
             encode=self._encode,
@@ -437,10 +601,23 @@ class HTTPIdempotency:
 
     # -- results --------------------------------------------------------------------------
     def _should_store(self, result: Any) -> bool:
-        return bool(self.keep(_response(result)))
+        response = _response(result)
+        try:
+            return bool(self.keep(response))
+        except Exception as exc:
+            log.exception("the keep callback raised; the key is completed as not replayable")
+            # Only the type: the text of a user's exception is not stored nor sent.
+            raise UnencodableError(
+                f"the keep callback raised {type(exc).__name__} (see the server log)"
+            ) from None
 
     def _encode(self, result: Any) -> bytes:
         response = _response(result)
+        if isinstance(response, _Streamed):
+            raise UnencodableError(
+                f"the response body exceeded max_body_bytes ({self.max_body_bytes}) and was "
+                "streamed to the first caller"
+            )
         if len(response.body) > self.max_body_bytes:
             raise UnencodableError(
                 f"the response body is {len(response.body)} bytes, more than max_body_bytes "
@@ -462,17 +639,17 @@ class HTTPIdempotency:
         try:
             if data is None:
                 raise CorruptRecordError("completed record holds no response")
-            kind, body = open_envelope(data)
+            kind, _ = open_envelope(data)
             if kind == KIND_NOT_STORED:
                 return problem(
                     "response-not-stored",
                     "a request with this key was processed, but its response could not be "
-                    f"kept ({body.decode('utf-8', 'replace')}); it is not run again. Check "
-                    "the resource's state instead of retrying.",
+                    "kept (too large, or the keep callback failed: see the server log); it "
+                    "is not run again. Check the resource's state instead of retrying.",
                 )
             stored = HTTPResponse.decode(data)
-        except CorruptRecordError as exc:
-            log.error("stored response of %s is corrupt: %s", record.key, exc)
+        except (CorruptRecordError, RecursionError, ValueError, TypeError) as exc:
+            log.error("a stored HTTP response is corrupt (%s)", type(exc).__name__)
             return problem("record-corrupt", "the stored response cannot be read")
         headers = [*stored.headers, (REPLAYED_HEADER, "true")]
         return HTTPResponse(stored.status, headers, stored.body)
@@ -480,7 +657,10 @@ class HTTPIdempotency:
     def _refusal(self, exc: IdempotencyError, produced: list[HTTPResponse]) -> HTTPResponse:
         """The answer when the protocol raised one of our errors (not the app)."""
         if produced:  # the app ran: its response is the truth, whatever the store did next
-            log.warning("returning the app's response for %s although: %s", exc.key, exc)
+            log.warning(
+                "returning the app's response although the store did not keep it (%s)",
+                type(exc).__name__,
+            )
             return produced[0]
         if isinstance(exc, KeyReuseError):
             return problem(
@@ -493,17 +673,20 @@ class HTTPIdempotency:
                 "in-progress",
                 f"a request with this {self.header} is still being processed; retry later "
                 "with the same key",
-                retry_after=exc.retry_after,
+                retry_after=self.retry_after,
             )
         if isinstance(exc, StoreError):
-            log.error("idempotency store failed; refusing the request (fail closed): %s", exc)
+            log.error(
+                "idempotency store failed (%s); refusing the request (fail closed)",
+                type(exc).__name__,
+            )
             return problem(
                 "store-unavailable",
                 "the request was not processed; retry later with the same key",
                 retry_after=_STORE_RETRY_AFTER,
             )
         if isinstance(exc, CorruptRecordError):
-            log.error("stored response of %s is corrupt: %s", exc.key, exc)
+            log.error("a stored HTTP response is corrupt (%s)", type(exc).__name__)
             return problem("record-corrupt", "the stored response cannot be read")
         raise exc
 

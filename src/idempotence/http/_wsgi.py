@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import http
 import io
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._base import MiddlewareBase
-from ._core import HTTPRequest, HTTPResponse
+from ._core import HTTPRequest, HTTPResponse, _Streamed
 
 __all__ = ["WSGIIdempotencyMiddleware"]
 
@@ -29,7 +29,13 @@ def _headers(environ: Environ) -> list[tuple[str, str]]:
     return out
 
 
-def _read_body(environ: Environ) -> bytes:
+_CHUNK = 64 * 1024
+
+
+def _read_body(environ: Environ, limit: int) -> bytes | None:
+    """The request body, or ``None`` when it is larger than ``limit`` bytes: a declared
+    ``CONTENT_LENGTH`` over the limit is not read at all, a terminated (chunked) input is
+    read only until it passes the limit."""
     stream = environ.get("wsgi.input")
     if stream is None:
         return b""
@@ -37,10 +43,21 @@ def _read_body(environ: Environ) -> bytes:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         length = 0
+    if length > limit:
+        return None
     if length > 0:
         return bytes(stream.read(length))
     if environ.get("wsgi.input_terminated"):
-        return bytes(stream.read())
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = bytes(stream.read(_CHUNK))
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
     return b""
 
 
@@ -60,11 +77,15 @@ class WSGIIdempotencyMiddleware(MiddlewareBase[WSGIApp]):
 
     Options: see :class:`~idempotence.http.HTTPIdempotency`. Methods outside ``methods`` and
     requests without the header (unless ``required``) go to the app untouched. For the
-    others the request body is read (the app gets it back as ``wsgi.input``) and the whole
-    response is buffered before it is returned (a response is replayable only if kept
-    whole). The status line keeps the code; its reason phrase is the standard one.
-    ``request.principal`` is ``REMOTE_USER`` (set by the server's authentication), else
-    ``None``; pass ``scope=`` to key by another verified identity.
+    others the request body is read (the app gets it back as ``wsgi.input``; a body over
+    ``max_request_bytes`` gets 413: a larger ``CONTENT_LENGTH`` is not read at all, a
+    chunked body only up to the limit) and the response is buffered before it is returned
+    (a response is replayable only if kept whole). Past ``max_body_bytes`` the response is
+    streamed instead (the buffered part, then the rest of the app's iterable) and its key
+    completes as "not replayable". The status line keeps the code; its reason phrase is
+    the standard one. ``request.principal`` is ``REMOTE_USER`` (set by the server's
+    authentication), else ``None``; the default scope then falls back to the request's
+    credentials (see :func:`~idempotence.http.request_scope`).
     """
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -77,7 +98,9 @@ class WSGIIdempotencyMiddleware(MiddlewareBase[WSGIApp]):
         if not engine.required and not any(k.lower() == lname for k, _ in headers):
             return self.app(environ, start_response)
 
-        body = _read_body(environ)
+        body = _read_body(environ, engine.max_request_bytes)
+        if body is None:
+            return _respond(start_response, engine.too_large())
         request = HTTPRequest(
             method=method,
             path=str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", "")),
@@ -91,7 +114,6 @@ class WSGIIdempotencyMiddleware(MiddlewareBase[WSGIApp]):
             inner = dict(environ)
             inner["wsgi.input"] = io.BytesIO(body)
             inner["CONTENT_LENGTH"] = str(len(body))
-            captured: list[tuple[str, list[tuple[str, str]]]] = []
             parts: list[bytes] = []
 
             def capture(
@@ -101,17 +123,65 @@ class WSGIIdempotencyMiddleware(MiddlewareBase[WSGIApp]):
                 return parts.append
 
             result = self.app(inner, capture)
+            iterator = iter(result)
+            size = 0
             try:
-                parts.extend(result)
+                for chunk in iterator:
+                    parts.append(chunk)
+                    size += len(chunk)
+                    if size > engine.max_body_bytes:  # too large to keep: stream the rest
+                        rest.append(_Rest(parts, iterator, result))
+                        break
             finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
+                if not rest:
+                    _close(result)
             if not captured:
                 raise RuntimeError("the WSGI app returned without calling start_response")
             status, response_headers = captured[0]
-            return HTTPResponse(int(status.split(" ", 1)[0]), response_headers, b"".join(parts))
+            code = int(status.split(" ", 1)[0])
+            if rest:
+                return _Streamed(code, response_headers, b"")
+            return HTTPResponse(code, response_headers, b"".join(parts))
 
-        response = engine.run(request, call)
-        start_response(_status_line(response.status), list(response.headers))
-        return [response.body]
+        captured: list[tuple[str, list[tuple[str, str]]]] = []
+        rest: list[Iterable[bytes]] = []
+        try:
+            response = engine.run(request, call)
+        except BaseException:
+            for stream in rest:
+                _close(stream)
+            raise
+        if isinstance(response, _Streamed):
+            start_response(captured[0][0], captured[0][1])
+            return rest[0]
+        for stream in rest:  # pragma: no cover - a streamed response is always returned
+            _close(stream)
+        return _respond(start_response, response)
+
+
+def _close(result: object) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
+class _Rest:
+    """The rest of a response too large to keep: the buffered parts, then the app's
+    iterator; ``close()`` closes the app's iterable."""
+
+    def __init__(self, parts: list[bytes], iterator: Iterator[bytes], result: object) -> None:
+        self.parts, self.iterator, self.result = list(parts), iterator, result
+        parts.clear()
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"".join(self.parts)
+        self.parts = []
+        yield from self.iterator
+
+    def close(self) -> None:
+        _close(self.result)
+
+
+def _respond(start_response: StartResponse, response: HTTPResponse) -> Iterable[bytes]:
+    start_response(_status_line(response.status), list(response.headers))
+    return [response.body]
