@@ -492,9 +492,7 @@ class HTTPIdempotency:
     def too_large(self) -> HTTPResponse:
         """The 413 ``request-too-large`` answer (adapters send it without reading on)."""
         return problem(
-            "request-too-large",
-            f"the request body exceeds {self.max_request_bytes} bytes",
-            headers=[("connection", "close")],
+            "request-too-large", f"the request body exceeds {self.max_request_bytes} bytes"
         )
 
     def applies_to(self, method: str) -> bool:
