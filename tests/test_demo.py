@@ -55,6 +55,22 @@ def _check_numbers(result: DemoResult) -> None:
     assert idem.key_reuse > 0
     assert idem.in_progress > 0
 
+    # Transactional: the ledger rows read back from its database show each message's effect
+    # exactly once, crash window included, although workers were killed after their write.
+    tx = result.transactional
+    assert tx.messages == messages
+    assert tx.crashes_after_commit > 0
+    assert tx.crashes_before_commit > 0
+    assert tx.side_effects == messages
+    assert tx.duplicate_orders == tx.duplicate_charges == tx.crash_window_reexecutions == 0
+    assert tx.repeated == 0
+    assert tx.body_runs == messages + tx.crashes  # each killed worker's message re-ran once
+    assert tx.replays > 0
+    assert tx.key_reuse > 0
+    assert tx.lease_lost == 0
+    # The record-based run on the same schedule did repeat effects in the crash window.
+    assert idem.repeated == idem.crash_window_reexecutions > 0
+
 
 def test_demo_in_process_on_sqlite() -> None:
     result = run_demo(seed=SEED, orders=ORDERS, progress=False)
@@ -88,35 +104,53 @@ def test_demo_as_a_subprocess() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "duplicate charges" in proc.stdout
+    assert "repeated charges: duplicates" in proc.stdout
+    assert "transactional" in proc.stdout
     assert "OK: with idempotency no side effect was repeated" in proc.stdout
+    total = next(line for line in proc.stdout.splitlines() if "repeated side effects" in line)
+    cells = [cell.strip() for cell in total.strip("│ ").split("│")]
+    assert cells[-1] == "0"  # the transactional column
+    assert int(cells[-2]) > 0  # record-based: the crash window
 
 
-def _result(duplicates: int) -> DemoResult:
+def _result(duplicates: int, tx_crash_window: int = 0) -> DemoResult:
     return DemoResult(
         seed=1,
         orders=1,
         store="memory://",
         plain=RunStats("without idempotency", messages=2, duplicate_orders=3),
-        idempotent=RunStats("with idempotency", messages=2, duplicate_charges=duplicates),
+        idempotent=RunStats(
+            "with idempotency",
+            messages=2,
+            duplicate_charges=duplicates,
+            crash_window_reexecutions=1,
+        ),
+        transactional=RunStats(
+            "transactional", messages=2, crash_window_reexecutions=tx_crash_window
+        ),
     )
 
 
 @pytest.mark.parametrize(
-    ("duplicates", "check", "status"), [(0, True, 0), (1, True, 1), (1, False, 0)]
+    ("duplicates", "tx_crash_window", "check", "status"),
+    [(0, 0, True, 0), (1, 0, True, 1), (1, 0, False, 0), (0, 1, True, 1), (0, 1, False, 0)],
 )
-def test_check_fails_only_on_idempotent_duplicates(
+def test_check_fails_on_record_duplicates_or_any_transactional_repeat(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     duplicates: int,
+    tx_crash_window: int,
     check: bool,
     status: int,
 ) -> None:
-    monkeypatch.setattr("idempotence._demo.run_demo", lambda *a, **k: _result(duplicates))
+    """The record-based run may repeat in the crash window (reported); the transactional one
+    may not repeat at all."""
+    result = _result(duplicates, tx_crash_window)
+    monkeypatch.setattr("idempotence._demo.run_demo", lambda *a, **k: result)
     argv = ["demo", "--orders", "1"] + (["--check"] if check else [])
     assert cli.main(argv) == status
     out = capsys.readouterr().out
-    assert ("FAIL" in out) == bool(duplicates)
+    assert ("FAIL" in out) == bool(duplicates or tx_crash_window)
 
 
 def test_demo_without_rich_says_what_to_install(

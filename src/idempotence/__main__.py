@@ -4,7 +4,8 @@
     Runs an order service under at-least-once delivery (duplicates, concurrent copies,
     killed workers) without and with idempotency, and prints a comparison table (needs
     ``rich``: ``pip install 'idempotence[cli]'``). Exit status 0; with ``--check``, 1 if the
-    idempotent run repeated a side effect outside the crash window.
+    record-based run repeated a side effect outside the crash window or the transactional
+    run repeated any.
 ``idempotence inspect --store URL KEY``
     Prints the record of ``KEY`` (a full store key, e.g. from ``fn.key_for(...)``). Exit
     status 1 if there is none.
@@ -51,8 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="duplicated, concurrent and crashed deliveries, without and with idempotency",
-        description="Run an order service under at-least-once delivery twice (plain "
-        "functions, then idempotent ones) and compare the side effects.",
+        description="Run an order service under at-least-once delivery three times (plain "
+        "functions, record-based idempotency, transactional idempotency) and compare the "
+        "side effects.",
     )
     demo.add_argument("--store", metavar="URL", help="store URL (default: a temporary SQLite file)")
     demo.add_argument("--seed", type=int, default=7, help="schedule seed (default: 7)")
@@ -62,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--check",
         action="store_true",
-        help="exit 1 if the idempotent run repeated a side effect outside the crash window",
+        help="exit 1 if the record-based run repeated a side effect outside the crash window, "
+        "or the transactional run repeated any",
     )
 
     for name, text in (
@@ -113,16 +116,17 @@ def _demo(args: argparse.Namespace) -> int:
     result = run_demo(args.store, seed=args.seed, orders=args.orders)
     console = Console()
     console.print(render(result))
-    b = result.idempotent
+    b, t = result.idempotent, result.transactional
     if result.ok:
         console.print(
             f"[green]OK[/]: with idempotency no side effect was repeated outside the crash "
-            f"window ({b.crash_window_reexecutions} crash-window re-execution(s) reported)."
+            f"window ({b.crash_window_reexecutions} crash-window re-execution(s) reported); "
+            "transactional: no side effect was repeated at all."
         )
     else:
         console.print(
-            f"[red]FAIL[/]: the idempotent run repeated {b.duplicates} side effect(s) "
-            "outside the crash window."
+            f"[red]FAIL[/]: the record-based run repeated {b.duplicates} side effect(s) "
+            f"outside the crash window; the transactional run repeated {t.repeated}."
         )
     return 1 if args.check and not result.ok else 0
 

@@ -1,12 +1,15 @@
-"""``idempotence demo``: an order service under at-least-once delivery, run twice.
+"""``idempotence demo``: an order service under at-least-once delivery, run three times.
 
 A seeded schedule delivers ``create_order`` and ``charge_payment`` messages the way a queue
 with at-least-once semantics does: each message arrives 1 to 4 times, some copies at the
 same moment (concurrent workers), some later (redeliveries), a few with an edited payload
 (a client retrying with another amount), and some workers are killed mid-run. The same
-schedule runs once with the plain functions and once with the functions decorated by
-:class:`~idempotence.Idempotency`; side effects go to an in-memory ledger, and a table
-compares the two runs.
+schedule runs three times: with the plain functions; with the functions decorated by
+:class:`~idempotence.Idempotency` (record-based: side effects go to an in-memory ledger,
+records to the store); and with
+:class:`~idempotence.effects.TransactionalIdempotency` (the ledger is a table of a SQLite
+database, and each delivery's claim, ledger write and result commit in one transaction). A
+table compares the three runs; every figure is counted from the ledgers, not assumed.
 
 How a run behaves, like a real consumer:
 
@@ -22,9 +25,11 @@ How a run behaves, like a real consumer:
 Workers are killed either before their side effect commits (the ledger write is rolled
 back, nothing happened) or after it commits but before the result is recorded. The second
 case is the window no idempotency layer can close by itself: after the lease lapses the
-retry runs the function again. The demo counts those re-executions separately as
-"crash-window re-executions" instead of hiding them among the duplicates; close the window
-by passing the key downstream or by committing the effect and the record together.
+retry runs the function again. The demo counts those re-executions separately (the crash
+window) instead of hiding them among the duplicates. The transactional run closes the
+window: a worker killed after its ledger write dies inside the open transaction, so the
+write is rolled back with the claim (as a database does for a dead connection) and the
+redelivery runs it once.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import heapq
 import os
 import queue
 import random
+import sqlite3
 import tempfile
 import threading
 import time
@@ -50,6 +56,7 @@ from rich.text import Text
 
 from ._errors import AlreadyInProgressError, KeyReuseError, LeaseLostError
 from ._idempotency import Idempotency, IdempotentFunction
+from .effects import TransactionalIdempotency
 from .stores._base import Store
 from .stores._registry import store_from_url
 from .stores._sqlite import SQLiteStore
@@ -120,21 +127,29 @@ class RunStats:
         """Side effects repeated outside the crash window."""
         return self.duplicate_orders + self.duplicate_charges
 
+    @property
+    def repeated(self) -> int:
+        """Every side effect that happened more than once per message, crash window included."""
+        return self.duplicates + self.crash_window_reexecutions
+
 
 @dataclass(frozen=True, slots=True)
 class DemoResult:
-    """Both runs of one schedule."""
+    """The three runs of one schedule: plain, record-based (``idempotent``) and
+    ``transactional``."""
 
     seed: int
     orders: int
     store: str
     plain: RunStats
     idempotent: RunStats
+    transactional: RunStats
 
     @property
     def ok(self) -> bool:
-        """The idempotent run repeated no side effect outside the crash window."""
-        return self.idempotent.duplicates == 0
+        """The record-based run repeated no side effect outside the crash window, and the
+        transactional run repeated none at all."""
+        return self.idempotent.duplicates == 0 and self.transactional.repeated == 0
 
 
 def build_schedule(seed: int, orders: int) -> list[Message]:
@@ -192,7 +207,7 @@ class _Attempt:
 
 
 class _Ledger:
-    """The side effects: orders created and charges made, per order."""
+    """The side effects: orders created and charges made, per order, in commit order."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -224,8 +239,10 @@ class _Run:
         messages: list[Message],
         handler: Callable[[Kind, dict[str, Any]], Any],
         advance: Callable[[int, int], None],
+        committed: Callable[[], _Ledger] | None = None,
     ) -> None:
         self.stats = stats
+        self.committed = committed  # reads the ledger back from its database, if any
         self.messages = messages
         self.handler = handler
         self.advance = advance  # (completed, new_total_delta)
@@ -253,9 +270,34 @@ class _Run:
             return {"order_id": payload["order_id"], "status": "created"}
         return {"order_id": payload["order_id"], "charged_cents": payload["amount_cents"]}
 
+    def effect_in(self, conn: sqlite3.Connection, kind: Kind, payload: dict[str, Any]) -> Any:
+        """The same body in the transactional run: the ledger write is an ``INSERT`` in
+        ``conn``'s open transaction, which also holds the claim and will hold the result."""
+        attempt: _Attempt = self.local.attempt
+        self.local.ran = True
+        crash = attempt.delivery.crash
+        if crash == "before-commit":
+            self._die_in_transaction(attempt)
+        conn.execute(
+            "INSERT INTO ledger (kind, order_id, delivery, killed_after) VALUES (?, ?, ?, ?)",
+            (kind, payload["order_id"], attempt.seq, crash == "after-commit"),
+        )
+        if crash == "after-commit":
+            self._die_in_transaction(attempt)  # after the write, before the result and COMMIT
+        if kind == "create_order":
+            return {"order_id": payload["order_id"], "status": "created"}
+        return {"order_id": payload["order_id"], "charged_cents": payload["amount_cents"]}
+
     def _die(self, attempt: _Attempt) -> None:
         self.outcomes.put((attempt, "crashed", 0.0))
         self.thaw.wait()
+        raise _Killed
+
+    def _die_in_transaction(self, attempt: _Attempt) -> None:
+        """A worker killed inside its transaction: the database rolls back everything it
+        wrote, claim included, as for a dead connection (the record-based run has to freeze
+        the worker instead, so its claim stays ``IN_PROGRESS`` until the lease lapses)."""
+        self.outcomes.put((attempt, "crashed", 0.0))
         raise _Killed
 
     # -- workers ---------------------------------------------------------------------------
@@ -331,7 +373,7 @@ class _Run:
                 for thread in self.frozen:
                     thread.join()
         stats.seconds = time.monotonic() - start
-        self.ledger.tally(stats)
+        (self.committed() if self.committed is not None else self.ledger).tally(stats)
         return stats
 
     def _account(
@@ -379,6 +421,69 @@ def _open_store(url: str | None) -> Iterator[tuple[Store, str]]:
             store.close()
 
 
+_LEDGER_DDL = (
+    "CREATE TABLE IF NOT EXISTS ledger (kind TEXT NOT NULL, order_id TEXT NOT NULL, "
+    "delivery INTEGER NOT NULL, killed_after INTEGER NOT NULL)"
+)
+
+
+def _read_ledger(path: str) -> _Ledger:
+    """The ledger rows the transactional run committed, in commit order."""
+    ledger = _Ledger()
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT kind, order_id, delivery, killed_after FROM ledger ORDER BY rowid"
+        ).fetchall()
+    finally:
+        conn.close()
+    for kind, order_id, delivery, killed_after in rows:
+        ledger.commit(kind, order_id, delivery, bool(killed_after))
+    return ledger
+
+
+def _run_transactional(
+    messages: list[Message], advance: Callable[[int, int], None], path: str
+) -> RunStats:
+    """The schedule through :class:`~idempotence.effects.TransactionalIdempotency` on the
+    SQLite database at ``path``: records and ledger in one file, one transaction each."""
+    setup = sqlite3.connect(path, isolation_level=None)
+    try:
+        setup.execute("PRAGMA journal_mode=WAL")
+        setup.execute(_LEDGER_DDL)
+    finally:
+        setup.close()
+    txi = TransactionalIdempotency(
+        lambda: sqlite3.connect(path, timeout=30),
+        key="order_id",
+        ttl=600,
+        namespace="idempotence-demo",
+    )
+    run: _Run
+
+    @txi
+    def create_order(conn: sqlite3.Connection, order: dict[str, Any]) -> dict[str, Any]:
+        return run.effect_in(conn, "create_order", order)  # type: ignore[no-any-return]
+
+    @txi
+    def charge_payment(conn: sqlite3.Connection, payment: dict[str, Any]) -> dict[str, Any]:
+        return run.effect_in(conn, "charge_payment", payment)  # type: ignore[no-any-return]
+
+    functions: dict[Kind, Callable[[dict[str, Any]], dict[str, Any]]] = {
+        "create_order": create_order,
+        "charge_payment": charge_payment,
+    }
+
+    def handler(kind: Kind, payload: dict[str, Any]) -> Any:
+        # The provider call happens before the transaction, which then holds SQLite's
+        # single write lock only for the claim, the INSERT and the result.
+        time.sleep(WORK)
+        return functions[kind](payload)
+
+    run = _Run(RunStats("transactional"), messages, handler, advance, lambda: _read_ledger(path))
+    return run.run()
+
+
 def run_demo(
     store_url: str | None = None,
     *,
@@ -387,9 +492,11 @@ def run_demo(
     console: Console | None = None,
     progress: bool = True,
 ) -> DemoResult:
-    """Run the schedule of ``seed`` for ``orders`` orders without, then with idempotency
-    (on the store at ``store_url``, or a temporary SQLite file). The idempotent run uses
-    keys under a fresh namespace and deletes them at the end."""
+    """Run the schedule of ``seed`` for ``orders`` orders without idempotency, with
+    record-based idempotency (on the store at ``store_url``, or a temporary SQLite file),
+    and with transactional idempotency (always on a temporary SQLite database that holds
+    both the records and the ledger). The record-based run uses keys under a fresh
+    namespace and deletes them at the end."""
     if orders < 1:
         raise ValueError("orders must be at least 1")
     messages = build_schedule(seed, orders)
@@ -456,46 +563,57 @@ def run_demo(
         idem_stats = idem_run.run()
         for message in messages:
             functions[message.kind].forget(message.deliveries[0].payload)
-    return DemoResult(seed, orders, url, plain_stats, idem_stats)
+
+        tx_task = bar.add_task("transactional", total=0)
+        with tempfile.TemporaryDirectory(prefix="idempotence-demo-tx-") as tmp:
+            tx_stats = _run_transactional(
+                messages, advancer(tx_task), os.path.join(tmp, "orders.db")
+            )
+    return DemoResult(seed, orders, url, plain_stats, idem_stats, tx_stats)
 
 
 def render(result: DemoResult) -> Group:
-    """The comparison table of both runs, with a note on the crash window."""
-    a, b = result.plain, result.idempotent
+    """The comparison table of the three runs, with what each row counts."""
+    runs = (result.plain, result.idempotent, result.transactional)
     table = Table(
-        title=f"{result.orders} orders, {a.messages} messages, seed {result.seed}",
-        caption=f"store: {result.store}",
+        title=f"{result.orders} orders, {runs[0].messages} messages, seed {result.seed}",
+        caption=f"record store: {result.store}; transactional: a temporary SQLite database "
+        "(records and ledger in one file)",
     )
-    table.add_column("")
-    table.add_column("without idempotency", justify="right")
-    table.add_column("with idempotency", justify="right")
+    table.add_column("counted in the run")
+    table.add_column("without\nidempotency", justify="right")
+    table.add_column("@idem\n(record-based)", justify="right")
+    table.add_column("transactional\n(one commit)", justify="right")
 
-    def row(name: str, x: object, y: object, style: str = "") -> None:
-        table.add_row(name, str(x), str(y), style=style)
+    def row(name: str, value: Callable[[RunStats], object], style: str = "") -> None:
+        table.add_row(name, *(str(value(r)) for r in runs), style=style)
 
-    row("deliveries", a.deliveries, b.deliveries)
-    row("function runs", a.body_runs, b.body_runs)
-    row("side effects committed", a.side_effects, b.side_effects)
-    row("replays (stored result)", a.replays, b.replays)
-    row("conflicts: in progress (nack)", a.in_progress, b.in_progress)
-    row("conflicts: key reuse (dead letter)", a.key_reuse, b.key_reuse)
+    row("deliveries", lambda r: r.deliveries)
+    row("function runs", lambda r: r.body_runs)
+    row("side effects committed", lambda r: r.side_effects)
+    row("replays (stored result)", lambda r: r.replays)
+    row("nacks: in progress", lambda r: r.in_progress)
+    row("dead letters: key reuse", lambda r: r.key_reuse)
     row(
-        "workers killed (pre / post commit)",
-        f"{a.crashes_before_commit} / {a.crashes_after_commit}",
-        f"{b.crashes_before_commit} / {b.crashes_after_commit}",
+        "killed (pre/post write)",
+        lambda r: f"{r.crashes_before_commit}/{r.crashes_after_commit}",
     )
-    if a.lease_lost or b.lease_lost:
-        row("lease lost (result not kept)", a.lease_lost, b.lease_lost)
-    bad = "bold red" if b.duplicates else "bold"
-    row("duplicate orders", a.duplicate_orders, b.duplicate_orders, bad)
-    row("duplicate charges", a.duplicate_charges, b.duplicate_charges, bad)
-    row("crash-window re-executions", a.crash_window_reexecutions, b.crash_window_reexecutions)
-    row("seconds", f"{a.seconds:.1f}", f"{b.seconds:.1f}")
+    if any(r.lease_lost for r in runs):
+        row("lease lost (result not kept)", lambda r: r.lease_lost)
+    bad = "bold red" if result.idempotent.duplicates else ""
+    row("repeated orders: duplicates", lambda r: r.duplicate_orders, bad)
+    row("repeated charges: duplicates", lambda r: r.duplicate_charges, bad)
+    row("repeated: crash window", lambda r: r.crash_window_reexecutions)
+    row("repeated side effects, total", lambda r: r.repeated, "bold")
+    row("seconds", lambda r: f"{r.seconds:.1f}")
     note = Text(
-        "Crash-window re-executions: a worker was killed after its side effect committed "
-        "but before its result was recorded, so the retry after the lease lapsed ran the "
-        "function again. No idempotency layer closes this window alone: pass the key to "
-        "the downstream system, or commit the effect and the record together.",
+        "Duplicates: a copy of a message ran the function again. Crash window: a worker was "
+        "killed "
+        "after its side effect committed but before its result was recorded, so the retry "
+        "after the lease lapsed ran the function again. A record-based layer cannot close "
+        "this window alone. The transactional run writes the effect, the claim and the "
+        "result in one transaction: a worker killed after its write dies with the "
+        "transaction uncommitted, the write is rolled back, and the redelivery runs once.",
         style="dim",
     )
     return Group(table, note)
