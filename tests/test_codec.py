@@ -2,14 +2,19 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
+import enum
 import json
-from typing import Any, Optional
+import sys
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
+import pydantic
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from idempotence import CorruptRecordError, JSONSerializer, UnencodableError
+from idempotence._codec import MAX_DEPTH
+from idempotence.http import HTTPResponse
 
 codec = JSONSerializer()
 
@@ -34,12 +39,168 @@ def test_nested_dataclasses_round_trip_through_field_annotations() -> None:
     assert codec.decode(codec.encode(order), Optional[Order]) == order  # noqa: UP045
 
 
-def test_classes_not_reachable_from_the_hint_are_found_only_if_already_imported() -> None:
-    data = codec.encode(Line("a", 1))
-    assert codec.decode(data, None) == Line("a", 1)  # this module is imported
-    forged = data.replace(b"tests.test_codec:Line", b"not_imported_module_xyz:Evil")
-    with pytest.raises(CorruptRecordError, match="Annotate"):
+@dataclasses.dataclass
+class Tripwire:
+    """An imported dataclass that no hint below declares: decoding must never build it."""
+
+    built: ClassVar[int] = 0
+
+    def __post_init__(self) -> None:
+        type(self).built += 1
+
+
+class Shade(enum.Enum):
+    DARK = "dark"
+
+
+class Priced(pydantic.BaseModel):
+    line: Line
+    shade: Shade
+
+
+@pytest.mark.parametrize(
+    "hint", [None, dict, Any, list[Line], "Tripwire"], ids=["none", "dict", "any", "other", "str"]
+)
+def test_a_loaded_class_the_hint_does_not_reach_is_never_built(hint: Any) -> None:
+    data = codec.encode([Tripwire()])
+    Tripwire.built = 0
+    with pytest.raises(CorruptRecordError, match=r"return annotation.*replay_types="):
+        codec.decode(data, hint)
+    assert Tripwire.built == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        (Line("a", 1), Line),
+        (Line("a", 1), Optional[Line]),  # noqa: UP045
+        (Line("a", 1), Line | None),
+        (Line("a", 1), Union[int, Line]),  # noqa: UP007
+        ([Line("a", 1)], list[Line]),
+        ({"k": (Line("a", 1),)}, dict[str, tuple[Line, ...]]),
+        (Line("a", 1), Annotated[Line, "meta"]),
+        (Shade.DARK, Literal[Shade.DARK]),
+        (Order([Line("a", 1)], decimal.Decimal(1)), Order),  # Line through Order's fields
+        (Line("a", 1), Priced),  # through a pydantic model's fields
+        (Shade.DARK, Priced),
+        (Priced(line=Line("a", 1), shade=Shade.DARK), list[Priced]),
+    ],
+    ids=lambda v: repr(v)[:30],
+)
+def test_classes_are_found_through_the_hint(value: Any, hint: Any) -> None:
+    data = codec.encode(value)
+    codec.check_replayable(data, hint)
+    assert codec.decode(data, hint) == value
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["nosuch_module_xyz:X", "os:system", "json:JSONDecoder", "subprocess:Popen", 5, ["a"]],
+)
+def test_a_record_never_imports_or_reads_the_module_it_names(name: Any) -> None:
+    forged = json.dumps({"$dataclass": name, "v": {}}).encode()
+    with pytest.raises(CorruptRecordError, match="replay_types="):
         codec.decode(forged, None)
+    assert "nosuch_module_xyz" not in sys.modules
+
+
+def test_check_replayable_refuses_what_decode_would_refuse() -> None:
+    data = codec.encode({"lines": [Line("a", 1)], "when": decimal.Decimal(1)})
+    with pytest.raises(UnencodableError, match=r"tests\.test_codec:Line.*replay_types="):
+        codec.check_replayable(data, dict)
+    codec.check_replayable(data, dict[str, list[Line]])
+    codec.check_replayable(codec.encode({"$dataclass": "x:Y", "v": (1,)}), None)  # escaped
+
+
+# -- depth: the encoder refuses what the decoder would refuse ----------------------------
+def _deep_bytes(shape: str, n: int) -> bytes:
+    """A record ``n`` levels deep, built as bytes (no Python value that deep is needed)."""
+    opening, closing, leaf = {
+        "list": (b"[", b"]", b"1"),
+        "dict": (b'{"a":', b"}", b"1"),
+        "tuple": (b'{"$tuple":[', b"]}", b"1"),
+        "dict-pairs": (b'{"$dict":[[1,', b"]]}", b"1"),
+        "dataclass": (b'{"$dataclass":"tests.test_codec:Line","v":{"sku":', b',"qty":1}}', b'"a"'),
+        "model": (b'{"$model":"tests.test_codec:Priced","v":{"line":', b"}}", b"1"),
+    }[shape]
+    return opening * n + leaf + closing * n
+
+
+@pytest.mark.parametrize("n", [201, 500, 1000, 100_000])
+@pytest.mark.parametrize("shape", ["list", "dict", "tuple", "dict-pairs", "dataclass", "model"])
+def test_records_nested_too_deep_are_corrupt_not_recursion_errors(shape: str, n: int) -> None:
+    with pytest.raises(CorruptRecordError, match="nested more than 200 levels"):
+        codec.decode(_deep_bytes(shape, n), Union[Line, Priced])  # noqa: UP007
+
+
+def _nest(shape: str, n: int) -> Any:
+    v: Any = float("inf") if shape == "inf" else 1
+    for _ in range(n):
+        if shape in ("list", "inf"):
+            v = [v]
+        elif shape == "tuple":
+            v = (v,)
+        elif shape == "int-keys":
+            v = {1: v}
+        elif shape == "dataclass":
+            v = Line("a", v)
+    return v
+
+
+@pytest.mark.parametrize("shape", ["list", "inf", "tuple", "int-keys", "dataclass"])
+def test_everything_the_encoder_accepts_decodes_and_nothing_deeper(shape: str) -> None:
+    n = 1
+    while n < 220 and _encodes(_nest(shape, n + 1)):
+        n += 1
+    deepest = codec.encode(_nest(shape, n))
+    assert codec.decode(deepest, Line) == _nest(shape, n) or shape == "inf"
+    assert _json_depth(json.loads(deepest)) <= MAX_DEPTH
+    with pytest.raises(UnencodableError, match="nested more than 200 levels"):
+        codec.encode(_nest(shape, n + 1))
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        codec.encode(value)
+    except UnencodableError:
+        return False
+    return True
+
+
+def _json_depth(v: Any) -> int:
+    if isinstance(v, dict):
+        v = list(v.values())
+    if not isinstance(v, list):
+        return 0
+    return 1 + max((_json_depth(x) for x in v), default=0)
+
+
+def test_a_deep_pydantic_model_is_refused_when_stored() -> None:
+    class Tree(pydantic.BaseModel):
+        children: list[Any]
+
+    deep: Any = []
+    for _ in range(250):
+        deep = [deep]
+    with pytest.raises(UnencodableError, match="nested more than 200 levels"):
+        codec.encode(Tree(children=deep))
+
+
+# -- HTTP records rebuild no classes, and deep ones are corrupt ----------------------------
+def test_http_records_rebuild_no_class_and_refuse_deep_nesting() -> None:
+    ok = HTTPResponse(201, [("a", "b")], b"x")
+    assert HTTPResponse.decode(ok.encode()) == ok
+    Tripwire.built = 0
+    forged = (
+        b'\x01V{"status":200,"headers":[],"body":{"$dataclass":"tests.test_codec:Tripwire","v":{}}}'
+    )
+    with pytest.raises(CorruptRecordError, match="replay_types="):
+        HTTPResponse.decode(forged)
+    assert Tripwire.built == 0
+    for n in (500, 1000, 100_000):
+        deep = b'\x01V{"status":200,"headers":' + b"[" * n + b"]" * n + b',"body":""}'
+        with pytest.raises(CorruptRecordError, match="nested more than 200 levels"):
+            HTTPResponse.decode(deep)
 
 
 def test_a_record_cannot_name_a_non_dataclass() -> None:

@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pydantic
 import pytest
@@ -32,6 +33,7 @@ from idempotence import (
     Status,
     StoredErrorReplay,
     StoreError,
+    default_store_url,
     idempotent,
 )
 from idempotence.stores import MemoryStore, SQLiteStore, Store
@@ -146,6 +148,161 @@ def test_replay_in_another_process_rebuilds_the_annotated_type(tmp_path: Path) -
     ]
     assert [r.stderr.count("EXECUTED") for r in runs] == [1, 0]
     assert runs[0].stdout == runs[1].stdout == "Charge(id='o-9', amount=Decimal('1.10'))\n"
+
+
+# -- only declared classes are rebuilt: refused at store time, never built on replay -----
+@dataclasses.dataclass
+class Tripwire:
+    """Counts constructions: a replay must never build a class the function did not declare."""
+
+    built: ClassVar[int] = 0
+    n: int = 0
+
+    def __post_init__(self) -> None:
+        type(self).built += 1
+
+
+def _local_result() -> Any:
+    @dataclasses.dataclass
+    class Local:
+        n: int
+
+    return Local(1)
+
+
+_LOCAL = _local_result()
+
+
+def _stores(tmp_path: Path) -> list[Store]:
+    return [MemoryStore(), SQLiteStore(tmp_path / "idem.db")]
+
+
+@pytest.mark.parametrize(
+    ("result", "annotation"),
+    [
+        (Receipt("o", decimal.Decimal(1), dt.datetime(2026, 1, 1)), dict),
+        (Receipt("o", decimal.Decimal(1), dt.datetime(2026, 1, 1)), None),
+        ({"lines": [Color.RED]}, dict[str, list[str]]),
+        (_local_result(), None),
+        (Invoice(number=1, issued=dt.date(2026, 1, 1), lines=[]), Any),
+    ],
+    ids=["dataclass-annotated-dict", "dataclass-unannotated", "enum-in-dict", "local", "model"],
+)
+@pytest.mark.parametrize("store_index", [0, 1], ids=["memory", "sqlite"])
+def test_a_result_no_replay_could_rebuild_is_refused_when_stored(
+    tmp_path: Path, store_index: int, result: Any, annotation: Any
+) -> None:
+    store = _stores(tmp_path)[store_index]
+    calls = Counter()
+
+    def make() -> Any:
+        def produce(request: dict[str, int]) -> Any:
+            calls.hit()
+            return result
+
+        produce.__annotations__["return"] = annotation
+        return Idempotency(store)(namespace="refused")(produce)
+
+    with pytest.raises(ResultNotStoredError, match="replay_types=") as info:
+        make()({"id": 1})
+    assert "annotate the return type" in str(info.value)
+    assert info.value.result is result  # the first caller still gets its value, attached
+    with pytest.raises(ResultNotStoredError, match="not run again"):
+        make()({"id": 1})  # a fresh decorator reads the "not stored" marker
+    assert calls.n == 1
+
+
+@pytest.mark.parametrize(
+    ("result", "annotation", "options"),
+    [
+        (Receipt("o", decimal.Decimal(1), dt.datetime(2026, 1, 1)), Receipt, {}),
+        ([Receipt("o", decimal.Decimal(1), dt.datetime(2026, 1, 1))], list[Receipt] | None, {}),
+        (
+            Receipt("o", decimal.Decimal(1), dt.datetime(2026, 1, 1)),
+            None,
+            {"replay_types": Receipt},
+        ),
+        (
+            {"r": Receipt("o", decimal.Decimal(1), dt.datetime(2026, 1, 1))},
+            dict,
+            {"replay_types": [Receipt]},
+        ),
+        (Invoice(number=1, issued=dt.date(2026, 1, 1), lines=["x"]), Invoice, {}),
+        ({"c": Color.RED}, dict[str, Color], {}),
+        (_LOCAL, None, {"replay_types": (type(_LOCAL),)}),
+    ],
+    ids=[
+        "annotation",
+        "nested-annotation",
+        "replay-types",
+        "replay-types-list",
+        "model",
+        "enum",
+        "local",
+    ],
+)
+@pytest.mark.parametrize("store_index", [0, 1], ids=["memory", "sqlite"])
+def test_declared_classes_are_stored_and_replayed(
+    tmp_path: Path, store_index: int, result: Any, annotation: Any, options: dict[str, Any]
+) -> None:
+    store = _stores(tmp_path)[store_index]
+    calls = Counter()
+
+    def make() -> Any:
+        def produce(request: dict[str, int]) -> Any:
+            calls.hit()
+            return result
+
+        produce.__annotations__["return"] = annotation
+        return Idempotency(store)(namespace="declared", **options)(produce)
+
+    assert make()({"id": 1}) is result
+    replay = make()({"id": 1})  # a fresh decorator: decoded from the store
+    assert calls.n == 1
+    assert replay == result
+    assert type(replay) is type(result)
+
+
+def test_a_replay_never_builds_a_class_the_function_does_not_declare(store: MemoryStore) -> None:
+    @Idempotency(store)(namespace="shared")
+    def writer(request: dict[str, int]) -> Tripwire:
+        return Tripwire(1)
+
+    @Idempotency(store)(namespace="shared")
+    def reader(request: dict[str, int]) -> dict[str, int]:
+        raise AssertionError("must not run")
+
+    writer({"id": 1})
+    Tripwire.built = 0
+    with pytest.raises(CorruptRecordError, match="replay_types=") as info:
+        reader({"id": 1})
+    assert "forget the key" in str(info.value)
+    assert Tripwire.built == 0
+    assert writer({"id": 1}) == Tripwire(1)  # the declaring function still replays it
+
+
+def test_replay_types_must_be_classes() -> None:
+    with pytest.raises(TypeError, match="replay_types must be classes"):
+        Idempotency(MemoryStore(), replay_types=("Receipt",))
+    with pytest.raises(TypeError, match="replay_types must be classes"):
+        Idempotency(MemoryStore(), replay_types=5)
+    assert Idempotency(MemoryStore(), replay_types=Receipt).config.replay_types == (Receipt,)
+
+
+def test_a_stored_error_whose_args_hold_a_class_keeps_its_message(idem: Idempotency) -> None:
+    calls = Counter()
+
+    @idem(store_errors=(OutOfStock,))
+    def reserve(sku: str) -> None:
+        calls.hit()
+        raise OutOfStock(Receipt("o", decimal.Decimal(1), dt.datetime(2026, 1, 1)))
+
+    with pytest.raises(OutOfStock) as first:
+        reserve("sku-1")
+    with pytest.raises(OutOfStock) as again:  # replayed, not CorruptRecordError
+        reserve("sku-1")
+    assert again.value.args == (str(first.value),)
+    assert calls.n == 1
 
 
 def test_stored_results_are_json_not_pickle(idem: Idempotency, store: MemoryStore) -> None:
@@ -783,10 +940,14 @@ def test_invalid_options_fail_at_decoration(store: Store) -> None:
         Idempotency(store, lease=0)
     with pytest.raises(ValueError, match="on_in_progress"):
         Idempotency(store, on_in_progress="later")
+
+    def f(x: int) -> int:
+        return x
+
     with pytest.raises(TypeError, match="payload"):
-        Idempotency(store)(payload="nope")(lambda x: x)
+        Idempotency(store)(payload="nope")(f)
     with pytest.raises(ValueError, match="JMESPath"):
-        Idempotency(store)(key="a[")(lambda x: x)
+        Idempotency(store)(key="a[")(f)
     with pytest.raises(TypeError):
         Idempotency(store, no_such_option=1)
 
@@ -884,3 +1045,228 @@ def test_current_key_is_set_while_the_body_runs(idem: Idempotency) -> None:
     assert asyncio.run(g(1)) == g.key_for(1)
     with pytest.raises(LookupError, match="idempotent function"):
         current_key()
+
+
+def test_fail_open_logs_one_line_per_call_without_traceback_or_values(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = Counter()
+
+    @Idempotency(DownStore(), fail_open=True)
+    def f(order: dict[str, str]) -> int:
+        return calls.hit()
+
+    with caplog.at_level("WARNING", logger="idempotence"):
+        assert f({"order_id": "secret-order-42"}) == 1
+        assert f({"order_id": "secret-order-42"}) == 2
+    records = [r for r in caplog.records if r.name == "idempotence"]
+    assert len(records) == 2  # one per call
+    for record in records:
+        message = record.getMessage()
+        assert not record.exc_info
+        assert "\n" not in message
+        assert "the function ran without idempotency" in message
+        assert "ConnectionRefusedError" in message  # the cause's type
+        assert "secret-order-42" not in message
+        assert "store is down" not in message
+
+
+def test_lambda_default_store_warns_once_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import idempotence._idempotency as module
+
+    monkeypatch.setattr(module, "_lambda_default_warned", False)
+    monkeypatch.delenv("IDEMPOTENCE_STORE", raising=False)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "orders")
+    with caplog.at_level("WARNING", logger="idempotence"):
+        assert default_store_url() == "sqlite:////tmp/idempotence.db"
+        assert default_store_url() == "sqlite:////tmp/idempotence.db"
+    warnings_ = [r.getMessage() for r in caplog.records if r.name == "idempotence"]
+    assert len(warnings_) == 1
+    assert "IDEMPOTENCE_STORE" in warnings_[0]
+    assert "dynamodb://" in warnings_[0]
+    caplog.clear()
+    monkeypatch.setenv("IDEMPOTENCE_STORE", "memory://")
+    monkeypatch.setattr(module, "_lambda_default_warned", False)
+    with caplog.at_level("WARNING", logger="idempotence"):
+        assert default_store_url() == "memory://"
+    assert not [r for r in caplog.records if r.name == "idempotence"]
+
+
+def test_lambda_default_store_warning_is_once_per_process() -> None:
+    code = textwrap.dedent(
+        """
+        import logging, sys
+        logging.basicConfig(stream=sys.stdout, format="%(name)s %(message)s")
+        from idempotence import Idempotency, default_store_url
+        default_store_url()
+        Idempotency().store  # built (not connected) from the default URL
+        Idempotency().store
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "IDEMPOTENCE_STORE"}
+    env["AWS_LAMBDA_FUNCTION_NAME"] = "orders"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.count("IDEMPOTENCE_STORE is not set") == 1, out.stdout + out.stderr
+
+
+# -- namespaces: never shared between functions ---------------------------------------------
+def test_lambdas_partials_and_callable_objects_need_a_namespace(idem: Idempotency) -> None:
+    import functools
+
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    class Adder:
+        def __call__(self, x: int) -> int:
+            return x + 1
+
+    for fn in (lambda x: x, functools.partial(add, y=1), Adder()):
+        with pytest.raises(TypeError, match="namespace="):
+            idem(fn)
+        with pytest.raises(TypeError, match="namespace="):
+            idem(key="id")(fn)
+    # Given a namespace, each works and keeps to it.
+    first = idem(namespace="add.one")(functools.partial(add, y=1))
+    second = idem(namespace="add.two")(functools.partial(add, y=2))
+    assert (first(1), second(1)) == (2, 3)
+    assert first.key_for(1) != second.key_for(1)
+    obj = idem(namespace="adder")(Adder())
+    assert obj(1) == 2
+    assert idem(namespace="double")(lambda x: x * 2)(4) == 8
+
+
+# -- methods: keys that see the instance ----------------------------------------------------
+def test_method_key_sees_the_instance(idem: Idempotency) -> None:
+    class Tenant:
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.runs = 0
+
+        @idem(key=lambda order, call: [call["self"].name, order["id"]])
+        def charge(self, order: dict[str, Any]) -> str:
+            self.runs += 1
+            return f"{self.name}:{order['id']}"
+
+        @idem(scope=lambda order, call: call["self"].name)
+        def refund(self, order: dict[str, Any]) -> str:
+            self.runs += 1
+            return f"refund {self.name}:{order['id']}"
+
+    acme, globex = Tenant("acme"), Tenant("globex")
+    assert acme.charge({"id": 1}) == "acme:1"
+    assert globex.charge({"id": 1}) == "globex:1"  # not acme's answer
+    assert acme.charge({"id": 1}) == "acme:1"
+    assert acme.refund({"id": 1}) == "refund acme:1"
+    assert globex.refund({"id": 1}) == "refund globex:1"
+    assert (acme.runs, globex.runs) == (2, 2)
+    assert Tenant.charge.key_for(acme, {"id": 1}) != Tenant.charge.key_for(globex, {"id": 1})
+    # self stays out of the payload (the fingerprint) all the same.
+    assert Tenant.charge.fingerprint_for(acme, {"id": 1}) == Tenant.charge.fingerprint_for(
+        globex, {"id": 1}
+    )
+
+
+def test_one_parameter_key_functions_get_the_payload(idem: Idempotency) -> None:
+    class Shop:
+        @idem(key=lambda order: order["id"])
+        def buy(self, order: dict[str, Any]) -> int:
+            return int(order["id"])
+
+    assert Shop().buy({"id": 3}) == 3
+    assert Shop.buy.key_for(Shop(), {"id": 3}) == Shop.buy.key_for(Shop(), {"id": 3})
+
+
+# -- decoration-time validation -----------------------------------------------------------
+def test_decorating_a_non_callable_says_what_to_pass(idem: Idempotency) -> None:
+    with pytest.raises(TypeError, match="decorates a function"):
+        idem(5)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"key=\.\.\."):
+        idem("order_id")  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="decorates a function"):
+        idem(ttl=60)(None)  # type: ignore[arg-type]
+
+
+def test_option_typos_fail_where_they_are_written(store: MemoryStore) -> None:
+    with pytest.raises(TypeError, match="kee"):
+        Idempotency(store, kee="id")
+    with pytest.raises(TypeError, match="tll"):
+        Idempotency(store)(tll=60)  # before any function is given
+
+
+@pytest.mark.parametrize("option", ["ttl", "lease", "wait_timeout"])
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), -float("inf"), 0, -1, 1e12, 10**400, dt.timedelta(days=40000)],
+    ids=["nan", "inf", "-inf", "zero", "negative", "1e12", "huge-int", "40000-days"],
+)
+def test_bad_durations_fail_at_decoration(store: MemoryStore, option: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=option):
+        Idempotency(store, **{option: value})
+    with pytest.raises(ValueError, match=option):
+        Idempotency(store)(**{option: value})
+
+
+def test_heartbeat_is_on_or_off(store: MemoryStore) -> None:
+    with pytest.raises(TypeError, match="heartbeat"):
+        Idempotency(store, heartbeat=5)
+    assert Idempotency(store, lease=dt.timedelta(days=365 * 99)).config.lease > 0
+
+
+# -- key material ---------------------------------------------------------------------------
+def test_missing_key_messages_do_not_echo_the_payload(idem: Idempotency) -> None:
+    @idem(key="[card, missing]")
+    def pay(order: dict[str, Any]) -> None: ...
+
+    @idem(key="card")
+    def pay_empty(order: dict[str, Any]) -> None: ...
+
+    with pytest.raises(MissingKeyError) as info:
+        pay_empty({"card": {}})
+    assert "empty object" in str(info.value)
+    with pytest.raises(MissingKeyError) as info:
+        pay({"card": ""})
+    assert "[card, missing]" in str(info.value)
+    assert "None" not in str(info.value)
+    assert "''" not in str(info.value)
+
+
+def test_key_from_a_dataclass_with_fingerprint_off(idem: Idempotency) -> None:
+    @dataclasses.dataclass
+    class Job:
+        id: int
+        lock: threading.Lock
+
+    runs = Counter()
+
+    @idem(key="id", fingerprint=False)
+    def work(job: Job) -> int:
+        runs.hit()
+        return job.id
+
+    assert work(Job(1, threading.Lock())) == 1
+    assert work(Job(1, threading.Lock())) == 1
+    assert runs.n == 1
+
+
+def test_key_from_a_dataclass_nested_in_the_payload(idem: Idempotency) -> None:
+    @dataclasses.dataclass
+    class Order:
+        id: int
+
+    runs = Counter()
+
+    @idem(key="order.id")
+    def ship(payload: dict[str, Any]) -> int:
+        runs.hit()
+        return int(payload["order"].id)
+
+    assert ship({"order": Order(1)}) == 1
+    assert ship({"order": Order(1)}) == 1
+    assert ship({"order": Order(2)}) == 2
+    assert runs.n == 2
+    with pytest.raises(MissingKeyError):
+        ship({"order": None})

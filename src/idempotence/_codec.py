@@ -3,10 +3,19 @@
 The default :class:`JSONSerializer` writes plain JSON for JSON's own types and a tagged
 object (``{"$tuple": [...]}``) for the rest, so ``{}``, ``0``, ``False``, ``None``, tuples,
 sets, bytes, datetimes, ``Decimal``, ``UUID``, enums, dataclasses and pydantic models come
-back equal and of the same type. Classes (enums, dataclasses, models) are looked up among
-the types named by the function's return annotation first, then among classes already
-imported in this process; a record can never make us import a module or call anything but
-a dataclass/model/enum constructor.
+back equal and of the same type. Classes (enums, dataclasses, models) are rebuilt only if
+they are reachable from the ``hint`` given to :meth:`JSONSerializer.decode` (the function's
+return annotation, with ``replay_types`` added): through ``Optional``/``Union``/``list``/
+``dict``/``tuple``/``Annotated`` and dataclass and model fields. A record naming any other
+class is a :class:`CorruptRecordError`; a record never makes us import a module, look up a
+module attribute it names, or call anything but a declared class's constructor. The
+standard tagged types (datetime, ``Decimal``, ``UUID``...) are fixed here, not named by
+records. :meth:`JSONSerializer.check_replayable` lets the writer refuse, at store time, a
+result that a replay could not rebuild.
+
+Stored JSON nests at most :data:`MAX_DEPTH` arrays/objects: the encoder refuses deeper
+values, the decoder refuses deeper records (:class:`CorruptRecordError`, never
+``RecursionError``).
 
 A stored record is an :data:`envelope`: one version byte, one kind byte, then the body:
 ``V`` a value (serializer bytes), ``E`` an exception stored through ``store_errors``, ``N``
@@ -17,7 +26,6 @@ from __future__ import annotations
 
 import enum
 import math
-import sys
 import typing
 from collections.abc import Callable
 from json import encoder as _json_encoder
@@ -35,7 +43,12 @@ class UnencodableError(Exception):
 
 class Serializer(Protocol):
     """Turns results into bytes and back. ``hint`` is the function's resolved return
-    annotation (or ``None``), used to rebuild classes."""
+    annotation (or ``None``) - as ``Union[annotation, *replay_types]`` when the config
+    lists ``replay_types`` - and names the classes a replay may rebuild.
+
+    A serializer may also define ``check_replayable(data, hint)``, raising
+    :class:`UnencodableError` when ``decode(data, hint)`` would refuse ``data``: the result
+    is then completed as "result not stored" at once instead of failing every replay."""
 
     def encode(self, value: Any) -> bytes: ...
 
@@ -58,26 +71,60 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def _classes_in(hint: Any, found: dict[str, type], depth: int = 0) -> None:
-    """Collect enum/dataclass/model classes reachable from a type annotation."""
-    if depth > 20 or hint is None:
-        return
-    if isinstance(hint, type):
-        name = _qualname(hint)
-        if name in found:
-            return
-        if issubclass(hint, enum.Enum) or _is_dataclass(hint) or _is_model(hint):
-            found[name] = hint
-        if _is_dataclass(hint):
-            try:
-                field_hints = typing.get_type_hints(hint)
-            except Exception:
-                field_hints = {}
-            for field_hint in field_hints.values():
-                _classes_in(field_hint, found, depth + 1)
-        return
-    for arg in typing.get_args(hint):
-        _classes_in(arg, found, depth + 1)
+_MAX_HINT_DEPTH = 20
+_MAX_HINT_NODES = 1000
+
+
+def _classes_in(hint: Any, found: dict[str, type]) -> None:
+    """Collect the enum/dataclass/model classes reachable from a type annotation: through
+    ``Optional``/``Union``/``list``/``dict``/``tuple``/``Annotated`` (its first argument),
+    ``Literal`` enum members, ``NewType`` and type aliases, and the fields of dataclasses and
+    pydantic models, recursively (bounded: 20 levels, 1,000 annotations)."""
+    seen: set[int] = set()
+    stack: list[tuple[Any, int]] = [(hint, 0)]
+    while stack and len(seen) < _MAX_HINT_NODES:
+        hint, depth = stack.pop()
+        if hint is None or depth > _MAX_HINT_DEPTH or id(hint) in seen:
+            continue
+        seen.add(id(hint))
+        origin = typing.get_origin(hint)
+        if origin is None and isinstance(hint, type):
+            if issubclass(hint, enum.Enum) or _is_dataclass(hint) or _is_model(hint):
+                found.setdefault(_qualname(hint), hint)
+            stack.extend((h, depth + 1) for h in _field_hints(hint))
+            continue
+        if origin is typing.Annotated:
+            stack.append((typing.get_args(hint)[0], depth + 1))
+            continue
+        if origin is typing.Literal:
+            for arg in typing.get_args(hint):
+                if isinstance(arg, enum.Enum):
+                    stack.append((type(arg), depth + 1))
+            continue
+        for nested in (getattr(hint, "__supertype__", None), getattr(hint, "__value__", None)):
+            if nested is not None:  # NewType, ``type X = ...`` alias
+                stack.append((nested, depth + 1))
+        try:
+            args = typing.get_args(hint)
+        except Exception:
+            args = ()
+        stack.extend((arg, depth + 1) for arg in args)
+
+
+def _field_hints(cls: type) -> list[Any]:
+    """The annotations of a dataclass's or pydantic model's fields (none for other types)."""
+    if _is_dataclass(cls):
+        try:
+            return list(typing.get_type_hints(cls).values())
+        except Exception:  # an unresolvable forward reference: the resolvable ones
+            return [
+                h for h in getattr(cls, "__annotations__", {}).values() if not isinstance(h, str)
+            ]
+    if _is_model(cls):
+        fields = getattr(cls, "model_fields", None)
+        if isinstance(fields, dict):
+            return [getattr(f, "annotation", None) for f in fields.values()]
+    return []
 
 
 def _is_model(cls: type) -> bool:
@@ -86,27 +133,31 @@ def _is_model(cls: type) -> bool:
     )
 
 
-def _lookup(name: str, allowed: dict[str, type]) -> type:
-    cls = allowed.get(name)
-    if cls is not None:
-        return cls
-    module_name, _, qualname = name.partition(":")
-    obj: Any = sys.modules.get(module_name)  # never import: only already-loaded modules
-    for part in qualname.split("."):
-        if obj is None or part.startswith("<"):
-            obj = None
-            break
-        obj = getattr(obj, part, None)
-    if isinstance(obj, type):
-        return obj
-    raise CorruptRecordError(
-        f"cannot rebuild a stored {name}: the class is not importable here. Annotate the "
-        "function's return type so replays know the class."
+def _undeclared(name: str) -> str:
+    """What to do about a class that a replay may not rebuild (``name`` is bounded)."""
+    return (
+        f"{name[:200]!r} is not reachable from the function's return annotation: annotate the "
+        "return type with it (e.g. `-> Order`, `-> list[Order] | None`) or list it in "
+        "replay_types="
     )
 
 
+def _lookup(name: Any, allowed: dict[str, type]) -> type:
+    """The declared class stored as ``name``; never a module lookup or an import."""
+    cls = allowed.get(name) if type(name) is str else None
+    if cls is None:
+        shown = name if type(name) is str else type(name).__name__
+        raise CorruptRecordError(
+            f"the stored result names a class that replays may not rebuild: {_undeclared(shown)}"
+        )
+    return cls
+
+
 _DUMPS = make_dumps(sort_keys=False)
-_MAX_DEPTH = 200
+#: The deepest nesting of JSON arrays/objects that is stored or read back.
+MAX_DEPTH = 200
+_MAX_DEPTH = MAX_DEPTH
+_CLASS_TAGS = (b'{"$dataclass":', b'{"$model":', b'{"$enum":')
 _str: Callable[[str], str] = getattr(_json_encoder, "c_encode_basestring", None) or (
     _json_encoder.py_encode_basestring
 )
@@ -134,61 +185,101 @@ class JSONSerializer:
             raise UnencodableError(f"the result cannot be written as JSON: {exc}") from exc
 
     def decode(self, data: bytes, hint: Any) -> Any:
-        if b'"$' not in data:  # no type tags anywhere: plain JSON is the value itself
-            try:
-                return loads(data)
-            except ValueError as exc:
-                raise CorruptRecordError(f"stored result is not valid JSON: {exc}") from exc
+        """The value stored as ``data``; only classes reachable from ``hint`` are rebuilt.
+        Raises :class:`CorruptRecordError` for anything else (invalid JSON, an unknown tag,
+        an undeclared class, nesting deeper than :data:`MAX_DEPTH`)."""
         try:
-            allowed = self._allowed[hint]
+            tree = loads(data)
+        except RecursionError as exc:
+            raise CorruptRecordError(
+                f"stored result is nested more than {MAX_DEPTH} levels deep"
+            ) from exc
+        except ValueError as exc:
+            raise CorruptRecordError(f"stored result is not valid JSON: {exc}") from exc
+        if b'"$' not in data:  # no type tags anywhere: plain JSON is the value itself
+            # Fewer brackets than the limit cannot nest deeper: no walk for most records.
+            if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _deeper(tree, MAX_DEPTH):
+                raise _too_deep()
+            return tree
+        return self._dec(tree, self._allowed_for(hint), 1)
+
+    def check_replayable(self, data: bytes, hint: Any) -> None:
+        """Raise :class:`UnencodableError` if ``data`` (from :meth:`encode`) names a class
+        that ``decode(data, hint)`` would refuse, saying what to declare."""
+        if not any(tag in data for tag in _CLASS_TAGS):
+            return
+        allowed = self._allowed_for(hint)
+        for name in _class_names(loads(data)):
+            if name not in allowed:
+                raise UnencodableError(
+                    f"the result holds a class a replay would not rebuild: {_undeclared(name)}"
+                )
+
+    def _allowed_for(self, hint: Any) -> dict[str, type]:
+        try:
+            return self._allowed[hint]
         except (KeyError, TypeError):  # TypeError: an unhashable annotation
-            allowed = {}
+            allowed: dict[str, type] = {}
             _classes_in(hint, allowed)
             try:  # noqa: SIM105 - contextlib.suppress would cost cold-import time
                 self._allowed[hint] = allowed
             except TypeError:  # an unhashable annotation: not cached
                 pass
-        try:
-            tree = loads(data)
-        except ValueError as exc:
-            raise CorruptRecordError(f"stored result is not valid JSON: {exc}") from exc
-        return self._dec(tree, allowed)
+            return allowed
 
     # -- decoding -----------------------------------------------------------------------
-    def _dec(self, v: Any, allowed: dict[str, type]) -> Any:
+    def _dec(self, v: Any, allowed: dict[str, type], depth: int) -> Any:
+        """``v`` decoded; ``depth`` is its JSON nesting level (if it is an array/object)."""
         if isinstance(v, list):
-            return [self._dec(x, allowed) for x in v]
+            if depth > MAX_DEPTH:
+                raise _too_deep()
+            return [self._dec(x, allowed, depth + 1) for x in v]
         if not isinstance(v, dict):
             return v
+        if depth > MAX_DEPTH:
+            raise _too_deep()
         tag = next(iter(v), None) if v else None
+        d = depth + 1
         if tag is None or not tag.startswith("$"):
-            return {k: self._dec(x, allowed) for k, x in v.items()}
+            return {k: self._dec(x, allowed, d) for k, x in v.items()}
         body = v[tag]
         try:
             if tag == "$tuple":
-                return tuple(self._dec(x, allowed) for x in body)
-            if tag == "$dict":
-                return {self._dec(k, allowed): self._dec(x, allowed) for k, x in body}
+                return tuple(self._dec(x, allowed, d + 1) for x in _array(body, d))
+            if tag == "$dict":  # {"$dict": [[k, x], ...]}: k and x three levels down
+                return {
+                    self._dec(k, allowed, d + 2): self._dec(x, allowed, d + 2)
+                    for k, x in (_pair(p, d + 1) for p in _array(body, d))
+                }
             if tag == "$set":
-                return {self._dec(x, allowed) for x in body}
+                return {self._dec(x, allowed, d + 1) for x in _array(body, d)}
             if tag == "$frozenset":
-                return frozenset(self._dec(x, allowed) for x in body)
+                return frozenset(self._dec(x, allowed, d + 1) for x in _array(body, d))
             if tag == "$float":
                 return float(body)
             if tag == "$enum":
                 cls = _lookup(body, allowed)
                 if not issubclass(cls, enum.Enum):
-                    raise CorruptRecordError(f"{body} is not an enum")
-                return cls(self._dec(v["v"], allowed))
+                    raise CorruptRecordError(f"stored $enum names {body}, which is not an enum")
+                return cls(self._dec(v["v"], allowed, d))
             if tag == "$dataclass":
                 cls = _lookup(body, allowed)
                 if not _is_dataclass(cls):
-                    raise CorruptRecordError(f"{body} is not a dataclass")
-                return cls(**{k: self._dec(x, allowed) for k, x in v["v"].items()})
+                    raise CorruptRecordError(
+                        f"stored $dataclass names {body}, which is not a dataclass"
+                    )
+                fields = v["v"]
+                if not isinstance(fields, dict) or d > MAX_DEPTH:
+                    raise TypeError("dataclass fields are not an object within the depth limit")
+                return cls(**{k: self._dec(x, allowed, d + 1) for k, x in fields.items()})
             if tag == "$model":
                 cls = _lookup(body, allowed)
                 if not _is_model(cls):
-                    raise CorruptRecordError(f"{body} is not a pydantic model")
+                    raise CorruptRecordError(
+                        f"stored $model names {body}, which is not a pydantic model"
+                    )
+                if _deeper(v["v"], MAX_DEPTH - depth):
+                    raise _too_deep()
                 return cls.model_validate(v["v"])  # type: ignore[attr-defined]
             decoder = _SIMPLE_DECODERS.get(tag)
             if decoder is not None:
@@ -196,8 +287,62 @@ class JSONSerializer:
         except CorruptRecordError:
             raise
         except Exception as exc:
-            raise CorruptRecordError(f"cannot decode stored {tag} value: {exc}") from exc
-        raise CorruptRecordError(f"unknown tag {tag!r} in stored result")
+            raise CorruptRecordError(
+                f"cannot decode stored {tag[:40]} value ({type(exc).__name__})"
+            ) from exc
+        raise CorruptRecordError(f"unknown tag {tag[:40]!r} in stored result")
+
+
+def _too_deep() -> CorruptRecordError:
+    return CorruptRecordError(f"stored result is nested more than {MAX_DEPTH} levels deep")
+
+
+def _array(body: Any, depth: int) -> list[Any]:
+    """``body`` if it is a JSON array allowed at nesting level ``depth``."""
+    if type(body) is not list:
+        raise TypeError("the tagged body is not an array")
+    if depth > MAX_DEPTH:
+        raise _too_deep()
+    return body
+
+
+def _pair(p: Any, depth: int) -> tuple[Any, Any]:
+    k, x = _array(p, depth)
+    return k, x
+
+
+def _deeper(tree: Any, limit: int) -> bool:
+    """Whether ``tree`` (parsed JSON) nests more than ``limit`` arrays/objects (iterative)."""
+    stack: list[tuple[Any, int]] = [(tree, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        elif not isinstance(v, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((x, depth + 1) for x in v if isinstance(x, (list, dict)))
+    return False
+
+
+def _class_names(tree: Any) -> list[str]:
+    """The class names in the ``$enum``/``$dataclass``/``$model`` tags of ``tree``."""
+    names: list[str] = []
+    stack = [tree]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            tag = next(iter(v), None)
+            if tag in ("$enum", "$dataclass", "$model"):
+                names.append(v[tag])
+                if tag != "$model":  # a model's body is its own JSON, not tagged
+                    stack.append(v.get("v"))
+            else:
+                stack.extend(v.values())
+    return names
 
 
 # -- encoding -----------------------------------------------------------------------------
@@ -243,10 +388,12 @@ def _write(v: Any, depth: int) -> str:
         return "null"
     if t is bool:
         return "true" if v else "false"
-    if t is float:
-        return _float(v) if math.isfinite(v) else '{"$float":' + _str(repr(v)) + "}"
+    if t is float and math.isfinite(v):
+        return _float(v)
     if depth >= _MAX_DEPTH:
         raise UnencodableError(f"the result is nested more than {_MAX_DEPTH} levels deep")
+    if t is float:  # here only when not finite: a tagged object, one level down
+        return _float(v) if math.isfinite(v) else '{"$float":' + _str(repr(v)) + "}"
     if t is tuple:
         return '{"$tuple":' + _write(list(v), depth + 1) + "}"
     if isinstance(v, enum.Enum):
@@ -255,7 +402,10 @@ def _write(v: Any, depth: int) -> str:
         fields = {name: getattr(v, name) for name in _init_fields(v)}
         return _tagged("$dataclass", _qualname(t), _write(fields, depth + 1))
     if _is_model(t):
-        return _tagged("$model", _qualname(t), _DUMPS(v.model_dump(mode="json")))
+        dumped = v.model_dump(mode="json")
+        if _deeper(dumped, _MAX_DEPTH - depth - 1):
+            raise UnencodableError(f"the result is nested more than {_MAX_DEPTH} levels deep")
+        return _tagged("$model", _qualname(t), _DUMPS(dumped))
     simple = _simple_encoder(t)
     if simple is not None:
         return "{" + _str(simple[0]) + ":" + _write(simple[1](v), depth + 1) + "}"
@@ -270,8 +420,11 @@ def _write(v: Any, depth: int) -> str:
 
 
 def _write_pairs(v: dict[Any, Any], depth: int) -> str:
-    """A dict with non-string keys or ``$``-keys: ``{"$dict": [[key, value], ...]}``."""
-    d = depth + 1
+    """A dict with non-string keys or ``$``-keys: ``{"$dict": [[key, value], ...]}`` (the
+    pairs' arrays are two levels below the object, keys and values three)."""
+    if depth + 3 > _MAX_DEPTH:
+        raise UnencodableError(f"the result is nested more than {_MAX_DEPTH} levels deep")
+    d = depth + 3
     pairs = ["[" + _write(k, d) + "," + _write(x, d) + "]" for k, x in v.items()]
     return '{"$dict":[' + ",".join(pairs) + "]}"
 

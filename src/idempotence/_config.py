@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 from ._codec import JSONSerializer, Serializer
 from ._record import Record
 
-__all__ = ["IdempotencyConfig", "seconds"]
+__all__ = ["MAX_SECONDS", "IdempotencyConfig", "seconds"]
 
 KeySpec = str | Callable[[Any], Any]
 
@@ -19,20 +19,31 @@ KeySpec = str | Callable[[Any], Any]
 _FIELDS = (
     "key", "payload", "fingerprint", "ttl", "lease", "heartbeat", "on_in_progress",
     "wait_timeout", "local_cache", "namespace", "scope", "store_errors", "should_store",
-    "on_replay", "required", "serializer", "fail_open",
+    "on_replay", "required", "serializer", "fail_open", "replay_types",
 )  # fmt: skip
 
 
+#: The longest duration an option accepts (about 100 years): beyond it a deadline is no
+#: longer a duration but a typo (``lease=1e12``), and timers and stores overflow.
+MAX_SECONDS = 100 * 365.25 * 24 * 3600.0
+
+
 def seconds(value: float | dt.timedelta, name: str) -> float:
-    """A positive duration in seconds from a number or a ``timedelta``."""
+    """A duration in seconds from a number or a ``timedelta``: more than 0, at most
+    :data:`MAX_SECONDS` (about 100 years); NaN, infinities, booleans and strings raise
+    ``ValueError``."""
     s = float("nan")
     if isinstance(value, (int, float)):
-        s = float(value)
+        try:
+            s = float(value)
+        except OverflowError:  # an int too large for a float
+            s = float("inf")
     elif callable(getattr(value, "total_seconds", None)):  # a timedelta, datetime unimported
         s = value.total_seconds()
-    if isinstance(value, (bool, str)) or not s > 0 or s == float("inf"):
+    if isinstance(value, (bool, str)) or not 0 < s <= MAX_SECONDS:
         raise ValueError(
-            f"{name} must be a positive duration (finite seconds or a timedelta), got {value!r}"
+            f"{name} must be a positive duration of at most 100 years (finite seconds or a "
+            f"timedelta), got {value!r}"
         )
     return s
 
@@ -63,6 +74,11 @@ class IdempotencyConfig:
       call without idempotency. ``serializer``: result encoding (default JSON with types).
     - ``fail_open``: when the store fails, run the function without idempotency instead of
       raising :class:`StoreError` (default off: fail closed).
+    - ``replay_types``: classes (dataclasses, pydantic models, enums) a replay may rebuild
+      besides those reachable from the function's return annotation. A replay never
+      rebuilds any other class: a result holding one is refused when it is stored (the key
+      is completed as "result not stored"), and a record naming one is a
+      :class:`CorruptRecordError`.
     """
 
     __slots__ = _FIELDS
@@ -84,6 +100,7 @@ class IdempotencyConfig:
     required: bool
     serializer: Serializer
     fail_open: bool
+    replay_types: tuple[type, ...]
 
     def __init__(
         self,
@@ -105,9 +122,15 @@ class IdempotencyConfig:
         required: bool = True,
         serializer: Serializer | None = None,
         fail_open: bool = False,
+        replay_types: type | Iterable[type] = (),
     ) -> None:
         if on_in_progress not in ("raise", "wait"):
             raise ValueError(f"on_in_progress must be 'raise' or 'wait', got {on_in_progress!r}")
+        if not isinstance(heartbeat, bool):
+            raise TypeError(
+                "heartbeat is True or False (renew the lease every lease/3 while the "
+                f"function runs), got a {type(heartbeat).__name__}; set the interval with lease="
+            )
         if type(local_cache) is not int or local_cache < 0:
             raise ValueError(f"local_cache must be an int >= 0, got {local_cache!r}")
         errors = (store_errors,) if isinstance(store_errors, type) else store_errors
@@ -117,6 +140,11 @@ class IdempotencyConfig:
             )
         if not all(isinstance(e, type) and issubclass(e, BaseException) for e in errors):
             raise TypeError("store_errors must be exception classes")
+        replay = (replay_types,) if isinstance(replay_types, type) else replay_types
+        if not isinstance(replay, (tuple, list, set, frozenset)) or not all(
+            isinstance(t, type) for t in replay
+        ):
+            raise TypeError(f"replay_types must be classes (a tuple of them), got {replay!r}")
         if serializer is None:
             serializer = JSONSerializer()
         if not hasattr(serializer, "encode") or not hasattr(serializer, "decode"):
@@ -139,6 +167,7 @@ class IdempotencyConfig:
         set_(self, "required", required)
         set_(self, "serializer", serializer)
         set_(self, "fail_open", fail_open)
+        set_(self, "replay_types", tuple(replay))
 
     @property
     def ttl_s(self) -> float:

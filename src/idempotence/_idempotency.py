@@ -8,8 +8,10 @@ import os
 import typing
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
+from . import _log
 from ._codec import (
     KIND_ERROR,
     KIND_NOT_STORED,
@@ -28,9 +30,11 @@ from ._errors import (
 )
 from ._keys import (
     KeySelector,
+    _takes_arguments,
     canonical_json,
     check_namespace,
     compile_selector,
+    describe,
     digest,
     is_missing,
     list_digest,
@@ -39,7 +43,7 @@ from ._protocol import LocalCache, Plan
 from ._record import Record
 from ._shells import run_async, run_sync
 from .stores._base import Store
-from .stores._registry import store_from_url
+from .stores._registry import store_from_url, validate_store_url
 
 __all__ = [
     "Idempotency",
@@ -58,13 +62,30 @@ _DISABLED_VALUES = {"1", "true", "yes", "on"}
 _SELF_NAMES = {"self", "cls"}
 
 
+_lambda_default_warned = False
+
+
 def default_store_url() -> str:
     """``IDEMPOTENCE_STORE`` if set; else a SQLite file (``/tmp`` on AWS Lambda, where the
-    code directory is read-only; ``.idempotence.db`` in the working directory elsewhere)."""
+    code directory is read-only; ``.idempotence.db`` in the working directory elsewhere).
+
+    On AWS Lambda the ``/tmp`` file is private to one execution environment, so it does not
+    protect against duplicates handled by another instance: the first time this fallback is
+    chosen in a process (once per cold start), a warning naming ``IDEMPOTENCE_STORE`` is
+    logged on the ``idempotence`` logger."""
+    global _lambda_default_warned
     url = os.environ.get("IDEMPOTENCE_STORE")
     if url:
         return url
     if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        if not _lambda_default_warned:
+            _lambda_default_warned = True
+            _log.warning(
+                "IDEMPOTENCE_STORE is not set: on AWS Lambda idempotence falls back to a "
+                "SQLite file in /tmp, private to this execution environment, so duplicates "
+                "delivered to another instance run again. Set IDEMPOTENCE_STORE to a shared "
+                "store, e.g. dynamodb://my-table (or redis://..., postgresql://...)."
+            )
         return "sqlite:////tmp/idempotence.db"
     return "sqlite:///.idempotence.db"
 
@@ -108,15 +129,16 @@ class _Bound(Generic[P, R]):
         self.fn = fn
         self.config = config
         self.namespace = check_namespace(namespace)
+        #: The function's name for messages (``partial`` objects and callable instances
+        #: have no ``__qualname__``).
+        self.name: str = _name_of(fn)
         import inspect  # on first decoration: keeps the package's cold import small
 
         self.signature = inspect.signature(fn)
         params = [p for p in self.signature.parameters.values() if p.name not in _SELF_NAMES]
         if config.payload is not None:
             if config.payload not in self.signature.parameters:
-                raise TypeError(
-                    f"payload={config.payload!r} is not a parameter of {fn.__qualname__}"
-                )
+                raise TypeError(f"payload={config.payload!r} is not a parameter of {self.name}")
             self.payload_name: str | None = config.payload
         elif len(params) == 1 and params[0].kind not in (
             inspect.Parameter.VAR_POSITIONAL,
@@ -136,9 +158,24 @@ class _Bound(Generic[P, R]):
         sole = len(names) == 1 + has_self and names[-1] == self.payload_name
         self._arity = len(names) if sole else -1  # -1: never a length, no fast path
         self._plan_tail: tuple[Store, tuple[Any, ...]] | None = None
+        # ``key=``/``scope=`` functions with a second parameter get the call's bound
+        # arguments (``self`` included) too; through ``key_select`` / ``key_of`` (the Lambda
+        # sources, which have one payload) that mapping holds the payload alone.
+        Two = Callable[[Any, Mapping[str, Any]], Any]
+        spec, scope = config.key, config.scope
+        key_args = typing.cast(Two, spec) if callable(spec) and _takes_arguments(spec) else None
+        scope_args = (
+            typing.cast(Two, scope) if callable(scope) and _takes_arguments(scope) else None
+        )
+        self._key_args: Two | None = key_args
+        self._scope_args: Two | None = scope_args
+        #: Whether :meth:`key` wants the call's arguments (see :meth:`arguments`).
+        self.needs_arguments = key_args is not None or scope_args is not None
         self.key_select: KeySelector | None = (
             compile_selector(config.key, what="key") if config.key is not None else None
         )
+        if key_args is not None:
+            self.key_select = lambda payload: key_args(payload, self._payload_only(payload))
         fp = config.fingerprint
         self.fingerprint_select: KeySelector | None = (
             compile_selector(fp, what="fingerprint") if fp not in (None, False) else None  # type: ignore[arg-type]
@@ -152,7 +189,11 @@ class _Bound(Generic[P, R]):
         self.cache = LocalCache(config.local_cache) if config.local_cache else None
         # ``namespace#digest([key spec, scope, material])``, the constant head encoded once.
         self._key_digest = list_digest((self.key_spec, config.scope), f"{self.namespace}#")
-        self._scope_fn = config.scope if callable(config.scope) else None
+        self._scope_fn: Callable[[Any], Any] | None = None
+        if scope_args is not None:
+            self._scope_fn = lambda payload: scope_args(payload, self._payload_only(payload))
+        elif callable(scope):
+            self._scope_fn = scope
         #: ``fingerprint(payload)``: the digest the record keeps to refuse a reused key.
         self.fingerprint: Callable[[Any], str]
         if fp is False:
@@ -179,27 +220,47 @@ class _Bound(Generic[P, R]):
         bound.apply_defaults()
         return {k: v for k, v in bound.arguments.items() if k not in _SELF_NAMES}
 
-    def key(self, payload: Any) -> str | None:
+    def arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The call's arguments by parameter name, defaults applied, ``self``/``cls``
+        included (what a two-parameter ``key=``/``scope=`` function receives)."""
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return MappingProxyType(bound.arguments)
+
+    def _payload_only(self, payload: Any) -> Mapping[str, Any]:
+        """The arguments mapping where only the payload is known (the Lambda sources)."""
+        return MappingProxyType({self.payload_name or "payload": payload})
+
+    def key(self, payload: Any, arguments: Mapping[str, Any] | None = None) -> str | None:
         """The key for ``payload``, or ``None`` when it has no key material and the key is
-        optional (``required=False``)."""
+        optional (``required=False``). ``arguments`` (see :meth:`arguments`) is needed
+        when :attr:`needs_arguments`; without it the payload alone is known."""
         if self.key_select is None:
             material = payload
         else:
-            material = self.key_select(payload)
+            if self._key_args is not None and arguments is not None:
+                material = self._key_args(payload, arguments)
+            else:
+                material = self.key_select(payload)
             if (
                 material is None
                 or material == ""
+                or (type(material) is dict and not material)
                 or (isinstance(material, list) and is_missing(material))  # inline: per call
             ):
                 if self.config.required:
                     raise MissingKeyError(
-                        f"no idempotency key in this call to {self.fn.__qualname__}: key="
-                        f"{self.key_spec!r} selected {material!r}. Pass the key material, fix "
-                        "key=, or set required=False to run such calls without idempotency."
+                        f"no idempotency key in this call to {self.name}: key="
+                        f"{self.key_spec!r} selected {describe(material)}. Pass the key "
+                        "material, fix key=, or set required=False to run such calls without "
+                        "idempotency."
                     )
                 return None
         if self._scope_fn is None:
             return self._key_digest(material)
+        if self._scope_args is not None and arguments is not None:
+            scope = self._scope_args(payload, arguments)
+            return f"{self.namespace}#{digest([self.key_spec, scope, material])}"
         return self.key_of(material, payload)
 
     def key_of(self, material: Any, scope_payload: Any) -> str:
@@ -212,13 +273,17 @@ class _Bound(Generic[P, R]):
 
     # -- results ---------------------------------------------------------------------------
     def hint(self) -> Any:
+        """What the serializer gets to know the classes a replay may rebuild: the resolved
+        return annotation (``None`` if absent or unresolvable), as
+        ``Union[annotation, *replay_types]`` when the config lists ``replay_types``."""
         if self._hint is ...:
             try:
-                self._hint = typing.get_type_hints(self.fn).get("return")
+                hint = typing.get_type_hints(self.fn).get("return")
             except Exception:
-                self._hint = self.fn.__annotations__.get("return")
-                if isinstance(self._hint, str):
-                    self._hint = None
+                hint = getattr(self.fn, "__annotations__", {}).get("return")
+                if isinstance(hint, str):
+                    hint = None
+            self._hint = with_replay_types(hint, self.config.replay_types)
         return self._hint
 
     def encode(self, store: Store) -> Callable[[Any], bytes]:
@@ -226,9 +291,14 @@ class _Bound(Generic[P, R]):
         serializer = self.config.serializer
         limit = store.max_result_bytes
         head = envelope(KIND_VALUE, b"")
+        check = _replay_check(serializer)
+        hint = self.hint() if check is not None else None
 
         def encode(result: Any) -> bytes:
-            data = head + serializer.encode(result)
+            body = serializer.encode(result)
+            if check is not None:  # a value no replay could rebuild: refused now, not later
+                check(body, hint)
+            data = head + body
             if len(data) > limit:
                 raise UnencodableError(
                     f"the encoded result is {len(data)} bytes, more than this store keeps "
@@ -239,11 +309,18 @@ class _Bound(Generic[P, R]):
         return encode
 
     def encode_error(self, exc: BaseException) -> bytes:
+        """A stored ``store_errors`` exception: its type name, message and args (rebuilt on
+        replay with no class but the exception's own: args holding one, or that cannot be
+        encoded, are stored as ``[str(exc)]``)."""
         cls = type(exc)
+        serializer = self.config.serializer
         try:
-            args = self.config.serializer.encode(list(exc.args))
+            args = serializer.encode(list(exc.args))
+            check = _replay_check(serializer)
+            if check is not None:
+                check(args, None)
         except UnencodableError:
-            args = self.config.serializer.encode([str(exc)])
+            args = serializer.encode([str(exc)])
         head = canonical_json({"type": f"{cls.__module__}:{cls.__qualname__}", "message": str(exc)})
         return envelope(KIND_ERROR, head + b"\n" + args)
 
@@ -355,6 +432,55 @@ def _replay(
     )
 
 
+def with_replay_types(hint: Any, replay_types: tuple[type, ...]) -> Any:
+    """``hint`` widened by ``replay_types`` (``Union[hint, *replay_types]``), as serializers
+    receive it; ``hint`` itself when there are none."""
+    if not replay_types:
+        return hint
+    try:
+        return typing.Union[(hint,) + replay_types]
+    except TypeError:  # ``hint`` is not a type (an odd annotation): it names no class
+        return typing.Union[replay_types]  # noqa: UP007
+
+
+def _replay_check(serializer: Serializer) -> Callable[[bytes, Any], None] | None:
+    """The serializer's ``check_replayable(data, hint)``, if it has one (see
+    :class:`~idempotence.Serializer`)."""
+    check = getattr(serializer, "check_replayable", None)
+    return check if callable(check) else None
+
+
+def _name_of(fn: Any) -> str:
+    """A callable's name for messages: its ``__qualname__``, or what it is."""
+    name = getattr(fn, "__qualname__", None)
+    if isinstance(name, str):
+        return name
+    if isinstance(fn, functools.partial):
+        return f"partial({_name_of(fn.func)})"
+    return f"{type(fn).__qualname__} instance"
+
+
+def _qualname(fn: Any) -> str:
+    """``fn.__qualname__`` when it names ``fn`` alone; ``TypeError`` asking for
+    ``namespace=`` otherwise (see :meth:`Idempotency.namespace_for`)."""
+    name = getattr(fn, "__qualname__", None)
+    if isinstance(fn, functools.partial):
+        what = "a functools.partial object: its bound arguments are not part of its name"
+    elif not isinstance(name, str):
+        what = (
+            f"a {type(fn).__qualname__} instance: every instance of the class would share one name"
+        )
+    elif "<lambda>" in name:
+        what = f"a lambda ({name}): every lambda in a scope has the same name"
+    else:
+        return name
+    raise TypeError(
+        f"cannot name the idempotency keys of {what}. Pass namespace='...' (a name unique to "
+        "this function and stable across deployments), e.g. @idem(namespace='orders.charge') "
+        "or process_batch(event, handler, namespace='orders.charge'), or use a def function."
+    )
+
+
 def _no_fingerprint(payload: Any) -> str:
     return "-"
 
@@ -383,7 +509,9 @@ class Idempotency:
 
     ``store`` is a :class:`~idempotence.stores.Store`, a store URL (see
     :func:`~idempotence.stores.store_from_url`), or ``None`` for
-    :func:`default_store_url`; URLs are resolved on first use. ``options`` are the defaults
+    :func:`default_store_url`. A URL is checked here, without I/O (scheme, location, table
+    name, options: ``ValueError`` names the problem and the known options); the store is
+    built from it on first use. ``options`` are the defaults
     of every decorator made here (see :class:`IdempotencyConfig`); a ``namespace`` given here
     prefixes each function's ``module.qualname``, while one given to a decorator replaces it.
 
@@ -404,6 +532,8 @@ class Idempotency:
         self._store_url = store if isinstance(store, str) else None
         if store is not None and not isinstance(store, (Store, str)):
             raise TypeError(f"store must be a Store or a URL string, got {type(store).__name__}")
+        if self._store_url is not None:
+            validate_store_url(self._store_url)  # scheme, table, options; no I/O
 
     @property
     def store(self) -> Store:
@@ -424,6 +554,7 @@ class Idempotency:
         self, fn: Callable[P, R] | None = None, /, **options: Any
     ) -> IdempotentFunction[P, R] | Callable[[Callable[P, R]], IdempotentFunction[P, R]]:
         if fn is None:
+            self.config.replace(**options)  # an unknown or invalid option fails here
             return lambda f: self._decorate(f, options)
         if options:
             raise TypeError("pass options as @idem(key=...), not together with the function")
@@ -498,19 +629,41 @@ class Idempotency:
         return await aprocess_batch(self, event, record_handler, context=context, **options)
 
     def namespace_for(self, fn: Callable[..., Any], override: str | None) -> str:
-        """The key namespace of ``fn`` (see the class docstring)."""
+        """The key namespace of ``fn``: ``override`` (a decorator's ``namespace=``) as
+        given; otherwise ``module.qualname``, behind ``{AWS_LAMBDA_FUNCTION_NAME}:`` when
+        that variable is set (read now: at decoration, or at each ``process_batch`` call),
+        behind this instance's ``namespace`` and a dot if it has one.
+
+        Functions with no name of their own raise ``TypeError`` asking for ``namespace=``:
+        lambdas (every one is ``<lambda>``), ``functools.partial`` objects (their bound
+        arguments are not part of any name) and callable instances (every instance of a
+        class would share one name).
+        """
         if override is not None:
             return override
-        name = f"{fn.__module__}.{fn.__qualname__}"
+        name = f"{fn.__module__}.{_qualname(fn)}"
+        function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+        if function:
+            name = f"{function}:{name}"
         prefix = self.config.namespace
         return f"{prefix}.{name}" if prefix else name
 
     def _decorate(self, fn: Callable[P, R], options: dict[str, Any]) -> IdempotentFunction[P, R]:
         import inspect
 
+        if not callable(fn):
+            hint = (
+                " (to select the key, pass it by name: @idem(key=...))"
+                if isinstance(fn, str)
+                else ""
+            )
+            raise TypeError(
+                "Idempotency decorates a function: use @idem, or @idem(key=..., ttl=...) with "
+                f"options by name; got a {type(fn).__name__}{hint}"
+            )
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
             raise TypeError(
-                f"{fn.__qualname__} is a generator: its results cannot be stored; "
+                f"{_name_of(fn)} is a generator: its results cannot be stored; "
                 "decorate a function that returns a value"
             )
         config = self.config.replace(**options) if options else self.config
@@ -523,7 +676,7 @@ class Idempotency:
             if not warned:
                 warned.append(True)
                 warnings.warn(
-                    f"IDEMPOTENCE_DISABLED is set: {fn.__qualname__} runs without idempotency",
+                    f"IDEMPOTENCE_DISABLED is set: {bound.name} runs without idempotency",
                     RuntimeWarning,
                     stacklevel=3,
                 )
@@ -538,7 +691,9 @@ class Idempotency:
                     warn_disabled()
                     return await afn(*args, **kwargs)
                 payload = bound.payload(args, kwargs)
-                key = bound.key(payload)
+                key = bound.key(
+                    payload, bound.arguments(args, kwargs) if bound.needs_arguments else None
+                )
                 if key is None:
                     return await afn(*args, **kwargs)
                 store = idem.store
@@ -557,7 +712,9 @@ class Idempotency:
                     warn_disabled()
                     return fn(*args, **kwargs)
                 payload = bound.payload(args, kwargs)
-                key = bound.key(payload)
+                key = bound.key(
+                    payload, bound.arguments(args, kwargs) if bound.needs_arguments else None
+                )
                 if key is None:
                     return fn(*args, **kwargs)
                 store = idem.store
@@ -569,9 +726,10 @@ class Idempotency:
                 )
 
         def key_for(*args: Any, **kwargs: Any) -> str:
-            key = bound.key(bound.payload(args, kwargs))
+            arguments = bound.arguments(args, kwargs) if bound.needs_arguments else None
+            key = bound.key(bound.payload(args, kwargs), arguments)
             if key is None:
-                raise MissingKeyError(f"this call to {fn.__qualname__} has no key material")
+                raise MissingKeyError(f"this call to {bound.name} has no key material")
             return key
 
         def fingerprint_for(*args: Any, **kwargs: Any) -> str:

@@ -9,7 +9,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -20,6 +20,7 @@ from idempotence import (
     InvalidKeyError,
     MissingKeyError,
     ResultNotStoredError,
+    StoredErrorReplay,
     StoreError,
 )
 from idempotence._record import Status
@@ -32,6 +33,29 @@ class Point:
     """A dataclass a forged record names with fields it does not have."""
 
     x: int
+
+
+@dataclasses.dataclass
+class Tripwire:
+    """An imported dataclass no function here declares: a replay must never build it."""
+
+    built: ClassVar[int] = 0
+
+    def __post_init__(self) -> None:
+        type(self).built += 1
+
+
+def _local_instance() -> Any:
+    @dataclasses.dataclass
+    class Local:
+        x: int
+
+    return Local(1)
+
+
+POINT = b"tests.proof.test_bad_inputs:Point"
+TRIPWIRE = b"tests.proof.test_bad_inputs:Tripwire"
+UNDECLARED = "not reachable from the function's return annotation: .*replay_types="
 
 
 class Env:
@@ -117,6 +141,12 @@ def completed_not_stored(env: Env) -> None:
     assert env.runs == 1
 
 
+def tripwire_untouched(env: Env) -> None:
+    """No undeclared class was constructed, and the record is kept as :func:`corrupt_kept`."""
+    assert Tripwire.built == 0
+    corrupt_kept(env)
+
+
 def corrupt_kept(env: Env) -> None:
     """The corrupt record is reported, neither overwritten nor re-run, and forget() heals."""
     assert env.runs == 0
@@ -167,9 +197,8 @@ CASES = [
     Bad("payload-nan", call(float("nan")), InvalidKeyError, KEY_HELP),
     Bad("payload-inf-nested", call({"a": [math.inf]}), InvalidKeyError, KEY_HELP),
     Bad("payload-neg-inf", call({"a": -math.inf}), InvalidKeyError, KEY_HELP),
-    Bad("payload-bytes-dict-key", call({b"k": 1}), InvalidKeyError, KEY_HELP),
-    Bad("payload-tuple-dict-key", call({(1, 2): 1}), InvalidKeyError, KEY_HELP),
-    Bad("payload-mixed-dict-keys", call({1: "a", "1": "b"}), InvalidKeyError, KEY_HELP),
+    Bad("payload-201-levels", call(_deep(201)), InvalidKeyError, KEY_HELP),
+    Bad("payload-201-levels-in-a-dict", call({"a": _deep(200)}), InvalidKeyError, KEY_HELP),
     Bad("payload-10k-levels", call(_deep(10_000)), InvalidKeyError, KEY_HELP),
     Bad(
         "fingerprint-selects-object",
@@ -252,6 +281,12 @@ CASES = [
         ResultNotStoredError, "TypeError: string indices must be integers", completed_not_stored),
     Bad("result-serializer-raises", returning("ok", serializer=_FailingSerializer()),
         ResultNotStoredError, "RuntimeError: cannot pickle this", completed_not_stored),
+    # A class no replay could rebuild is refused when the result is stored, not on replay.
+    Bad("result-class-not-in-annotation", returning(Point(1)), ResultNotStoredError,
+        "annotate the return type with it .* or list it in replay_types=",
+        completed_not_stored),
+    Bad("result-local-class", lambda env: env.make(_local_instance())({"id": 1}),
+        ResultNotStoredError, "replay_types=", completed_not_stored),
     Bad("result-too-large-for-store", lambda env: _small_store(env), ResultNotStoredError,
         "more than this store keeps", completed_not_stored),
     # -- corrupt records in the store: reported, not re-run, healed by forget()
@@ -273,22 +308,49 @@ CASES = [
         corrupt_kept),
     Bad("record-unknown-tag", replay(b'\x01V{"$wat":1}'), CorruptRecordError, "unknown tag",
         corrupt_kept),
-    Bad("record-tag-not-dataclass", replay(b'\x01V{"$dataclass":"builtins:int","v":{}}'),
+    Bad("record-tag-not-dataclass",
+        replay(b'\x01V{"$dataclass":"idempotence:Status","v":{}}', Status),
         CorruptRecordError, "is not a dataclass", corrupt_kept),
-    Bad("record-tag-not-model", replay(b'\x01V{"$model":"builtins:int","v":{}}'),
+    Bad("record-tag-not-model", replay(b'\x01V{"$model":"%s","v":{}}' % POINT, Point),
         CorruptRecordError, "is not a pydantic model", corrupt_kept),
-    Bad("record-tag-not-enum", replay(b'\x01V{"$enum":"builtins:int","v":1}'),
+    Bad("record-tag-not-enum", replay(b'\x01V{"$enum":"%s","v":1}' % POINT, Point),
         CorruptRecordError, "is not an enum", corrupt_kept),
     Bad("record-tag-unimported-module", replay(b'\x01V{"$dataclass":"nosuch.mod:X","v":{}}'),
-        CorruptRecordError, "Annotate the function's return type", corrupt_kept),
+        CorruptRecordError, UNDECLARED, corrupt_kept),
     Bad("record-tag-names-a-function", replay(b'\x01V{"$dataclass":"os:system","v":{}}'),
-        CorruptRecordError, "not importable", corrupt_kept),
+        CorruptRecordError, UNDECLARED, corrupt_kept),
+    # A loaded dataclass the function does not declare is never built (its __post_init__
+    # never runs), whether the annotation is absent or names something else.
+    Bad("record-tag-undeclared-dataclass",
+        replay(b'\x01V{"$dataclass":"%s","v":{}}' % TRIPWIRE), CorruptRecordError,
+        UNDECLARED, tripwire_untouched),
+    Bad("record-tag-dataclass-not-in-annotation",
+        replay(b'\x01V[{"$dataclass":"%s","v":{}}]' % TRIPWIRE, list[Point]),
+        CorruptRecordError, UNDECLARED, tripwire_untouched),
     Bad("record-dataclass-wrong-fields",
-        replay(b'\x01V{"$dataclass":"tests.proof.test_bad_inputs:Point","v":{"zzz":1}}'),
+        replay(b'\x01V{"$dataclass":"%s","v":{"zzz":1}}' % POINT, Point),
         CorruptRecordError, "cannot decode stored \\$dataclass", corrupt_kept),
     Bad("record-enum-bad-value",
-        replay(b'\x01V{"$enum":"idempotence._record:Status","v":"NOPE"}'),
+        replay(b'\x01V{"$enum":"idempotence:Status","v":"NOPE"}', Status),
         CorruptRecordError, "cannot decode stored \\$enum", corrupt_kept),
+    Bad("record-nested-500", replay(b"\x01V" + b"[" * 500 + b"]" * 500), CorruptRecordError,
+        "nested more than 200 levels", corrupt_kept),
+    Bad("record-nested-1000", replay(b"\x01V" + b'{"a":' * 1000 + b"1" + b"}" * 1000),
+        CorruptRecordError, "nested more than 200 levels", corrupt_kept),
+    Bad("record-nested-100000-tagged",
+        replay(b"\x01V" + b'{"$tuple":[' * 100_000 + b"]}" * 100_000), CorruptRecordError,
+        "nested more than 200 levels", corrupt_kept),
+    Bad("record-stored-error-nested-1000",
+        replay(b'\x01E{"message":"m","type":"builtins:ValueError"}\n' + b"[" * 1000
+               + b"]" * 1000), CorruptRecordError, "stored error of .* is corrupt",
+        corrupt_kept),
+    Bad("record-stored-error-names-a-class",
+        replay(b'\x01E{"message":"m","type":"builtins:ValueError"}\n[{"$dataclass":"%s",'
+               b'"v":{}}]' % TRIPWIRE), CorruptRecordError, "stored error of .* is corrupt",
+        tripwire_untouched),
+    Bad("record-stored-error-type-not-listed",
+        replay(b'\x01E{"message":"m","type":"os:system"}\n["true"]'), StoredErrorReplay,
+        "add the class to store_errors", corrupt_kept),
     Bad("record-bad-datetime", replay(b'\x01V{"$datetime":"notadate"}'), CorruptRecordError,
         "cannot decode stored \\$datetime", corrupt_kept),
     Bad("record-bad-decimal", replay(b'\x01V{"$decimal":"abc"}'), CorruptRecordError,
@@ -355,6 +417,12 @@ def test_bad_input(case: Bad) -> None:
         pytest.param(None, id="none-event"),
         pytest.param({"s": {1, "a"}}, id="set-of-mixed-scalars"),
         pytest.param(_deep(150), id="150-levels"),
+        pytest.param(_deep(199), id="199-levels"),
+        # Mappings with keys JSON does not have get the tagged canonical form (they used to
+        # be refused, or - int keys - to collide with their string twins).
+        pytest.param({b"k": 1}, id="bytes-dict-key"),
+        pytest.param({(1, 2): 1}, id="tuple-dict-key"),
+        pytest.param({1: "a", "1": "b"}, id="mixed-dict-keys"),
     ],
 )
 def test_odd_but_valid_payloads_work(payload: Any) -> None:
