@@ -437,8 +437,9 @@ def with_replay_types(hint: Any, replay_types: tuple[type, ...]) -> Any:
     receive it; ``hint`` itself when there are none."""
     if not replay_types:
         return hint
+    members = (hint, *replay_types)
     try:
-        return typing.Union[(hint,) + replay_types]
+        return typing.Union[members]  # noqa: UP007 - built at run time
     except TypeError:  # ``hint`` is not a type (an odd annotation): it names no class
         return typing.Union[replay_types]  # noqa: UP007
 
