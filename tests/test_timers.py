@@ -94,3 +94,42 @@ def test_a_failing_callback_is_logged_and_a_repeating_one_keeps_going(
     wait_until(lambda: len(calls) >= 2)
     timers.cancel(ident)
     assert "a timer callback failed" in caplog.text
+
+
+@pytest.mark.parametrize("delay", [1e12, float("inf"), float("nan"), 10.0**300, -5.0])
+def test_a_bad_delay_does_not_stop_other_deadlines(delay: float) -> None:
+    timers = Timers("test-timers-bad-delay")
+    fired: list[str] = []
+    timers.add(0.01, lambda: fired.append("warm"))  # the thread is running and waiting
+    wait_until(lambda: fired == ["warm"])
+    bad = timers.add(delay, lambda: fired.append("bad"), every=delay)
+    time.sleep(0.05)  # the thread has planned its wait around the bad deadline
+    beats: list[int] = []
+    timers.add(0.01, lambda: beats.append(1) or len(beats) < 3, every=0.01)
+    wait_until(lambda: len(beats) == 3)
+    timers.cancel(bad)
+
+
+def test_a_callback_raising_anything_does_not_stop_the_thread() -> None:
+    timers = Timers("test-timers-raise")
+    fired: list[str] = []
+
+    def exits() -> None:
+        raise SystemExit(1)
+
+    def interrupts() -> None:
+        raise KeyboardInterrupt
+
+    timers.add(0.0, exits)
+    timers.add(0.0, interrupts)
+    time.sleep(0.05)
+    timers.add(0.01, lambda: fired.append("after"))
+    wait_until(lambda: fired == ["after"])
+
+
+def test_a_lease_of_1e12_is_refused_before_it_reaches_the_timer() -> None:
+    from idempotence import Idempotency
+    from idempotence.stores import MemoryStore
+
+    with pytest.raises(ValueError, match="lease"):
+        Idempotency(MemoryStore(), lease=1e12)

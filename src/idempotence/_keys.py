@@ -1,15 +1,23 @@
 """Key and fingerprint derivation: canonical JSON, a FIPS-safe hash, JMESPath selection.
 
-Canonical JSON: keys sorted, no whitespace, UTF-8, NaN/Infinity refused. Objects JSON does
-not have are written in one stable form: dataclasses and pydantic models as their fields,
-datetimes/dates/times as ISO 8601, ``Decimal``/``UUID`` as strings, bytes as base64, sets
-as sorted lists, enums as their value. The hash is SHA-256 (allowed under FIPS, unlike md5).
+Canonical JSON: keys sorted, no whitespace, UTF-8, NaN/Infinity refused, floats written as
+their shortest round-trip ``repr``. Objects JSON does not have are written in one stable
+form: dataclasses and pydantic models as their fields, other mappings (``MappingProxyType``,
+Powertools event data classes) as objects, lone surrogates in strings (which JSON escapes
+such as ``"\\ud800"`` produce) as their UTF-8 bytes (``surrogatepass``: no valid string
+has them), datetimes/dates/times as ISO 8601,
+``Decimal``/``UUID`` as strings, bytes as base64, sets as sorted lists, enums as their value.
+
+A mapping with keys that are not strings (``{1: "a"}``) is not written as the JSON object
+it would collide with (``{"1": "a"}``): the whole value is then written in a tagged form
+(objects as ``["d", [[key, value], ...]]``, lists as ``["l", [...]]``) behind a NUL byte
+that no JSON text starts with. Nesting deeper than :data:`MAX_DEPTH` containers is refused
+with :class:`InvalidKeyError`. The hash is SHA-256 (allowed under FIPS, unlike md5).
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -21,9 +29,11 @@ from ._errors import InvalidKeyError
 from ._json import make_dumps
 
 __all__ = [
+    "MAX_DEPTH",
     "KeySelector",
     "canonical_json",
     "compile_selector",
+    "describe",
     "digest",
     "is_missing",
     "list_digest",
@@ -33,15 +43,68 @@ KeySelector = Callable[[Any], Any]
 
 _MAX_NAMESPACE = 200
 
+#: Containers (objects, lists) nested deeper than this in key or fingerprint material are
+#: refused with :class:`InvalidKeyError` (instead of a ``RecursionError`` or a slow walk).
+MAX_DEPTH = 200
 
-def _default(obj: Any) -> Any:
+_PLAIN_LEAVES = (str, int, float, bool, type(None))
+
+
+class _TaggedForm(Exception):
+    """Raised inside the fast encoder when the value needs the tagged form (a mapping with
+    keys that are not strings)."""
+
+
+def _check(obj: Any) -> None:
+    """Walk the containers of ``obj``: :class:`InvalidKeyError` when nested deeper than
+    :data:`MAX_DEPTH`, :class:`_TaggedForm` when a mapping has keys that are not strings."""
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        value, depth = pop()
+        if isinstance(value, dict):
+            if value and set(map(type, value)) != {str}:
+                raise _TaggedForm
+            children: Any = value.values()
+        elif isinstance(value, (list, tuple)):
+            children = value
+        else:
+            continue
+        if depth >= MAX_DEPTH:
+            raise _too_deep()
+        for child in children:
+            if not isinstance(child, _PLAIN_LEAVES):
+                push((child, depth + 1))
+
+
+def _too_deep() -> InvalidKeyError:
+    return InvalidKeyError(
+        f"cannot derive an idempotency key or fingerprint from data nested deeper than "
+        f"{MAX_DEPTH} levels. Select JSON-representable fields with key=/fingerprint= (a "
+        "JMESPath expression or a function) that identify the request."
+    )
+
+
+def _fields(obj: Any) -> Any:
+    """The JSON-like form of a dataclass, pydantic model or non-dict mapping, or ``obj``
+    itself when it is none of those."""
     if hasattr(obj, "__dataclass_fields__") and not isinstance(obj, type):
         import dataclasses  # already imported: obj is a dataclass
 
         return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return dict(obj)
     dump = getattr(obj, "model_dump", None)
-    if callable(dump):  # pydantic v2 model
+    if callable(dump) and not isinstance(obj, type):  # pydantic v2 model
         return dump(mode="json")
+    return obj
+
+
+def _default(obj: Any) -> Any:
+    form = _fields(obj)
+    if form is not obj:
+        _check(form)  # the fields may hold non-string keys or deep nesting
+        return form
     # Types of modules that may not be imported yet (their values imply they are).
     dt = sys.modules.get("datetime")
     if dt is not None:
@@ -61,17 +124,60 @@ def _default(obj: Any) -> Any:
         return base64.b64encode(bytes(obj)).decode("ascii")
     if isinstance(obj, (set, frozenset)):
         return sorted(obj, key=canonical_json)
+    if isinstance(obj, str):  # a str subclass the C encoder did not take as a string
+        return str(obj)
     if isinstance(obj, enum.Enum):
         return obj.value
     raise TypeError(f"objects of type {type(obj).__qualname__} have no canonical JSON form")
 
 
-_CANONICAL = make_dumps(sort_keys=True, default=_default)
+_FAST = make_dumps(sort_keys=True, default=_default)
+
+
+def _tag(obj: Any, depth: int = 0) -> Any:
+    """The tagged form of ``obj`` (see the module docstring)."""
+    if isinstance(obj, _PLAIN_LEAVES):
+        return obj
+    if depth > MAX_DEPTH:
+        raise _too_deep()
+    form = _fields(obj)
+    if isinstance(form, dict):
+        pairs = [[_tag(k, depth + 1), _tag(v, depth + 1)] for k, v in form.items()]
+        pairs.sort(key=lambda kv: _TAGGED(kv[0]))
+        return ["d", pairs]
+    if isinstance(form, (list, tuple)):
+        return ["l", [_tag(v, depth + 1) for v in form]]
+    if isinstance(form, (set, frozenset)):
+        return ["l", sorted((_tag(v, depth + 1) for v in form), key=_TAGGED)]
+    return _tag(_default(form), depth + 1)  # a leaf's stable form (TypeError if none)
+
+
+_TAGGED = make_dumps(sort_keys=True)
+
+
+def _canonical_text(obj: Any) -> str:
+    """The canonical JSON text of ``obj``, or its tagged form behind a NUL byte."""
+    try:
+        if not isinstance(obj, _PLAIN_LEAVES):
+            _check(obj)
+        return _FAST(obj)
+    except _TaggedForm:
+        return "\x00" + _TAGGED(_tag(obj))
 
 
 def _invalid(exc: Exception) -> InvalidKeyError:
+    if isinstance(exc, InvalidKeyError):
+        return exc
+    if isinstance(exc, RecursionError):
+        reason = f"it is nested too deeply (more than {MAX_DEPTH} levels) or holds a cycle"
+    elif isinstance(exc, TypeError):
+        reason = str(exc)  # our own or the encoder's message: type names, never values
+    elif "float" in str(exc):
+        reason = "it holds NaN or an infinite float, which JSON cannot represent"
+    else:
+        reason = f"a value failed to convert ({type(exc).__name__})"
     return InvalidKeyError(
-        f"cannot derive an idempotency key or fingerprint from this data ({exc}). "
+        f"cannot derive an idempotency key or fingerprint from this data: {reason}. "
         "Select JSON-representable fields with key=/fingerprint= (a JMESPath expression "
         "or a function), or convert the value first."
     )
@@ -83,7 +189,7 @@ def canonical_json(obj: Any) -> bytes:
     Raises :class:`InvalidKeyError` when ``obj`` has no canonical form.
     """
     try:
-        return _CANONICAL(obj).encode("utf-8")
+        return _canonical_text(obj).encode("utf-8", "surrogatepass")
     except (TypeError, ValueError, RecursionError) as exc:
         raise _invalid(exc) from exc
 
@@ -106,7 +212,7 @@ def _digester(prefix: str, suffix: str, label: str = "") -> Callable[[Any], str]
 
     def digest_of(x: Any) -> str:
         try:
-            data = (prefix + _CANONICAL(x) + suffix).encode("utf-8")
+            data = (prefix + _canonical_text(x) + suffix).encode("utf-8", "surrogatepass")
         except (TypeError, ValueError, RecursionError) as exc:
             raise _invalid(exc) from exc
         return label + _sha256(data).hexdigest()[:32]
@@ -122,29 +228,90 @@ def list_digest(head: tuple[Any, ...], label: str = "") -> Callable[[Any], str]:
     """``lambda x: label + digest([*head, x])``, with the canonical JSON of ``head`` written
     once (a JSON array is its items' canonical forms between brackets, joined by commas)."""
     try:
-        prefix = "".join(["[", *(_CANONICAL(item) + "," for item in head)])
+        prefix = "".join(["[", *(_canonical_text(item) + "," for item in head)])
     except (TypeError, ValueError, RecursionError):
         return lambda x: label + digest([*head, x])  # raises on every call, as digest would
     return _digester(prefix, "]", label)
 
 
 def is_missing(value: Any) -> bool:
-    """Whether selected key material counts as absent: ``None``, ``""``, or a list whose
-    items are all absent (a JMESPath multi-select that found nothing)."""
-    if value is None or value == "":
+    """Whether selected key material counts as absent: ``None``, ``""``, ``{}``, or a list
+    whose items are all absent (a JMESPath multi-select that found nothing). A list nested
+    deeper than :data:`MAX_DEPTH` raises :class:`InvalidKeyError`."""
+    if value is None or value == "" or (type(value) is dict and not value):
         return True
+    if not isinstance(value, list):
+        return False
+    stack: list[tuple[list[Any], int]] = [(value, 0)]
+    while stack:
+        items, depth = stack.pop()
+        if depth >= MAX_DEPTH:
+            raise _too_deep()
+        for item in items:
+            if isinstance(item, list):
+                stack.append((item, depth + 1))
+            elif not (item is None or item == "" or (type(item) is dict and not item)):
+                return False
+    return True
+
+
+def describe(value: Any) -> str:
+    """What selected key material looks like, without its value (for error messages)."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, str):
+        return "an empty string" if not value else "a string"
+    if isinstance(value, Mapping):
+        return "an empty object" if not value else "an object"
     if isinstance(value, list):
-        return all(is_missing(v) for v in value)
-    return False
+        return f"a list of {len(value)} empty item(s)" if value else "an empty list"
+    return f"a value of type {type(value).__name__}"
 
 
-def _plain(payload: Any) -> Any:
-    """``payload`` as JSON-like data JMESPath can walk (dicts and lists pass as they are)."""
-    if isinstance(payload, (dict, list, str, int, float, bool)) or payload is None:
+def _plain(payload: Any, depth: int = 0) -> Any:
+    """``payload`` as JSON-like data JMESPath can walk: dataclasses, pydantic models and
+    other mappings nested anywhere become dicts, tuples become lists; dicts and lists that
+    hold none of those pass as they are. Leaves with no JSON form (a client, a lock) stay
+    as they are: they only fail if they are selected."""
+    if isinstance(payload, _PLAIN_LEAVES):
         return payload
-    if isinstance(payload, Mapping):
-        return dict(payload)
-    return json.loads(canonical_json(payload))
+    if depth > MAX_DEPTH:
+        raise _too_deep()
+    if type(payload) is dict:
+        out: dict[Any, Any] | None = None
+        for k, v in payload.items():
+            p = _plain(v, depth + 1)
+            if p is not v and out is None:
+                out = dict(payload)
+            if out is not None:
+                out[k] = p
+        return payload if out is None else out
+    if type(payload) is list or isinstance(payload, tuple):
+        items = [_plain(v, depth + 1) for v in payload]
+        if type(payload) is list and all(a is b for a, b in zip(items, payload, strict=True)):
+            return payload
+        return items
+    form = _fields(payload)
+    if form is payload:
+        return payload  # a leaf: canonicalized (or refused) only if selected
+    return _plain(form, depth + 1)
+
+
+def _takes_arguments(fn: Callable[..., Any]) -> bool:
+    """Whether a ``key=``/``scope=`` function declares a second positional parameter (it
+    is then called with the payload and the call's bound arguments)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: one argument
+        return False
+    positional = [
+        p
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(positional) >= 2 and positional[1].default is inspect.Parameter.empty
 
 
 def compile_selector(spec: str | KeySelector, *, what: str) -> KeySelector:
@@ -164,8 +331,8 @@ def compile_selector(spec: str | KeySelector, *, what: str) -> KeySelector:
 
 def _dotted_selector(spec: str, what: str) -> KeySelector:
     """``a.b.c`` on plain dicts without the JMESPath interpreter (same result: ``None`` when
-    a step is missing or not an object); other payloads (dataclasses, models...) go through
-    JMESPath, compiled on first need."""
+    a step is missing or not an object); other values on the path (dataclasses, models,
+    mappings...) go through JMESPath, compiled on first need."""
     path = spec.split(".")
     fallback: list[KeySelector] = []
 
@@ -173,8 +340,8 @@ def _dotted_selector(spec: str, what: str) -> KeySelector:
         value = payload
         for step in path:
             if type(value) is not dict:
-                if value is not payload:
-                    return None
+                if isinstance(value, (*_PLAIN_LEAVES, list)):
+                    return None  # not an object: JMESPath says null too
                 if not fallback:
                     fallback.append(_jmespath_selector(spec, what))
                 return fallback[0](payload)
@@ -197,9 +364,15 @@ def _jmespath_selector(spec: str, what: str) -> KeySelector:
     def select(payload: Any) -> Any:
         try:
             return expression.search(_plain(payload), options=OPTIONS)
-        except (jmespath.exceptions.JMESPathError, ValueError) as exc:
+        except InvalidKeyError:
+            raise
+        except (jmespath.exceptions.JMESPathError, ValueError, RecursionError) as exc:
+            # The exception's own text may quote the data (JMESPath's type errors do):
+            # name the expression and the kind of failure, never the value.
             raise InvalidKeyError(
-                f"{what} expression {spec!r} failed on this payload: {exc}"
+                f"{what} expression {spec!r} failed on this payload "
+                f"({type(exc).__name__}; the values are not shown). Check that the "
+                "expression matches the payload's shape and the types its functions expect."
             ) from exc
 
     return select

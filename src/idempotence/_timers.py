@@ -19,6 +19,24 @@ from . import _log
 
 __all__ = ["Timers"]
 
+#: The longest the thread sleeps at once, and the longest delay kept (a later deadline is
+#: clamped to it): ``Condition.wait`` overflows on a huge timeout, and a NaN delay would
+#: never compare due.
+_MAX_WAIT = 3600.0
+_MAX_DELAY = 100 * 365.25 * 24 * 3600.0
+
+
+def _clamp(delay: float) -> float:
+    """``delay`` as a usable number of seconds: NaN and negatives are 0 (due now),
+    infinities and huge values are :data:`_MAX_DELAY`."""
+    try:
+        delay = float(delay)
+    except (TypeError, ValueError, OverflowError):
+        return _MAX_DELAY
+    if not delay > 0:
+        return 0.0
+    return min(delay, _MAX_DELAY)
+
 
 class Timers:
     """Calls callbacks at monotonic deadlines, on one daemon thread per process.
@@ -50,6 +68,7 @@ class Timers:
         """Call ``callback()`` on the timer thread in ``delay`` seconds unless cancelled,
         and then every ``every`` seconds (if given) for as long as it returns a true
         value; returns the handle for :meth:`cancel`."""
+        delay, every = _clamp(delay), _clamp(every) if every else 0.0
         deadline = time.monotonic() + delay
         ident = next(self._ids)
         self._active[ident] = (deadline, callback, every)
@@ -80,25 +99,36 @@ class Timers:
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                now = time.monotonic()
-                due = [i for i, (d, _, _) in list(self._active.items()) if d <= now]
-                if not due:
-                    deadlines = [d for d, _, _ in list(self._active.values())]
-                    self._next_wake = min(deadlines, default=now + 3600.0)
-                    self._cond.wait(self._next_wake - now)
-                    self._next_wake = math.inf
-                    continue
-            for ident in due:
-                with self._firing:
-                    entry = self._active.pop(ident, None)
-                    if entry is None:
-                        continue  # cancelled meanwhile
-                    _, callback, every = entry
-                    try:
-                        again = callback()
-                    except Exception:
-                        _log.warning("%s: a timer callback failed", self.name, exc_info=True)
-                        again = True
-                    if every and again:
-                        self._active[ident] = (time.monotonic() + every, callback, every)
+            try:
+                self._tick()
+            except BaseException:  # never let one bad entry stop every other deadline
+                _log.warning(
+                    "%s: the timer thread recovered from an error", self.name, exc_info=True
+                )
+                time.sleep(0.01)
+
+    def _tick(self) -> None:
+        """Wait for the next deadline and fire the entries that are due."""
+        with self._cond:
+            now = time.monotonic()
+            due = [i for i, (d, _, _) in list(self._active.items()) if d <= now]
+            if not due:
+                deadlines = [d for d, _, _ in list(self._active.values())]
+                self._next_wake = min(deadlines, default=now + 3600.0)
+                # A bounded wait: Condition.wait overflows on huge timeouts.
+                self._cond.wait(min(self._next_wake - now, _MAX_WAIT))
+                self._next_wake = math.inf
+                return
+        for ident in due:
+            with self._firing:
+                entry = self._active.pop(ident, None)
+                if entry is None:
+                    continue  # cancelled meanwhile
+                _, callback, every = entry
+                try:
+                    again = callback()
+                except BaseException:  # even SystemExit: this thread serves everyone
+                    _log.warning("%s: a timer callback failed", self.name, exc_info=True)
+                    again = True
+                if every and again:
+                    self._active[ident] = (time.monotonic() + every, callback, every)

@@ -104,6 +104,39 @@ def test_enum_states(store: Store, entity: str) -> None:
     assert state is Order.PROCESSING
 
 
+class Other(str, enum.Enum):
+    PENDING = "PENDING"
+
+
+def test_enum_guard_refuses_undeclared_states(store: Store, entity: str) -> None:
+    guard = StateGuard(store, states=Order, table=table_for(store))
+    guard.set(entity, Order.PENDING)
+    for bad in ("BOGUS", "pending", Other.PENDING):
+        with pytest.raises(ValueError, match="not a state of Order"):
+            guard.transition(entity, Order.PENDING, bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="not a state of Order"):
+            guard.transition(entity, bad, Order.SHIPPED)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="not a state of Order"):
+            guard.set(entity, bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="not a state of Order"):
+            guard.guard(entity, Order.PENDING, bad)  # type: ignore[arg-type]
+    assert guard.get(entity) is Order.PENDING  # nothing was written
+    # Declared states, as members or as their values, still move.
+    assert guard.transition(entity, "PENDING", Order.PROCESSING)  # type: ignore[arg-type]
+    assert guard.get(entity) is Order.PROCESSING
+    guard.delete(entity)
+
+
+async def test_enum_guard_refuses_undeclared_states_async(store: Store, entity: str) -> None:
+    guard = StateGuard(store, states=Order, table=table_for(store))
+    with pytest.raises(ValueError, match="not a state of Order"):
+        await guard.atransition(entity, None, "BOGUS")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a state of Order"):
+        await guard.aset(entity, "BOGUS")  # type: ignore[arg-type]
+    assert await guard.aget(entity) is None
+    await store.aclose()
+
+
 def test_exactly_one_of_32_threads_moves(store: Store, entity: str) -> None:
     guard = guard_for(store)
     guard.set(entity, "PENDING")
