@@ -535,7 +535,27 @@ class StateGuard(Generic[S]):
         if states is not None and not (isinstance(states, type) and issubclass(states, enum.Enum)):
             raise TypeError("states must be an Enum class with str values")
         self.states = states
+        self._declared: frozenset[str] | None = (
+            None if states is None else frozenset(_text(member) or "" for member in states)
+        )
         self._backend = _backend(self.store, table, prefix)
+
+    def _check(self, *states: S | None) -> None:
+        """With ``states=``: ``ValueError`` for a state that is not one of its members (a
+        member, or a member's value), before any request is made."""
+        if self._declared is None:
+            return
+        for state in states:
+            text = _text(state)
+            if text is not None and (
+                text not in self._declared
+                or (isinstance(state, enum.Enum) and not isinstance(state, self.states))  # type: ignore[arg-type]
+            ):
+                assert self.states is not None
+                raise ValueError(
+                    f"{state!r} is not a state of {self.states.__qualname__} (states=); use "
+                    f"one of: {', '.join(sorted(self._declared))}"
+                )
 
     def _decode(self, value: str | None) -> S | None:
         if value is None or self.states is None:
@@ -561,7 +581,9 @@ class StateGuard(Generic[S]):
     # -- sync -------------------------------------------------------------------------
     def transition(self, entity: str, from_state: S | None, to_state: S | None) -> bool:
         """Move ``entity`` to ``to_state`` if its state is ``from_state``, atomically.
-        Returns whether it moved (``False``: the state was something else)."""
+        Returns whether it moved (``False``: the state was something else). With
+        ``states=``, a state outside that enum raises ``ValueError``."""
+        self._check(from_state, to_state)
         e, f, t = _entity(entity), *_pair(from_state, to_state)
         return self._call(lambda b: b.cas(e, f, t))
 
@@ -573,6 +595,7 @@ class StateGuard(Generic[S]):
     def set(self, entity: str, state: S) -> None:
         """Set the state of ``entity`` unconditionally (e.g. its initial state). To create
         only if absent, use ``transition(entity, None, state)``."""
+        self._check(state)
         e, s = _entity(entity), _text(state)
         assert s is not None
         self._call(lambda b: b.write(e, s))
@@ -585,6 +608,7 @@ class StateGuard(Generic[S]):
     # -- async ------------------------------------------------------------------------
     async def atransition(self, entity: str, from_state: S | None, to_state: S | None) -> bool:
         """Async :meth:`transition`."""
+        self._check(from_state, to_state)
         e, f, t = _entity(entity), *_pair(from_state, to_state)
         return await self._acall(lambda b: b.cas(e, f, t))
 
@@ -595,6 +619,7 @@ class StateGuard(Generic[S]):
 
     async def aset(self, entity: str, state: S) -> None:
         """Async :meth:`set`."""
+        self._check(state)
         e, s = _entity(entity), _text(state)
         assert s is not None
         await self._acall(lambda b: b.write(e, s))
@@ -618,6 +643,7 @@ class StateGuard(Generic[S]):
                 ship(order_id)
             guard.transition(order_id, "PROCESSING", "SHIPPED")
         """
+        self._check(from_state, to_state)
         return Guarded(self, _entity(entity), from_state, to_state)
 
 
