@@ -26,6 +26,11 @@ def test_schedule_is_seeded_and_covers_every_case() -> None:
     deliveries = [d for m in schedule for d in m.deliveries]
     assert any(d.crash == "before-commit" for d in deliveries)
     assert any(d.crash == "after-commit" for d in deliveries)
+    # A post-write kill with no concurrent copy: its worker always runs and is killed.
+    assert any(
+        m.deliveries[0].crash == "after-commit" and not any(d.concurrent for d in m.deliveries)
+        for m in schedule
+    )
     assert any(d.concurrent for d in deliveries)
     assert any(d.payload != m.deliveries[0].payload for m in schedule for d in m.deliveries)
 
@@ -59,8 +64,9 @@ def _check_numbers(result: DemoResult) -> None:
     # exactly once, crash window included, although workers were killed after their write.
     tx = result.transactional
     assert tx.messages == messages
+    # Killed after the write: deterministic (this schedule's post-write kills have no
+    # concurrent copy that could run first; its pre-write kills do, so they may not happen).
     assert tx.crashes_after_commit > 0
-    assert tx.crashes_before_commit > 0
     assert tx.side_effects == messages
     assert tx.duplicate_orders == tx.duplicate_charges == tx.crash_window_reexecutions == 0
     assert tx.repeated == 0

@@ -157,6 +157,11 @@ def test_built_wheel_installs_and_runs_in_a_clean_venv(tmp_path: Path, wheel: Pa
     assert "demo" in proc.stdout
     assert "inspect" in proc.stdout
 
+    # The demo runs from the wheel with [cli] only (no psycopg, no dev tools).
+    proc = run(str(env_dir / "bin" / "idempotence"), "demo", "--orders", "8", "--check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "transactional" in proc.stdout
+
     # [dynamodb] is the sync client only; the async path names the extra that adds it.
     proc = run(
         str(python),

@@ -442,6 +442,34 @@ def _read_ledger(path: str) -> _Ledger:
     return ledger
 
 
+class _ThreadConnections:
+    """A minimal pool for :class:`~idempotence.effects.TransactionalIdempotency`: one
+    ``sqlite3`` connection per worker thread, reused across its transactions."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.opened: list[sqlite3.Connection] = []
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        conn: sqlite3.Connection | None = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable enough for a demo
+            self.local.conn = conn
+            with self.lock:
+                self.opened.append(conn)
+        yield conn
+
+    def close(self) -> None:
+        with self.lock:
+            for conn in self.opened:
+                conn.close()
+            self.opened.clear()
+
+
 def _run_transactional(
     messages: list[Message], advance: Callable[[int, int], None], path: str
 ) -> RunStats:
@@ -453,8 +481,9 @@ def _run_transactional(
         setup.execute(_LEDGER_DDL)
     finally:
         setup.close()
+    connections = _ThreadConnections(path)
     txi = TransactionalIdempotency(
-        lambda: sqlite3.connect(path, timeout=30),
+        connections,
         key="order_id",
         ttl=600,
         namespace="idempotence-demo",
@@ -481,7 +510,10 @@ def _run_transactional(
         return functions[kind](payload)
 
     run = _Run(RunStats("transactional"), messages, handler, advance, lambda: _read_ledger(path))
-    return run.run()
+    try:
+        return run.run()
+    finally:
+        connections.close()
 
 
 def run_demo(
