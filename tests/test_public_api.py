@@ -32,3 +32,27 @@ def test_every_error_is_an_idempotency_error() -> None:
             assert (
                 issubclass(obj, idempotence.IdempotencyError) or obj is idempotence.UnencodableError
             )
+
+
+def test_public_classes_print_under_the_package_name() -> None:
+    import pickle
+
+    for name in idempotence.__all__:
+        obj = getattr(idempotence, name)
+        if isinstance(obj, type) and not getattr(obj, "_is_protocol", False):
+            assert obj.__module__ == "idempotence", name
+    error = idempotence.KeyReuseError("used before", key="k")
+    assert repr(type(error)) == "<class 'idempotence.KeyReuseError'>"
+    for exc in (
+        error,
+        idempotence.AlreadyInProgressError("busy", key="k", retry_after=2.5),
+        idempotence.StoreError("down", key="k", result={"a": 1}),
+    ):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc)
+        assert back.args == exc.args
+        assert back.key == "k"
+    assert pickle.loads(pickle.dumps(idempotence.Status.COMPLETED)) is idempotence.Status.COMPLETED
+    from idempotence._errors import KeyReuseError  # the old import path still works
+
+    assert KeyReuseError is idempotence.KeyReuseError

@@ -3,7 +3,7 @@
 Run locally:   uvicorn app:app          (from this directory)
 On AWS Lambda: handler = app.handler    (API Gateway REST or HTTP API, through Mangum)
 
-The store comes from ``IDEMPOTENCE_STORE`` (e.g. ``dynamodb:///idempotency`` on Lambda,
+The store comes from ``IDEMPOTENCE_STORE`` (e.g. ``dynamodb://idempotency`` on Lambda,
 ``redis://...``), else a SQLite file.
 """
 

@@ -43,6 +43,18 @@ from ._record import Claim, Record, Status
 
 __version__ = "0.1.0"
 
+# Public classes print and pickle under the package name (``idempotence.KeyReuseError``),
+# not the private module that defines them; each stays importable from its module too.
+for _name in (
+    "AlreadyInProgressError", "Claim", "CorruptRecordError", "Idempotency",
+    "IdempotencyConfig", "IdempotencyError", "InvalidKeyError", "JSONSerializer",
+    "KeyReuseError", "LeaseLostError", "MissingDependencyError", "MissingKeyError", "Record",
+    "ResultNotStoredError", "ResultTooLargeError", "Status", "StoreError", "StoredErrorReplay",
+    "UnencodableError",
+):  # fmt: skip
+    globals()[_name].__module__ = __name__
+del _name
+
 __all__ = [
     "AlreadyInProgressError",
     "Claim",

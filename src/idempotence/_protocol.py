@@ -170,8 +170,15 @@ def _not_stored(plan: Plan, reason: str, result: Any) -> ResultNotStoredError:
     )
 
 
+def _short_cause(exc: StoreError) -> str:
+    """The exception type behind a store failure, for a one-line log (no message text: it
+    may carry key material or values)."""
+    cause = exc.__cause__
+    return f"StoreError from {type(cause).__name__}" if cause is not None else "StoreError"
+
+
 def protocol(plan: Plan) -> Generator[Op, Any, Any]:
-    """One invocation of the idempotency protocol (see ``SEMANTICS.md``)."""
+    """One invocation of the idempotency protocol (see ``docs/protocol.md``)."""
     if plan.cache is not None:
         cached = plan.cache.get(plan.key)
         if cached is not None and cached.fingerprint == plan.fingerprint:
@@ -181,13 +188,18 @@ def protocol(plan: Plan) -> Generator[Op, Any, Any]:
     while True:
         try:
             claim: Claim = yield _new(ClaimOp, (plan.key, plan.fingerprint, plan.lease, plan.ttl))
-        except StoreError:
+        except StoreError as exc:
             if not plan.fail_open:
                 raise
-            _log.warning(
-                "store failed; running %s without idempotency (fail_open)", plan.key, exc_info=True
-            )
-            return (yield _new(RunOp, (plan.key, None, plan.lease)))
+            cause = _short_cause(exc)
+            try:
+                return (yield _new(RunOp, (plan.key, None, plan.lease)))
+            finally:  # one line per call, after the run (whether it returned or raised)
+                _log.warning(
+                    "idempotency store unavailable (%s); the function ran without "
+                    "idempotency (fail_open): a duplicate of this call may run it again",
+                    cause,
+                )
         if claim.acquired:
             break
         record = claim.record

@@ -439,3 +439,27 @@ def test_module_imports_without_redis() -> None:
         env={**os.environ, "PYTHONPATH": src},
     )
     assert "idempotence[redis]" in out.stdout
+
+
+@pytest.mark.parametrize("ttl", [99 * 365 * 86400.0, 1e16, 1e300])
+def test_huge_ttl_does_not_expire_the_key_at_once(url: str, admin: Any, ttl: float) -> None:
+    """A ttl/lease so large that PEXPIRE's milliseconds would overflow is capped at
+    ``MAX_KEY_TTL_MS`` (before: Redis deleted the key at once and the record was lost)."""
+    from idempotence.stores._redis import MAX_KEY_TTL_MS
+
+    store = RedisStore(url, prefix=PREFIX)
+    key = _key()
+    try:
+        claim = store.claim(key, "fp", lease=ttl, ttl=ttl)
+        assert claim.acquired
+        assert 0 < admin.pttl(PREFIX + key) <= MAX_KEY_TTL_MS
+        assert store.renew(key, claim.record.fence, lease=ttl)
+        assert store.complete(key, claim.record.fence, b"r", ttl=ttl)
+        record = store.get(key)
+        assert record is not None
+        assert record.result == b"r"
+        assert 0 < admin.pttl(PREFIX + key) <= MAX_KEY_TTL_MS
+        assert not store.claim(key, "fp", lease=10, ttl=10).acquired  # still answers
+    finally:
+        store.delete(key)
+        store.close()

@@ -45,12 +45,13 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .._errors import CorruptRecordError, ResultTooLargeError, StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
 from ._base import Clock, Store, forget_closed_loops, fresh_fence, system_clock
+from ._registry import merge_option, url_query
 
 if TYPE_CHECKING:
     from aiobotocore.session import AioSession
@@ -146,6 +147,11 @@ class _Sleep:
 _Steps = Generator[_Call | _Sleep, Any, _T]
 
 
+def _one(call: _Call) -> _Steps[Any]:
+    """The steps of a single request: its response."""
+    return (yield call)
+
+
 def _error_code(exc: BaseException) -> str | None:
     response = getattr(exc, "response", None)  # botocore ClientError, sync or async
     if isinstance(response, dict):
@@ -184,6 +190,14 @@ async def _close_with_loop(stack: AsyncExitStack) -> AsyncGenerator[None, None]:
         yield
     finally:
         await stack.aclose()
+
+
+def _check_attributes(key_attr: str, sort_key_attr: str | None) -> None:
+    for attr in (key_attr, sort_key_attr):
+        if attr is not None and (not attr or attr in _ATTRIBUTES):
+            raise ValueError(f"key attribute {attr!r} is empty or clashes with a record field")
+    if sort_key_attr is not None and sort_key_attr == key_attr:
+        raise ValueError("sort_key_attr must differ from key_attr")
 
 
 class DynamoDBStore(Store):
@@ -249,13 +263,22 @@ class DynamoDBStore(Store):
         clock: Clock | None = None,
         boto_config: Config | None = None,
     ) -> None:
+        if table.lower().startswith("dynamodb:"):
+            # A URL given where the table name is expected: read it as from_url does.
+            parsed = self.parse_url(table)
+            table = parsed["table"]
+            region = merge_option("region", region, None, parsed["region"])
+            endpoint_url = merge_option("endpoint_url", endpoint_url, None, parsed["endpoint_url"])
+            key_attr = merge_option("key_attr", key_attr, "id", parsed["key_attr"])
+            sort_key_attr = merge_option(
+                "sort_key_attr", sort_key_attr, None, parsed["sort_key_attr"]
+            )
+            sort_key_value = merge_option(
+                "sort_key_value", sort_key_value, "idempotency", parsed["sort_key_value"]
+            )
         if not _TABLE_NAME.match(table):
             raise ValueError(f"invalid DynamoDB table name {table!r}: 3-255 of [A-Za-z0-9_.-]")
-        for attr in (key_attr, sort_key_attr):
-            if attr is not None and (not attr or attr in _ATTRIBUTES):
-                raise ValueError(f"key attribute {attr!r} is empty or clashes with a record field")
-        if sort_key_attr is not None and sort_key_attr == key_attr:
-            raise ValueError("sort_key_attr must differ from key_attr")
+        _check_attributes(key_attr, sort_key_attr)
         self.table = table
         self.region = region
         self.endpoint_url = endpoint_url
@@ -286,27 +309,37 @@ class DynamoDBStore(Store):
         }
 
     @classmethod
-    def from_url(cls, url: str) -> DynamoDBStore:
-        """``dynamodb://TABLE?region=eu-west-1&endpoint_url=http://localhost:8000``; other
-        options: ``key_attr``, ``sort_key_attr``, ``sort_key_value`` (values URL-encoded)."""
+    def parse_url(cls, url: str) -> dict[str, Any]:
+        """The constructor arguments of ``dynamodb://TABLE`` (or ``dynamodb:///TABLE``, the
+        same table), checked without connecting. Options: ``region``, ``endpoint_url``,
+        ``key_attr``, ``sort_key_attr``, ``sort_key_value`` (values URL-encoded); any other
+        is refused with ``ValueError``."""
         parts = urlsplit(url)
-        table = unquote(parts.netloc + parts.path.rstrip("/"))
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        known = {"region", "endpoint_url", "key_attr", "sort_key_attr", "sort_key_value"}
-        unknown = set(query) - known
-        if unknown:
+        table = unquote(parts.netloc + parts.path)
+        table = table[1:] if not parts.netloc and table.startswith("/") else table
+        table = table.rstrip("/")
+        if not _TABLE_NAME.match(table):
             raise ValueError(
-                f"{url!r}: unknown option(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(sorted(known))}"
+                f"invalid DynamoDB table name {table!r} in the store URL: 3-255 of "
+                "[A-Za-z0-9_.-], e.g. dynamodb://my-table?region=eu-west-1"
             )
-        return cls(
-            table,
-            region=query.get("region"),
-            endpoint_url=query.get("endpoint_url"),
-            key_attr=query.get("key_attr", "id"),
-            sort_key_attr=query.get("sort_key_attr"),
-            sort_key_value=query.get("sort_key_value", "idempotency"),
-        )
+        known = ("endpoint_url", "key_attr", "region", "sort_key_attr", "sort_key_value")
+        query = url_query(url, known)
+        kwargs: dict[str, Any] = {
+            "table": table,
+            "region": query.get("region"),
+            "endpoint_url": query.get("endpoint_url"),
+            "key_attr": query.get("key_attr", "id"),
+            "sort_key_attr": query.get("sort_key_attr"),
+            "sort_key_value": query.get("sort_key_value", "idempotency"),
+        }
+        _check_attributes(kwargs["key_attr"], kwargs["sort_key_attr"])
+        return kwargs
+
+    @classmethod
+    def from_url(cls, url: str) -> DynamoDBStore:
+        """The store of a ``dynamodb://`` URL (see :meth:`parse_url`)."""
+        return cls(**cls.parse_url(url))
 
     def __repr__(self) -> str:
         return f"DynamoDBStore(table={self.table!r}, region={self.region!r})"
@@ -512,6 +545,56 @@ class DynamoDBStore(Store):
 
     def _expiration(self, until: float) -> dict[str, str]:
         return {"N": str(math.ceil(until) + self.expiration_grace)}
+
+    # -- capability: DynamoDBRecords (idempotence.stores.capabilities) -------------------
+    def item_key(self, key: str) -> dict[str, Any]:
+        """The typed primary key of the item holding ``key`` (the sort key, if the table
+        has one, holds ``sort_key_value``). See
+        :class:`~idempotence.stores.capabilities.DynamoDBRecords`."""
+        return self._key(key)
+
+    def record_from_item(self, item: Mapping[str, Any]) -> Record:
+        """The record an item holds; :class:`~idempotence.CorruptRecordError` if none."""
+        return self._record(item)
+
+    def completion_write(
+        self, key: str, fingerprint: str, result: bytes, *, ttl: float, now: float
+    ) -> dict[str, Any]:
+        """The ``TransactWriteItems`` entry completing ``key`` with ``result`` if it may be
+        claimed at ``now`` (the claim's condition; the fence moves as a claim's would)."""
+        stored, encoding = _encode(result)
+        values: dict[str, Any] = {
+            ":completed": {"S": Status.COMPLETED.value},
+            ":in_progress": {"S": Status.IN_PROGRESS.value},
+            ":fingerprint": {"S": fingerprint},
+            **fresh_values(now),
+            ":now": _num(now),
+            ":expires_at": _num(now + ttl),
+            ":expiration": self._expiration(now + ttl),
+            ":result": {"B": stored},
+        }
+        update = (
+            "SET #status = :completed, #fingerprint = :fingerprint, "
+            f"{CLAIM_FENCE}, #lease = :now, "
+            "#expires = :expires_at, #expiration = :expiration, #result = :result"
+        )
+        if encoding:
+            update += ", #encoding = :encoding REMOVE #claim"
+            values[":encoding"] = {"S": encoding}
+        else:
+            update += " REMOVE #encoding, #claim"
+        call = self._update(
+            key, update, CLAIM_CONDITION, values, ReturnValuesOnConditionCheckFailure="ALL_OLD"
+        )
+        return {"Update": call.kwargs}
+
+    def call(self, method: str, request: Mapping[str, Any]) -> Any:
+        """``client.<method>(**request)`` on the store's boto3 client; its response."""
+        return self._run(_one(_Call(method, dict(request))))
+
+    async def acall(self, method: str, request: Mapping[str, Any]) -> Any:
+        """Async :meth:`call` (aiobotocore, or the given sync client in a thread)."""
+        return await self._arun(_one(_Call(method, dict(request))))
 
     # Owned: the caller's fence, in progress, and not past retention (effective retention of
     # an in-progress item is the later of expires_at and the lease).

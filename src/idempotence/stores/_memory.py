@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from .._record import Claim, Record, Status
 from ._base import Clock, Store, _new, decide_claim, system_clock
+from ._registry import url_query
 
 __all__ = ["MemoryStore"]
 
@@ -25,9 +27,15 @@ class MemoryStore(Store):
         self.round_trips = 0
 
     @classmethod
+    def parse_url(cls, url: str) -> dict[str, Any]:
+        """The constructor arguments of ``memory://`` (none; options are refused)."""
+        url_query(url, ())
+        return {}
+
+    @classmethod
     def from_url(cls, url: str) -> MemoryStore:
         """``memory://`` (every call gives a new, empty store)."""
-        return cls()
+        return cls(**cls.parse_url(url))
 
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
         with self._lock:

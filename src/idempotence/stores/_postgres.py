@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .._errors import StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
 from .._timers import Timers
 from ._base import Clock, Store
+from ._registry import merge_option, option_bool, option_number, url_query
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection, Connection
@@ -41,6 +43,55 @@ _CLIENT_NOW = "%(now)s::float8"
 _CLAIM_ATTEMPTS = 4
 #: Options of ours in a store URL, removed before the URL is handed to libpq.
 _URL_OPTIONS = ("table", "pool_size", "pool_timeout", "auto_create", "operation_timeout")
+#: libpq's connection parameters (PostgreSQL 17), accepted in a store URL and passed on.
+#: A name not listed here is also accepted when the installed libpq knows it.
+_LIBPQ_OPTIONS = frozenset(
+    [
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "passfile",
+        "require_auth",
+        "channel_binding",
+        "connect_timeout",
+        "client_encoding",
+        "options",
+        "application_name",
+        "fallback_application_name",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "replication",
+        "gssencmode",
+        "sslmode",
+        "requiressl",
+        "sslnegotiation",
+        "sslcompression",
+        "sslcert",
+        "sslkey",
+        "sslkeylogfile",
+        "sslpassword",
+        "sslcertmode",
+        "sslrootcert",
+        "sslcrl",
+        "sslcrldir",
+        "sslsni",
+        "requirepeer",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+        "krbsrvname",
+        "gsslib",
+        "gssdelegation",
+        "service",
+        "target_session_attrs",
+        "load_balance_hosts",
+    ]
+)
 #: libpq options of the connections the store opens itself (a URL or ``connect_kwargs``
 #: setting one wins): TCP keepalives notice a dead peer on an idle pooled connection, and
 #: ``tcp_user_timeout`` (ms, libpq >= 12) bounds how long sent data may stay unacknowledged.
@@ -221,8 +272,51 @@ async def _aexecute(conn: AsyncConnection[Any], op: _Op[_T]) -> _T | _Again:
     return op.parse(rows, cur.rowcount)
 
 
-def _optional_seconds(text: str) -> float | None:
-    return None if text.strip().lower() in {"", "none", "off", "0"} else float(text)
+def _libpq_knows(name: str) -> bool:
+    """Whether the installed libpq has a connection parameter ``name`` (False without
+    psycopg: the option is then refused, naming the known ones)."""
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return any(d.keyword.decode() == name for d in psycopg.pq.Conninfo.get_defaults())
+
+
+def _is_url(url: str) -> bool:
+    return url.lower().startswith(("postgresql://", "postgres://"))
+
+
+def _connect_failure(exc: Exception, timeout: float) -> StoreError:
+    """A ``StoreError`` that names why connecting failed and what to change."""
+    text = str(exc).strip()
+    low = text.lower()
+    if "connection refused" in low:
+        why = (
+            "connection refused: nothing accepts connections at the URL's host and port; "
+            "check them and that PostgreSQL is running"
+        )
+    elif "resolve host" in low or "translate host name" in low or "not known" in low:
+        why = "unknown host: the URL's host name does not resolve; check its spelling and DNS"
+    elif "database" in low and "does not exist" in low:
+        why = "the database does not exist: create it, or fix the database name in the URL"
+    elif "role" in low and "does not exist" in low:
+        why = (
+            "authentication failed: the user (role) does not exist; fix the user in the URL "
+            "or create the role"
+        )
+    elif "authentication" in low or "password" in low or "pg_hba.conf" in low:
+        why = (
+            "authentication failed: check the user and password (URL, PGPASSWORD or "
+            ".pgpass) and the server's pg_hba.conf"
+        )
+    elif "timeout" in low or "timed out" in low:
+        why = (
+            f"no answer within connect_timeout={timeout:g}s: check the host, the port and firewalls"
+        )
+    else:
+        why = "the server refused or dropped the connection"
+    detail = " ".join(text.split())
+    return StoreError(f"cannot connect to PostgreSQL: {why} ({type(exc).__name__}: {detail})")
 
 
 def _conninfo_keys(url: str | None) -> list[str]:
@@ -434,6 +528,20 @@ class PostgresStore(Store):
         for conn in (connection, aconnection):
             if conn is not None and not conn.autocommit:
                 raise ValueError("an injected connection must have autocommit=True")
+        if url is not None and _is_url(url):
+            # Our options in the URL are read exactly as from_url reads them (one parser).
+            parsed = self.parse_url(url)
+            url = parsed["url"]
+            table = merge_option("table", table, "idempotency", parsed["table"])
+            connect_timeout = merge_option(
+                "connect_timeout", connect_timeout, 5, parsed["connect_timeout"]
+            )
+            pool_size = merge_option("pool_size", pool_size, 10, parsed["pool_size"])
+            pool_timeout = merge_option("pool_timeout", pool_timeout, 5.0, parsed["pool_timeout"])
+            auto_create = merge_option("auto_create", auto_create, True, parsed["auto_create"])
+            operation_timeout = merge_option(
+                "operation_timeout", operation_timeout, 5.0, parsed["operation_timeout"]
+            )
         self.table = table
         self.clock = clock
         self.url = url
@@ -458,28 +566,40 @@ class PostgresStore(Store):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str) -> PostgresStore:
-        """``postgresql://user:password@host:5432/db?table=idempotency`` (or ``postgres://``).
+    def parse_url(cls, url: str) -> dict[str, Any]:
+        """The constructor arguments of ``postgresql://user:password@host:5432/db?...``
+        (or ``postgres://``), checked without connecting or importing psycopg.
 
         Store options in the query (``table``, ``pool_size``, ``pool_timeout``,
         ``auto_create``, ``operation_timeout`` (seconds, or ``none``), and
-        ``connect_timeout``, which libpq also reads) are taken out; the rest of the URL
-        (``sslmode``, ``keepalives_idle``...) goes to libpq unchanged.
+        ``connect_timeout``, which libpq also reads) are taken out; libpq's own parameters
+        (``sslmode``, ``application_name``, ``keepalives_idle``...) stay in the URL handed
+        to libpq. Any other option is refused with ``ValueError``.
         """
         parts = urlsplit(url)
+        options = url_query(url, (*_URL_OPTIONS, *sorted(_LIBPQ_OPTIONS)), extra=_libpq_knows)
         query = parse_qsl(parts.query, keep_blank_values=True)
-        options = {k: v for k, v in query if k in (*_URL_OPTIONS, "connect_timeout")}
         rest = [(k, v) for k, v in query if k not in _URL_OPTIONS]
-        conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
-        return cls(
-            conninfo,
-            table=options.get("table", "idempotency"),
-            connect_timeout=float(options.get("connect_timeout", 5)),
-            pool_size=int(options.get("pool_size", 10)),
-            pool_timeout=float(options.get("pool_timeout", 5.0)),
-            auto_create=options.get("auto_create", "true").lower() in {"1", "true", "yes", "on"},
-            operation_timeout=_optional_seconds(options.get("operation_timeout", "5")),
-        )
+        table = options.get("table", "idempotency")
+        _table_sql(table)
+        pool_size = option_number(options, "pool_size", 10)
+        if pool_size is None or pool_size != int(pool_size):
+            raise ValueError("store URL option 'pool_size' must be a positive whole number")
+        return {
+            "url": urlunsplit(parts._replace(query=urlencode(rest))),
+            "table": table,
+            "connect_timeout": option_number(options, "connect_timeout", 5),
+            "pool_size": int(pool_size),
+            "pool_timeout": option_number(options, "pool_timeout", 5.0),
+            "auto_create": option_bool(options, "auto_create", True),
+            "operation_timeout": option_number(options, "operation_timeout", 5.0, none=True),
+        }
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        """The store of a ``postgresql://`` URL (see :meth:`parse_url`); the same as
+        ``PostgresStore(url)``."""
+        return cls(**cls.parse_url(url))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(table={self.table!r})"
@@ -544,6 +664,26 @@ class PostgresStore(Store):
             "open": False,
         }
 
+    def _probe(self, options: Mapping[str, Any]) -> None:
+        """Connect once, directly, before the store's pool is built (and after the pool
+        timed out): a pool only reports ``PoolTimeout`` after ``pool_timeout``, while this
+        fails at once with the real cause (refused, unknown host, authentication, missing
+        database) as :class:`~idempotence.StoreError`."""
+        psycopg = require("psycopg", "postgres")
+        try:
+            psycopg.connect(options["conninfo"], **options["kwargs"]).close()
+        except psycopg.OperationalError as exc:
+            raise _connect_failure(exc, self.connect_timeout) from exc
+
+    async def _aprobe(self, options: Mapping[str, Any]) -> None:
+        """Async :meth:`_probe`."""
+        psycopg = require("psycopg", "postgres")
+        try:
+            conn = await psycopg.AsyncConnection.connect(options["conninfo"], **options["kwargs"])
+        except psycopg.OperationalError as exc:
+            raise _connect_failure(exc, self.connect_timeout) from exc
+        await conn.close()
+
     def _sync_pool(self) -> ConnectionPool[Any]:
         pool = self._owned_pool
         if pool is not None and self._owned_pool_pid == os.getpid():
@@ -553,7 +693,9 @@ class PostgresStore(Store):
             # leave it to the parent and start one for this process.
             if self._owned_pool is None or self._owned_pool_pid != os.getpid():
                 pool_mod = require("psycopg_pool", "postgres")
-                new: ConnectionPool[Any] = pool_mod.ConnectionPool(**self._pool_options())
+                options = self._pool_options()
+                self._probe(options)
+                new: ConnectionPool[Any] = pool_mod.ConnectionPool(**options)
                 new.open(wait=False)
                 self._owned_pool, self._owned_pool_pid = new, os.getpid()
             return self._owned_pool
@@ -564,7 +706,9 @@ class PostgresStore(Store):
         if entry is not None and not entry.pool.closed:
             return entry.pool
         pool_mod = require("psycopg_pool", "postgres")
-        pool: AsyncConnectionPool[Any] = pool_mod.AsyncConnectionPool(**self._pool_options())
+        options = self._pool_options()
+        await self._aprobe(options)
+        pool: AsyncConnectionPool[Any] = pool_mod.AsyncConnectionPool(**options)
         await pool.open(wait=False)
         entry = self._owned_apools.get(loop)
         if entry is not None and not entry.pool.closed:  # another task got there first
@@ -589,6 +733,10 @@ class PostgresStore(Store):
                     yield conn
                 finally:
                     broken = conn.closed
+        except require("psycopg_pool", "postgres").PoolTimeout:
+            if owned:  # name the cause if the server cannot be reached at all
+                self._probe(self._pool_options())
+            raise
         finally:
             if broken and owned:
                 # Its idle siblings were most likely cut off by the same event.
@@ -611,6 +759,10 @@ class PostgresStore(Store):
                     yield conn
                 finally:
                     broken = conn.closed
+        except require("psycopg_pool", "postgres").PoolTimeout:
+            if owned:  # name the cause if the server cannot be reached at all
+                await self._aprobe(self._pool_options())
+            raise
         finally:
             if broken and owned:
                 if hasattr(pool, "drain"):  # psycopg_pool >= 3.3
@@ -621,6 +773,20 @@ class PostgresStore(Store):
     @property
     def _has_async_source(self) -> bool:
         return any(s is not None for s in (self.url, self._async_pool, self._aconnection))
+
+    # -- capability: SQLConnections (idempotence.stores.capabilities) --------------------
+    def sql_connection(self) -> contextlib.AbstractContextManager[Connection[Any]]:
+        """A connection of the store (its pool's, or the one it was given), autocommit as
+        the store keeps them; returned on exit. See
+        :class:`~idempotence.stores.capabilities.SQLConnections`."""
+        return self._sync_conn()
+
+    def asql_connection(
+        self,
+    ) -> contextlib.AbstractAsyncContextManager[AsyncConnection[Any]] | None:
+        """An ``AsyncConnection`` of the store, or ``None`` when it was built without an
+        async source (no URL, async pool or async connection)."""
+        return self._async_conn() if self._has_async_source else None
 
     # -- the two shells ------------------------------------------------------------------
     def _missing_table(self, exc: Exception) -> bool:

@@ -8,10 +8,11 @@ write rely on effects replication, the default since 5.0).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -19,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from .._lazy import require
 from .._record import Claim, Record, Status
 from ._base import Clock, Store, forget_closed_loops
+from ._registry import merge_option, url_query
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -31,6 +33,43 @@ _T = TypeVar("_T")
 #: Floor of the Redis TTL (ms) set on a record key, so a zero or past retention never lets
 #: Redis drop the key (and its fence) before the script that set it has returned.
 MIN_KEY_TTL_MS = 1000
+#: Ceiling of the Redis TTL (ms) set on a record key (about 31,700 years): a huge ``ttl`` or
+#: ``lease`` (even ``inf``) would otherwise overflow PEXPIRE's 64-bit arithmetic, and Redis
+#: would delete the key at once.
+MAX_KEY_TTL_MS = 10**15
+#: redis-py's URL query options (``redis.connection.parse_url``), accepted and passed on;
+#: a name not listed is also accepted when the installed redis-py parses it.
+_REDIS_URL_OPTIONS = frozenset(
+    [
+        "db",
+        "username",
+        "password",
+        "client_name",
+        "health_check_interval",
+        "max_connections",
+        "readonly",
+        "socket_connect_timeout",
+        "socket_keepalive",
+        "socket_timeout",
+        "retry_on_timeout",
+        "timeout",
+        "protocol",
+        "encoding",
+        "encoding_errors",
+        "lib_name",
+        "lib_version",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_ca_data",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_password",
+        "ssl_check_hostname",
+        "ssl_min_version",
+        "ssl_ciphers",
+    ]
+)
 
 # -- scripts -----------------------------------------------------------------------------
 # Every script touches exactly one key, KEYS[1] (the record's hash), so it is valid on Redis
@@ -49,6 +88,7 @@ local function num(x) return string.format('%.17g', x) end
 local function key_ttl(expires_at)
   local ms = math.ceil((expires_at - now) * 1000)
   if ms < MIN_KEY_TTL_MS then ms = MIN_KEY_TTL_MS end
+  if not (ms <= MAX_KEY_TTL_MS) then ms = MAX_KEY_TTL_MS end
   return string.format('%d', ms)
 end
 -- The record's status/fence/retention when `fence` owns it (in progress, not expired).
@@ -60,7 +100,7 @@ local function owned(fence)
   end
   return nil
 end
-""".replace("MIN_KEY_TTL_MS", str(MIN_KEY_TTL_MS))
+""".replace("MIN_KEY_TTL_MS", str(MIN_KEY_TTL_MS)).replace("MAX_KEY_TTL_MS", str(MAX_KEY_TTL_MS))
 
 # ARGV: now, fingerprint, lease, ttl -> {acquired, now, flat record}. decide_claim in Lua.
 # A record created from nothing takes fresh_fence(now): the clock in ms (exact in a double),
@@ -133,6 +173,15 @@ return flat
 _DELETE = "return redis.call('DEL', KEYS[1])"
 
 
+def _redis_knows(name: str) -> bool:
+    """Whether the installed redis-py parses URL option ``name``."""
+    try:
+        from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+    except ImportError:
+        return False
+    return name in URL_QUERY_ARGUMENT_PARSERS
+
+
 class _Script:
     """Lua source and its SHA1 (computed locally: EVALSHA needs no SCRIPT LOAD)."""
 
@@ -162,6 +211,16 @@ class _Call(Generic[_T]):
     key: str
     args: tuple[str | bytes, ...]
     parse: Callable[[Any], _T]
+
+
+@functools.lru_cache(maxsize=64)
+def _script(source: str) -> _Script:
+    """A script given to :meth:`RedisStore.run_script`, its SHA1 computed once."""
+    return _Script(source)
+
+
+def _raw(reply: Any) -> Any:
+    return reply
 
 
 # -- reply parsing -----------------------------------------------------------------------
@@ -269,6 +328,10 @@ class RedisStore(Store):
         require("redis.asyncio", "redis")  # binds self._redis.asyncio
         if url is None and client is None and async_client is None:
             url = "redis://localhost:6379/0"
+        if url is not None:  # our options in the URL are read exactly as from_url reads them
+            parsed = self.parse_url(url)
+            url = parsed["url"]
+            prefix = merge_option("prefix", prefix, "idempotence:", parsed["prefix"])
         if options.get("decode_responses"):
             raise ValueError("RedisStore needs decode_responses=False: results are bytes")
         for given in (client, async_client):
@@ -296,15 +359,27 @@ class RedisStore(Store):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str) -> RedisStore:
-        """``redis://[user:password@]host:port/db`` or ``rediss://`` (TLS). Query options:
-        ``prefix`` (key prefix, default ``idempotence:``); the others are redis-py's
-        (e.g. ``socket_timeout=2``)."""
+    def parse_url(cls, url: str) -> dict[str, Any]:
+        """The constructor arguments of ``redis://[user:password@]host:port/db`` or
+        ``rediss://`` (TLS), checked without connecting. Query options: ``prefix`` (key
+        prefix, default ``idempotence:``) and redis-py's (e.g. ``socket_timeout=2``), which
+        stay in the URL; any other is refused with ``ValueError``."""
         parts = urlsplit(url)
+        if parts.scheme.lower() not in {"redis", "rediss", "unix"}:
+            raise ValueError("a Redis store URL starts with redis://, rediss:// or unix://")
+        options = url_query(url, ("prefix", *sorted(_REDIS_URL_OPTIONS)), extra=_redis_knows)
         query = parse_qsl(parts.query, keep_blank_values=True)
-        prefix = next((v for k, v in reversed(query) if k == "prefix"), "idempotence:")
         rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-        return cls(urlunsplit(parts._replace(query=rest)), prefix=prefix)
+        return {
+            "url": urlunsplit(parts._replace(query=rest)),
+            "prefix": options.get("prefix", "idempotence:"),
+        }
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        """The store of a ``redis://`` URL (see :meth:`parse_url`); the same as
+        ``RedisStore(url)``."""
+        return cls(**cls.parse_url(url))
 
     # -- clients ------------------------------------------------------------------------
     def _sync_client(self) -> Redis:
@@ -378,6 +453,17 @@ class RedisStore(Store):
         except self._redis.exceptions.NoScriptError:
             reply = await client.eval(script.source, 1, key, *args)
         return call.parse(reply)
+
+    # -- capability: AtomicScripts (idempotence.stores.capabilities) --------------------
+    def run_script(self, script: str, key: str, args: Sequence[str | bytes]) -> Any:
+        """Run the Lua ``script`` atomically on ``key`` (the full Redis key) with ``ARGV =
+        args`` through the store's client (``EVALSHA``, ``EVAL`` after ``NOSCRIPT``); the
+        raw reply. See :class:`~idempotence.stores.capabilities.AtomicScripts`."""
+        return self._run(_Call(_script(script), key, tuple(args), _raw))
+
+    async def arun_script(self, script: str, key: str, args: Sequence[str | bytes]) -> Any:
+        """Async :meth:`run_script` (the loop's client, or the sync one in a thread)."""
+        return await self._arun(_Call(_script(script), key, tuple(args), _raw))
 
     # -- calls (shared by the sync and async methods) ------------------------------------
     def _now(self) -> str:

@@ -7,15 +7,24 @@ import re
 import sqlite3
 import threading
 import time
-from urllib.parse import parse_qs, unquote, urlsplit
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from .._record import Claim, Record, Status
 from ._base import Clock, Store, decide_claim, system_clock
+from ._registry import merge_option, option_number, url_query
 
 __all__ = ["SQLiteStore"]
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _COLUMNS = "key, status, fingerprint, fence, lease_expires_at, expires_at, result"
+
+
+def _check_table(table: str) -> None:
+    if not _IDENT.match(table):
+        raise ValueError(f"invalid table name {table!r}: use letters, digits and '_'")
 
 
 def sqlite_ddl(table: str) -> str:
@@ -66,8 +75,13 @@ class SQLiteStore(Store):
         clock: Clock | None = None,
         timeout: float = 30.0,
     ) -> None:
-        if not _IDENT.match(table):
-            raise ValueError(f"invalid table name {table!r}: use letters, digits and '_'")
+        if isinstance(path, str) and path.lower().startswith("sqlite:"):
+            # A URL given where a path is expected: read it as from_url does.
+            options = self.parse_url(path)
+            path = options["path"]
+            table = merge_option("table", table, "idempotency", options["table"])
+            timeout = merge_option("timeout", timeout, 30.0, options["timeout"])
+        _check_table(table)
         self.path = os.fspath(path)
         self.table = table
         self.clock: Clock = clock or system_clock
@@ -77,24 +91,28 @@ class SQLiteStore(Store):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str) -> SQLiteStore:
-        """``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
-        ``sqlite://:memory:`` is refused (each connection would see its own database);
-        query options: ``table``, ``timeout``."""
+    def parse_url(cls, url: str) -> dict[str, Any]:
+        """The constructor arguments of ``sqlite:///relative/path.db`` or
+        ``sqlite:////absolute/path.db`` (options ``table``, ``timeout``), checked without
+        touching the file. ``sqlite://:memory:`` is refused (each connection would see its
+        own database)."""
         parts = urlsplit(url)
         path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
         if not path or path == ":memory:":
             raise ValueError(
-                f"{url!r}: give a file path, e.g. sqlite:///idempotence.db "
+                "a sqlite:// store URL needs a file path, e.g. sqlite:///idempotence.db "
                 "(an in-memory SQLite database is not shared between connections; "
                 "use memory:// instead)"
             )
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        return cls(
-            path,
-            table=query.get("table", "idempotency"),
-            timeout=float(query.get("timeout", 30.0)),
-        )
+        query = url_query(url, ("table", "timeout"))
+        table = query.get("table", "idempotency")
+        _check_table(table)
+        return {"path": path, "table": table, "timeout": option_number(query, "timeout", 30.0)}
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        """The store of a ``sqlite://`` URL (see :meth:`parse_url`)."""
+        return cls(**cls.parse_url(url))
 
     # -- connections --------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -132,6 +150,17 @@ class SQLiteStore(Store):
         for conn in connections:
             conn.close()
         self._local = threading.local()
+
+    # -- capability: SQLConnections (idempotence.stores.capabilities) --------------------
+    @contextmanager
+    def sql_connection(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection to the database (autocommit: ``isolation_level=None``;
+        ``BEGIN`` opens a transaction). See
+        :class:`~idempotence.stores.capabilities.SQLConnections`."""
+        yield self._conn()
+
+    def asql_connection(self) -> None:
+        """``None``: SQLite has no async driver; use :meth:`sql_connection` in a thread."""
 
     # -- operations ---------------------------------------------------------------------
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
