@@ -16,19 +16,19 @@ import sqlite3
 import sys
 from typing import Any
 
-from idempotence.effects import TransactionalIdempotency, _transaction
+from idempotence.effects import TransactionalIdempotency, _sql_records
 
 
 def main() -> None:
     dialect, db, records, business, key, crash = sys.argv[1:7]
     if crash == "before-commit":
-        complete = _transaction._complete_steps
+        complete = _sql_records.complete_steps
 
         def complete_then_die(*args: Any, **kwargs: Any) -> Any:
             yield from complete(*args, **kwargs)
             os.kill(os.getpid(), signal.SIGKILL)
 
-        _transaction._complete_steps = complete_then_die
+        _sql_records.complete_steps = complete_then_die
     if dialect == "sqlite":
         conn: Any = sqlite3.connect(db, timeout=30)
         insert = f'INSERT INTO "{business}" (key, amount) VALUES (?, ?)'

@@ -4,7 +4,8 @@ Hypothesis drives random sequences of claim / complete / release / renew / get /
 and clock advances (a :class:`ManualClock` injected into the store) over a few keys and two
 fingerprints, through the sync methods or the async twins, and compares every outcome
 (``acquired``, every field of the returned record, ``now``, the booleans) with a reference:
-a dict of records updated by :func:`decide_claim` and the fence rules of ``SEMANTICS.md``.
+a dict of records updated by :func:`decide_claim` and the fence rules of
+``docs/protocol.md#fencing``.
 """
 
 from __future__ import annotations

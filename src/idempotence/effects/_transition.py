@@ -5,35 +5,34 @@ table, Redis keys or DynamoDB items) and moves it only from the expected state, 
 number of concurrent duplicates exactly one moves it. ``sql_transition`` and
 ``dynamodb_transition`` do the same on a row or item of the user's own table.
 
-Every backend offers four operations on "a state or nothing" (``None`` = no state):
-compare-and-set, read, unconditional write and delete, each one statement / script /
-request. They are written once as sans-I/O steps and run by a sync and an async driver.
+The backends (``_states``, ``_dynamodb``) offer four operations on "a state or nothing"
+(``None`` = no state): compare-and-set, read, unconditional write and delete, each one
+statement / script / request, written once as sans-I/O steps and run by a sync and an async
+driver. A store is picked by the capability it offers (:mod:`idempotence.stores.capabilities`),
+so a third-party store implementing one gets state guards too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
-import threading
-import weakref
-from collections.abc import Callable, Generator, Mapping, Sequence
-from decimal import Decimal
+from collections.abc import Callable, Generator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from .._errors import IdempotencyError, StoreError
-from ..stores._base import Store
-from ..stores._memory import MemoryStore
-from ..stores._registry import store_from_url
-from ..stores._sqlite import SQLiteStore
+from ..stores import MemoryStore, Store, store_from_url
+from ..stores.capabilities import AtomicScripts, DynamoDBRecords, SQLConnections
 from . import _sql
-from ._sql import POSTGRES, SQLITE, Dialect, Steps, Stmt, quote_ident
-
-if TYPE_CHECKING:
-    from ..stores._dynamodb import DynamoDBStore
-    from ..stores._postgres import PostgresStore
-    from ..stores._redis import RedisStore
+from ._dynamodb import (
+    DynamoDBStates,
+    adynamodb_transition,
+    dynamodb_transition,
+    dynamodb_transition_update,
+)
+from ._sql import Dialect, Steps, Stmt, quote_ident
+from ._states import Backend, MemoryStates, ScriptStates, SQLStates, State
+from ._states import text as _text
 
 __all__ = [
     "StateConflictError",
@@ -50,10 +49,7 @@ log = logging.getLogger("idempotence")
 _T = TypeVar("_T")
 S = TypeVar("S", bound="str | enum.Enum")
 E = TypeVar("E", bound=enum.Enum)
-State = str | enum.Enum
 
-#: Default SQL table of StateGuard on SQLite and PostgreSQL stores.
-STATES_TABLE = "idempotence_states"
 #: Prefix of StateGuard keys in Redis (after the store's prefix) and DynamoDB partition keys.
 STATE_KEY_PREFIX = "state:"
 
@@ -73,15 +69,6 @@ class StateConflictError(IdempotencyError):
         self.current = current
 
 
-def _text(state: State | None) -> str | None:
-    if state is None:
-        return None
-    value = state.value if isinstance(state, enum.Enum) else state
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"a state must be a non-empty str or a str-valued enum, got {state!r}")
-    return value
-
-
 def _pair(from_state: State | None, to_state: State | None) -> tuple[str | None, str | None]:
     f, t = _text(from_state), _text(to_state)
     if f is None and t is None:
@@ -96,380 +83,22 @@ def _entity(entity: str) -> str:
 
 
 # -- backends ------------------------------------------------------------------------------
-class _Backend:
-    """Four sans-I/O operations and the two drivers that run them."""
-
-    def cas(self, entity: str, expected: str | None, new: str | None) -> Generator[Any, Any, bool]:
-        raise NotImplementedError
-
-    def read(self, entity: str) -> Generator[Any, Any, str | None]:
-        raise NotImplementedError
-
-    def write(self, entity: str, state: str) -> Generator[Any, Any, None]:
-        raise NotImplementedError
-
-    def remove(self, entity: str) -> Generator[Any, Any, bool]:
-        raise NotImplementedError
-
-    def run(self, steps: Generator[Any, Any, _T]) -> _T:
-        raise NotImplementedError
-
-    async def arun(self, steps: Generator[Any, Any, _T]) -> _T:
-        return await asyncio.to_thread(self.run, steps)
-
-
-_memory_states: weakref.WeakKeyDictionary[MemoryStore, tuple[threading.Lock, dict[str, str]]]
-_memory_states = weakref.WeakKeyDictionary()
-_memory_lock = threading.Lock()
-
-
-class _MemoryBackend(_Backend):
-    """States in a dict shared by every guard over the same ``MemoryStore``."""
-
-    def __init__(self, store: MemoryStore) -> None:
-        with _memory_lock:
-            entry = _memory_states.get(store)
-            if entry is None:
-                entry = _memory_states[store] = (threading.Lock(), {})
-        self.lock, self.states = entry
-
-    # Each step is a function of the dict, run under the lock.
-    def cas(self, entity: str, expected: str | None, new: str | None) -> Generator[Any, Any, bool]:
-        def step(states: dict[str, str]) -> bool:
-            if states.get(entity) != expected:
-                return False
-            if new is None:
-                states.pop(entity, None)
-            else:
-                states[entity] = new
-            return True
-
-        return (yield step)  # type: ignore[no-any-return]
-
-    def read(self, entity: str) -> Generator[Any, Any, str | None]:
-        return (yield lambda states: states.get(entity))  # type: ignore[no-any-return]
-
-    def write(self, entity: str, state: str) -> Generator[Any, Any, None]:
-        yield lambda states: states.__setitem__(entity, state)
-
-    def remove(self, entity: str) -> Generator[Any, Any, bool]:
-        return (yield lambda states: states.pop(entity, None) is not None)  # type: ignore[no-any-return]
-
-    def run(self, steps: Generator[Any, Any, _T]) -> _T:
-        reply: Any = None
-        while True:
-            try:
-                step = steps.send(reply)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            with self.lock:
-                reply = step(self.states)
-
-    async def arun(self, steps: Generator[Any, Any, _T]) -> _T:
-        return self.run(steps)  # a dict never blocks
-
-
-def _states_ddl(dialect: Dialect, table: str) -> str:
-    t = quote_ident(table.split(".") if dialect is POSTGRES else table)
-    return f"CREATE TABLE IF NOT EXISTS {t} (entity text PRIMARY KEY, state text NOT NULL)" + (
-        " WITHOUT ROWID" if dialect is SQLITE else ""
-    )
-
-
-class _SQLBackend(_Backend):
-    """States in a table ``(entity text PRIMARY KEY, state text NOT NULL)`` of a SQLite or
-    PostgreSQL store's database; ``None`` is "no row"."""
-
-    def __init__(self, store: SQLiteStore | PostgresStore, dialect: Dialect, table: str) -> None:
-        self.store = store
-        self.dialect = dialect
-        self.table = quote_ident(table.split(".") if dialect is POSTGRES else table)
-        self.ddl = _states_ddl(dialect, table)
-        self._created = False
-
-    def _stmt(self, template: str, **params: object) -> Stmt:
-        return Stmt(self.dialect.sql(template.replace("{t}", self.table), list(params)), params)
-
-    def _ensure(self) -> Steps[None]:
-        if not self._created:
-            try:
-                yield Stmt(self.ddl, {})
-            except Exception as exc:
-                if not _sql.ddl_race(exc):
-                    raise
-            self._created = True
-
-    def cas(self, entity: str, expected: str | None, new: str | None) -> Steps[bool]:
-        yield from self._ensure()
-        if expected is None and new is None:
-            raise ValueError("a transition needs a state on at least one side")
-        if expected is None:
-            stmt = self._stmt(
-                "INSERT INTO {t} (entity, state) VALUES ({entity}, {new}) "
-                "ON CONFLICT (entity) DO NOTHING",
-                entity=entity,
-                new=new,
-            )
-        elif new is None:
-            stmt = self._stmt(
-                "DELETE FROM {t} WHERE entity = {entity} AND state = {expected}",
-                entity=entity,
-                expected=expected,
-            )
-        else:
-            stmt = self._stmt(
-                "UPDATE {t} SET state = {new} WHERE entity = {entity} AND state = {expected}",
-                entity=entity,
-                expected=expected,
-                new=new,
-            )
-        _, count = yield stmt
-        return count == 1
-
-    def read(self, entity: str) -> Steps[str | None]:
-        yield from self._ensure()
-        rows, _ = yield self._stmt("SELECT state FROM {t} WHERE entity = {entity}", entity=entity)
-        return str(rows[0][0]) if rows else None
-
-    def write(self, entity: str, state: str) -> Steps[None]:
-        yield from self._ensure()
-        yield self._stmt(
-            "INSERT INTO {t} (entity, state) VALUES ({entity}, {state}) "
-            "ON CONFLICT (entity) DO UPDATE SET state = excluded.state",
-            entity=entity,
-            state=state,
-        )
-
-    def remove(self, entity: str) -> Steps[bool]:
-        yield from self._ensure()
-        _, count = yield self._stmt("DELETE FROM {t} WHERE entity = {entity}", entity=entity)
-        return count == 1
-
-    def run(self, steps: Generator[Any, Any, _T]) -> _T:
-        store = self.store
-        if isinstance(store, SQLiteStore):
-            return _sql.run(store._conn(), steps)
-        with store._sync_conn() as conn:
-            return _sql.run(conn, steps)
-
-    async def arun(self, steps: Generator[Any, Any, _T]) -> _T:
-        store = self.store
-        if isinstance(store, SQLiteStore) or not store._has_async_source:
-            return await asyncio.to_thread(self.run, steps)
-        async with store._async_conn() as conn:
-            return await _sql.arun(conn, steps)
-
-
-# Redis: every operation is one script on one key (valid on Redis Cluster).
-_REDIS_CAS = """
-local cur = redis.call('GET', KEYS[1])
-if ARGV[1] == '1' then
-  if cur ~= ARGV[2] then return 0 end
-elseif cur then
-  return 0
-end
-if ARGV[3] == '1' then redis.call('SET', KEYS[1], ARGV[4]) else redis.call('DEL', KEYS[1]) end
-return 1
-"""
-_REDIS_GET = "return redis.call('GET', KEYS[1])"
-_REDIS_SET = "redis.call('SET', KEYS[1], ARGV[1]) return 1"
-_REDIS_DEL = "return redis.call('DEL', KEYS[1])"
-
-
-def _reply(value: Any) -> Any:
-    return value
-
-
-class _RedisBackend(_Backend):
-    """States as plain string keys ``{store prefix}state:{entity}``, without expiry."""
-
-    def __init__(self, store: RedisStore, prefix: str) -> None:
-        from ..stores._redis import _Script
-
-        self.store = store
-        self.prefix = store.prefix + prefix
-        self.scripts = {
-            name: _Script(source)
-            for name, source in (
-                ("cas", _REDIS_CAS),
-                ("get", _REDIS_GET),
-                ("set", _REDIS_SET),
-                ("del", _REDIS_DEL),
-            )
-        }
-
-    def _eval(self, name: str, entity: str, *args: str) -> Any:
-        """One script call in the store's own form (``_redis._Call``), the raw reply kept."""
-        from ..stores._redis import _Call
-
-        return _Call(self.scripts[name], self.prefix + entity, args, _reply)
-
-    def cas(self, entity: str, expected: str | None, new: str | None) -> Generator[Any, Any, bool]:
-        if expected is None and new is None:
-            raise ValueError("a transition needs a state on at least one side")
-        flags = (
-            "0" if expected is None else "1",
-            expected or "",
-            "0" if new is None else "1",
-            new or "",
-        )
-        return int((yield self._eval("cas", entity, *flags))) == 1
-
-    def read(self, entity: str) -> Generator[Any, Any, str | None]:
-        value = yield self._eval("get", entity)
-        return None if value is None else (value.decode() if isinstance(value, bytes) else value)
-
-    def write(self, entity: str, state: str) -> Generator[Any, Any, None]:
-        yield self._eval("set", entity, state)
-
-    def remove(self, entity: str) -> Generator[Any, Any, bool]:
-        return int((yield self._eval("del", entity))) == 1
-
-    # Each script runs through the store's own transport (EVALSHA, EVAL on NOSCRIPT; the
-    # async side on the loop's client, or the sync client in a thread).
-    def run(self, steps: Generator[Any, Any, _T]) -> _T:
-        reply: Any = None
-        while True:
-            try:
-                call = steps.send(reply)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            reply = self.store._run(call)
-
-    async def arun(self, steps: Generator[Any, Any, _T]) -> _T:
-        reply: Any = None
-        while True:
-            try:
-                call = steps.send(reply)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            reply = await self.store._arun(call)
-
-
-# DynamoDB: a request builder shared by StateGuard and the helpers on user tables.
-def _attribute_value(value: Any) -> dict[str, Any]:
-    """A key value in DynamoDB's typed form; typed values (``{"S": ...}``) pass as given."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, str):
-        return {"S": value}
-    if isinstance(value, bool):
-        raise TypeError("a DynamoDB key cannot be a boolean")
-    if isinstance(value, (int, float, Decimal)):
-        return {"N": str(value)}
-    if isinstance(value, (bytes, bytearray)):
-        return {"B": bytes(value)}
-    raise TypeError(f"cannot use {type(value).__qualname__} as a DynamoDB key value")
-
-
-def _dynamodb_cas_request(
-    table: str, key: Mapping[str, Any], attr: str, expected: str | None, new: str | None
-) -> tuple[str, dict[str, Any]]:
-    """``(method, kwargs)`` of the conditional request moving ``attr`` of the item ``key``
-    from ``expected`` to ``new`` (``None``: attribute absent / remove the whole item)."""
-    if expected is None and new is None:
-        raise ValueError("a transition needs a state on at least one side")
-    request: dict[str, Any] = {
-        "TableName": table,
-        "Key": {name: _attribute_value(value) for name, value in key.items()},
-        "ExpressionAttributeNames": {"#state": attr},
-    }
-    values: dict[str, Any] = {}
-    if expected is None:
-        request["ConditionExpression"] = "attribute_not_exists(#state)"
-    else:
-        request["ConditionExpression"] = "#state = :expected"
-        values[":expected"] = {"S": expected}
-    if new is None:
-        method = "delete_item"
-    else:
-        method = "update_item"
-        request["UpdateExpression"] = "SET #state = :new"
-        values[":new"] = {"S": new}
-    if values:
-        request["ExpressionAttributeValues"] = values
-    return method, request
-
-
-def _is_condition_failure(exc: BaseException) -> bool:
-    """The DynamoDB store's own test, imported on first use (it loads asyncio)."""
-    from ..stores._dynamodb import _is_conditional_failure
-
-    return _is_conditional_failure(exc)
-
-
-class _DynamoDBBackend(_Backend):
-    """States as items of the store's table (or ``table``) whose partition key is
-    ``state:{entity}`` (same key schema as the store; the sort key, if any, holds the
-    store's ``sort_key_value``), with one attribute ``state``. No ``expiration``: they are
-    kept until deleted."""
-
-    ATTR = "state"
-
-    def __init__(self, store: DynamoDBStore, prefix: str, table: str | None) -> None:
-        from ..stores._dynamodb import _Call
-
-        self.store = store
-        self.prefix = prefix
-        self.table = table or store.table
-        self.call = _Call
-
-    def _key(self, entity: str) -> dict[str, Any]:
-        return self.store._key(self.prefix + entity)
-
-    def cas(self, entity: str, expected: str | None, new: str | None) -> Generator[Any, Any, bool]:
-        method, request = _dynamodb_cas_request(
-            self.table, self._key(entity), self.ATTR, expected, new
-        )
-        try:
-            yield self.call(method, request)
-        except Exception as exc:
-            if _is_condition_failure(exc):
-                return False
-            raise
-        return True
-
-    def read(self, entity: str) -> Generator[Any, Any, str | None]:
-        response = yield self.call(
-            "get_item",
-            {"TableName": self.table, "Key": self._key(entity), "ConsistentRead": True},
-        )
-        value = response.get("Item", {}).get(self.ATTR, {}).get("S")
-        return None if value is None else str(value)
-
-    def write(self, entity: str, state: str) -> Generator[Any, Any, None]:
-        item = {**self._key(entity), self.ATTR: {"S": state}}
-        yield self.call("put_item", {"TableName": self.table, "Item": item})
-
-    def remove(self, entity: str) -> Generator[Any, Any, bool]:
-        response = yield self.call(
-            "delete_item",
-            {"TableName": self.table, "Key": self._key(entity), "ReturnValues": "ALL_OLD"},
-        )
-        return bool(response.get("Attributes"))
-
-    def run(self, steps: Generator[Any, Any, _T]) -> _T:
-        return self.store._run(steps)
-
-    async def arun(self, steps: Generator[Any, Any, _T]) -> _T:
-        return await self.store._arun(steps)
-
-
-def _backend(store: Store, table: str | None, prefix: str) -> _Backend:
+def _backend(store: Store, table: str | None, prefix: str) -> Backend:
+    """The backend of ``store``, by the capability it offers (see
+    :mod:`idempotence.stores.capabilities`)."""
     if isinstance(store, MemoryStore):
-        return _MemoryBackend(store)
-    if isinstance(store, SQLiteStore):
-        return _SQLBackend(store, SQLITE, table or STATES_TABLE)
-    kind = type(store).__module__
-    if kind == "idempotence.stores._postgres":
-        return _SQLBackend(store, POSTGRES, table or STATES_TABLE)  # type: ignore[arg-type]
-    if kind == "idempotence.stores._redis":
-        return _RedisBackend(store, prefix)  # type: ignore[arg-type]
-    if kind == "idempotence.stores._dynamodb":
-        return _DynamoDBBackend(store, prefix, table)  # type: ignore[arg-type]
+        return MemoryStates(store)
+    if isinstance(store, SQLConnections):
+        return SQLStates(store, table)
+    if isinstance(store, AtomicScripts):
+        return ScriptStates(store, prefix)
+    if isinstance(store, DynamoDBRecords):
+        return DynamoDBStates(store, prefix, table)
     raise TypeError(
-        f"StateGuard supports MemoryStore, SQLiteStore, PostgresStore, RedisStore and "
-        f"DynamoDBStore, not {type(store).__qualname__}"
+        "StateGuard needs a MemoryStore or a store with a capability of "
+        "idempotence.stores.capabilities (SQLConnections, AtomicScripts, DynamoDBRecords; "
+        f"e.g. SQLiteStore, PostgresStore, RedisStore, DynamoDBStore), not "
+        f"{type(store).__qualname__}"
     )
 
 
@@ -487,6 +116,9 @@ class StateGuard(Generic[S]):
     - ``DynamoDBStore``: items of the store's table (or ``table``, with the same key schema)
       whose partition key is ``{prefix}{entity}`` and whose ``state`` attribute holds the
       state.
+    - any other store with a capability of :mod:`idempotence.stores.capabilities`:
+      ``SQLConnections`` as the SQL stores, ``AtomicScripts`` as Redis,
+      ``DynamoDBRecords`` as DynamoDB. Other stores raise ``TypeError``.
 
     States are kept until :meth:`delete`: they are not subject to the records' retention.
     ``prefix`` (default ``"state:"``) keeps them apart from idempotency keys in Redis and
@@ -562,7 +194,7 @@ class StateGuard(Generic[S]):
             return value  # type: ignore[return-value]
         return self.states(value)  # type: ignore[return-value]
 
-    def _call(self, make: Callable[[_Backend], Generator[Any, Any, _T]]) -> _T:
+    def _call(self, make: Callable[[Backend], Generator[Any, Any, _T]]) -> _T:
         try:
             return self._backend.run(make(self._backend))
         except IdempotencyError:
@@ -570,7 +202,7 @@ class StateGuard(Generic[S]):
         except Exception as exc:
             raise _store_error(self.store, exc) from exc
 
-    async def _acall(self, make: Callable[[_Backend], Generator[Any, Any, _T]]) -> _T:
+    async def _acall(self, make: Callable[[Backend], Generator[Any, Any, _T]]) -> _T:
         try:
             return await self._backend.arun(make(self._backend))
         except IdempotencyError:
@@ -770,59 +402,3 @@ async def asql_transition(
         _sql.dialect_of(conn), table, id_column, id, state_column, from_state, to_state
     )
     return await _sql.arun(conn, steps)
-
-
-def dynamodb_transition_update(
-    table: str, key: Mapping[str, Any], attr: str, from_state: State | None, to_state: State
-) -> dict[str, Any]:
-    """The ``TransactWriteItems`` entry (``{"Update": {...}}``) of the transition, to commit
-    it together with other writes (see :func:`~idempotence.effects.dynamodb_transaction`)."""
-    _, request = _dynamodb_cas_request(table, key, attr, _text(from_state), _text(to_state))
-    return {"Update": request}
-
-
-def dynamodb_transition(
-    client: Any,
-    table: str,
-    key: Mapping[str, Any],
-    attr: str,
-    from_state: State | None,
-    to_state: State | None,
-) -> bool:
-    """Move attribute ``attr`` of the item ``key`` in the user's ``table`` from
-    ``from_state`` to ``to_state`` with one conditional request (``UpdateItem`` with
-    ``ConditionExpression #attr = :from``). Returns whether it moved.
-
-    ``client`` is a boto3 DynamoDB client. ``key`` maps key attribute names to values, plain
-    (``str`` -> S, numbers -> N, bytes -> B) or typed (``{"S": "o-1"}``). ``from_state=None``
-    requires the attribute to be absent (``UpdateItem`` creates the item if it does not
-    exist); ``to_state=None`` deletes the item if ``attr`` equals ``from_state``. Other
-    errors (throttling, missing table) propagate as botocore raises them.
-    """
-    method, request = _dynamodb_cas_request(table, key, attr, _text(from_state), _text(to_state))
-    try:
-        getattr(client, method)(**request)
-    except Exception as exc:
-        if _is_condition_failure(exc):
-            return False
-        raise
-    return True
-
-
-async def adynamodb_transition(
-    client: Any,
-    table: str,
-    key: Mapping[str, Any],
-    attr: str,
-    from_state: State | None,
-    to_state: State | None,
-) -> bool:
-    """Async :func:`dynamodb_transition` with an aiobotocore DynamoDB client."""
-    method, request = _dynamodb_cas_request(table, key, attr, _text(from_state), _text(to_state))
-    try:
-        await getattr(client, method)(**request)
-    except Exception as exc:
-        if _is_condition_failure(exc):
-            return False
-        raise
-    return True

@@ -1,0 +1,178 @@
+"""What a store can do beyond the :class:`~idempotence.stores.Store` protocol: capabilities.
+
+The exactly-once effects (:mod:`idempotence.effects`) need more than claim/complete: a SQL
+connection to put a state table next to the records, a way to run a script atomically next
+to them, or DynamoDB's conditional transactional writes. Each need is one small protocol
+here. A store offers a capability by implementing its public methods; the effects check
+``isinstance(store, Capability)`` and use nothing else, so a third-party store gets them by
+implementing the same methods:
+
+- :class:`SQLConnections`: DB-API connections to the store's SQL database (``sqlite3`` or
+  psycopg 3). :class:`~idempotence.stores.SQLiteStore`,
+  :class:`~idempotence.stores.PostgresStore`. Used by
+  :class:`~idempotence.effects.StateGuard` and as the ``connect`` source of
+  :class:`~idempotence.effects.TransactionalIdempotency`.
+- :class:`AtomicScripts`: run a Lua script atomically on one key.
+  :class:`~idempotence.stores.RedisStore`. Used by ``StateGuard``.
+- :class:`DynamoDBRecords`: the store's table, the typed key and the item codec of a record,
+  the conditional ``TransactWriteItems`` entry that completes a record, and one request on
+  the store's client. :class:`~idempotence.stores.DynamoDBStore`. Used by ``StateGuard`` and
+  :func:`~idempotence.effects.dynamodb_transaction`.
+
+The SQL records table (shared by the SQL stores and the transactional effects, so both see
+the same records) is described by :func:`records_ddl`, :func:`quoted_table`,
+:data:`RECORD_COLUMNS`, :func:`record_from_row` and :func:`fresh_fence_sql`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from .._record import Record
+
+__all__ = [
+    "RECORD_COLUMNS",
+    "AtomicScripts",
+    "DynamoDBRecords",
+    "SQLConnections",
+    "fresh_fence_sql",
+    "quoted_table",
+    "record_from_row",
+    "records_ddl",
+]
+
+
+@runtime_checkable
+class SQLConnections(Protocol):
+    """A store whose data lives in a SQL database it reaches through DB-API connections."""
+
+    def sql_connection(self) -> AbstractContextManager[Any]:
+        """A ``with`` block holding a connection to the store's database: a
+        ``sqlite3.Connection`` or a psycopg 3 ``Connection``, in autocommit mode (each
+        statement commits by itself unless the caller opens a transaction: ``BEGIN`` /
+        ``conn.transaction()``). The connection is the store's: return it in the state you
+        got it (no open transaction) by leaving the block. Errors propagate unchanged."""
+        ...
+
+    def asql_connection(self) -> AbstractAsyncContextManager[Any] | None:
+        """The same as an ``async with`` block holding a psycopg ``AsyncConnection``, or
+        ``None`` when the store has no async connection source: callers then use
+        :meth:`sql_connection` in a worker thread."""
+        ...
+
+
+@runtime_checkable
+class AtomicScripts(Protocol):
+    """A store that runs a Lua script atomically on one key (Redis ``EVALSHA``/``EVAL``)."""
+
+    #: Prefix of every key the store writes; a capability user puts its own keys under it.
+    prefix: str
+
+    def run_script(self, script: str, key: str, args: Sequence[str | bytes]) -> Any:
+        """Run ``script`` with ``KEYS[1] = key`` (the full key: add :attr:`prefix` yourself)
+        and ``ARGV = args``, atomically; return the raw reply (bytes, ints, lists or
+        ``None``). The key is the script's only key, so it is valid on Redis Cluster.
+        Errors of the client propagate unchanged."""
+        ...
+
+    async def arun_script(self, script: str, key: str, args: Sequence[str | bytes]) -> Any:
+        """Async :meth:`run_script`."""
+        ...
+
+
+@runtime_checkable
+class DynamoDBRecords(Protocol):
+    """A store whose records are items of one DynamoDB table."""
+
+    #: The table of the records.
+    table: str
+    #: The clock of the store's leases and retention (epoch seconds).
+    clock: Callable[[], float]
+
+    def item_key(self, key: str) -> dict[str, Any]:
+        """The typed primary key (``{"id": {"S": ...}}``, plus the sort key if the table
+        has one) of the item holding ``key``. Any string can be given: a capability user
+        keeps its own items apart by a prefix."""
+        ...
+
+    def record_from_item(self, item: Mapping[str, Any]) -> Record:
+        """The record an item holds (as returned by ``GetItem`` or a cancellation reason).
+        Raises :class:`~idempotence.CorruptRecordError` for an item that is not one."""
+        ...
+
+    def completion_write(
+        self, key: str, fingerprint: str, result: bytes, *, ttl: float, now: float
+    ) -> dict[str, Any]:
+        """A ``TransactWriteItems`` entry (``{"Update": {...}}``) writing the completed
+        record of ``key`` with ``result`` (kept ``ttl`` seconds from ``now``), on condition
+        that ``key`` may be claimed at ``now``: absent, past retention, or an in-progress
+        claim with the same fingerprint whose lease lapsed. On a failed condition DynamoDB
+        returns the existing item in the cancellation reason (``ALL_OLD``)."""
+        ...
+
+    def call(self, method: str, request: Mapping[str, Any]) -> Any:
+        """One request ``client.<method>(**request)`` on the store's boto3 client; its
+        response. botocore's exceptions propagate (a missing table as
+        :class:`~idempotence.StoreError`)."""
+        ...
+
+    async def acall(self, method: str, request: Mapping[str, Any]) -> Any:
+        """Async :meth:`call` (aiobotocore, or the sync client in a worker thread)."""
+        ...
+
+
+# -- the SQL records table ---------------------------------------------------------------
+#: The columns of the SQL records table, in the order :func:`record_from_row` reads them.
+RECORD_COLUMNS: tuple[str, ...] = (
+    "key",
+    "status",
+    "fingerprint",
+    "fence",
+    "lease_expires_at",
+    "expires_at",
+    "result",
+)
+
+Dialect = Literal["sqlite", "postgres"]
+
+
+def quoted_table(table: str, dialect: Dialect) -> str:
+    """The records table name as SQL. PostgreSQL takes ``table`` or ``schema.table``
+    (letters, digits, ``_``; else ``ValueError``); SQLite quotes any name verbatim."""
+    if dialect == "postgres":
+        from ._postgres import _table_sql
+
+        return _table_sql(table)
+    if not table or "\x00" in table:
+        raise ValueError(f"invalid table name {table!r}")
+    return '"' + table.replace('"', '""') + '"'
+
+
+def records_ddl(table: str, dialect: Dialect) -> str:
+    """The ``CREATE TABLE IF NOT EXISTS`` of the records table ``table`` (as the stores
+    create it)."""
+    if dialect == "postgres":
+        from ._postgres import _ddl
+
+        return _ddl(table)
+    from ._sqlite import sqlite_ddl
+
+    return sqlite_ddl(quoted_table(table, "sqlite"))
+
+
+def record_from_row(row: Sequence[Any]) -> Record:
+    """The record of a row whose first columns are :data:`RECORD_COLUMNS` (extra columns
+    after them are ignored)."""
+    from ._postgres import _record
+
+    return _record(tuple(row))
+
+
+def fresh_fence_sql(now: str) -> str:
+    """PostgreSQL expression of :func:`~idempotence.stores.fresh_fence` at the SQL time
+    expression ``now`` (epoch seconds): the fence of a record created from nothing."""
+    from ._postgres import _fresh_fence
+
+    return _fresh_fence(now)
