@@ -184,3 +184,31 @@ def test_built_wheel_installs_and_runs_in_a_clean_venv(tmp_path: Path, wheel: Pa
     )
     assert proc.returncode == 0, proc.stderr
     assert "pip install 'idempotence[dynamodb-async]'" in proc.stdout
+
+
+def test_lambda_example_requirements_install_the_repository_package() -> None:
+    """``sam build`` runs pip from ``examples/orders``: the requirement resolves to this
+    repository's package (with its sync DynamoDB extra) before any release exists."""
+    example = ROOT / "examples" / "orders"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--no-deps",
+            "-r",
+            "requirements.txt",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=example,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Would install idempotence-" in proc.stdout
+    lines = [ln for ln in (example / "requirements.txt").read_text().splitlines() if ln]
+    assert [ln for ln in lines if not ln.startswith("#")] == ["../..[dynamodb]"]
