@@ -356,6 +356,16 @@ def request_scope(
 
 
 # -- the engine ---------------------------------------------------------------------------
+def _is_text(value: str) -> bool:
+    """Whether ``value`` is text: no lone surrogate (what undecodable bytes become under
+    ``surrogateescape``), so that it hashes and logs as itself."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _default_keep(response: HTTPResponse) -> bool:
     """Keep a response unless the caller was refused (401, 403), asked to retry (408, 425,
     429) or the server failed (>= 500)."""
@@ -564,6 +574,10 @@ class HTTPIdempotency:
             return None
         if len(request.body) > self.max_request_bytes:
             return self.too_large()
+        if not all(_is_text(part) for part in (request.method, request.path, request.query)):
+            return problem(
+                "invalid-request", "the request's method, path or query is not valid text"
+            )
         try:
             scope = self.scope(request)
             if scope is not None and not isinstance(scope, str):
