@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # `make demo` needs the package and rich only: its own stamp, no dev group.
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: .venv demo test lint bench dist clean distclean
+.PHONY: .venv demo test lint bench dist docs clean distclean
 
 .venv: $(STAMP)
 
@@ -42,11 +42,16 @@ dist: $(STAMP)
 	$(BIN)/python -m build --outdir dist
 	$(BIN)/twine check --strict dist/*
 
+# The documentation site (mkdocs.yml, docs/): --strict fails on a broken link, a page
+# missing from the nav, a missing included file or a docstring warning.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
 bench: $(STAMP)
 	@if [ -f bench/run.py ]; then $(BIN)/python bench/run.py; else echo "bench/run.py does not exist yet"; fi
 
 clean:
-	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf build dist site .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean
