@@ -603,6 +603,7 @@ CORRUPT = {
     "string": {"status": "200", "headers": [], "body": b""},
     "float": {"status": 200.0, "headers": [], "body": b""},
     "bad-headers": {"status": 200, "headers": [["a"]], "body": b""},
+    "unsendable-header": {"status": 200, "headers": [["a", "\u20ac"]], "body": b""},
     "not-a-dict": [1, 2, 3],
 }
 

@@ -259,6 +259,8 @@ class HTTPResponse:
                     or not all(isinstance(x, str) for x in pair)
                 ):
                     raise TypeError("a header is not a [name, value] pair of strings")
+                pair[0].encode("latin-1")  # what every transport can send (else ValueError)
+                pair[1].encode("latin-1")
                 headers.append((pair[0], pair[1]))
         except CorruptRecordError:
             raise
