@@ -451,6 +451,17 @@ def _replay_check(serializer: Serializer) -> Callable[[bytes, Any], None] | None
     return check if callable(check) else None
 
 
+def default_namespace(fn: Callable[..., Any], prefix: str | None) -> str:
+    """``[prefix.][{AWS_LAMBDA_FUNCTION_NAME}:]module.qualname`` (the variable read now);
+    ``TypeError`` for functions with no name of their own (see
+    :meth:`Idempotency.namespace_for`)."""
+    name = f"{fn.__module__}.{_qualname(fn)}"
+    function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+    if function:
+        name = f"{function}:{name}"
+    return f"{prefix}.{name}" if prefix else name
+
+
 def _name_of(fn: Any) -> str:
     """A callable's name for messages: its ``__qualname__``, or what it is."""
     name = getattr(fn, "__qualname__", None)
@@ -642,12 +653,7 @@ class Idempotency:
         """
         if override is not None:
             return override
-        name = f"{fn.__module__}.{_qualname(fn)}"
-        function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
-        if function:
-            name = f"{function}:{name}"
-        prefix = self.config.namespace
-        return f"{prefix}.{name}" if prefix else name
+        return default_namespace(fn, self.config.namespace)
 
     def _decorate(self, fn: Callable[P, R], options: dict[str, Any]) -> IdempotentFunction[P, R]:
         import inspect

@@ -357,3 +357,29 @@ async def test_atransaction_needs_an_async_connection(tmp_path: Path) -> None:
         async with txi.atransaction(conn, "k"):
             pass
     conn.close()
+
+
+def test_decorator_namespace_has_the_lambda_function_name(
+    db: DB, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same code deployed as two Lambda functions over one database: each runs."""
+    runs: list[str] = []
+
+    def deploy(function: str) -> Any:
+        monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", function)
+        txi = TransactionalIdempotency(db.connect, table=RECORDS_TABLE)
+
+        @txi(key="order_id")
+        def record(conn: Any, order: dict[str, Any]) -> str:
+            runs.append(function)
+            db.insert(conn, key, order["amount"])
+            return function
+
+        return record
+
+    order = {"order_id": key, "amount": 1}
+    assert deploy("ledger-a")(order) == "ledger-a"
+    assert deploy("ledger-b")(order) == "ledger-b"  # not ledger-a's stored answer
+    assert deploy("ledger-a")(order) == "ledger-a"  # a replay
+    assert runs == ["ledger-a", "ledger-b"]
+    assert db.count(key) == 2

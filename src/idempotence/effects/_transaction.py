@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 from .._config import IdempotencyConfig, seconds
-from .._idempotency import _Bound, replay_record
+from .._idempotency import _Bound, default_namespace, replay_record
 from .._keys import digest
 from .._record import Record
 from ..stores.capabilities import (
@@ -309,9 +309,8 @@ class TransactionalIdempotency:
         functools.update_wrapper(shim, fn)
         shim.__signature__ = inspect.signature(fn).replace(parameters=params[1:])  # type: ignore[attr-defined]
         namespace = options.get("namespace")
-        if namespace is None:
-            name = f"{fn.__module__}.{fn.__qualname__}"
-            namespace = f"{config.namespace}.{name}" if config.namespace else name
+        if namespace is None:  # as Idempotency names functions (Lambda function name too)
+            namespace = default_namespace(fn, config.namespace)
         bound = _Bound(shim, config, namespace)
         source = _records.Source(self.connect)
         encode = encoder(config.serializer)
