@@ -242,17 +242,33 @@ def _free_socket() -> socket.socket:
 
 @pytest.fixture
 def fastapi_server() -> Iterator[tuple[str, Counter]]:
-    """A FastAPI app behind uvicorn, wrapped with the defaults and max_request_bytes=1000."""
+    """A FastAPI app behind uvicorn, wrapped with the defaults, max_request_bytes=1000 and
+    max_body_bytes=500."""
     import uvicorn
     from fastapi import FastAPI
 
     counter = Counter()
     app = FastAPI()
-    app.add_middleware(IdempotencyMiddleware, idempotency=MemoryStore(), max_request_bytes=1000)
+    app.add_middleware(
+        IdempotencyMiddleware,
+        idempotency=MemoryStore(),
+        max_request_bytes=1000,
+        max_body_bytes=500,
+    )
 
     @app.post("/orders", status_code=201)
     async def create(order: dict[str, Any]) -> dict[str, int]:
         return {"order": counter.hit()}
+
+    @app.post("/stream")
+    async def stream() -> StreamingResponse:
+        n = counter.hit()
+
+        async def parts() -> AsyncIterator[bytes]:
+            for i in range(5):
+                yield f"{i}-{n};".encode() * 50
+
+        return StreamingResponse(parts(), media_type="text/plain")
 
     sock = _free_socket()
     server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
@@ -292,10 +308,16 @@ def test_uvicorn_fastapi_callers_and_limits(fastapi_server: tuple[str, Counter])
     assert (big.status_code, problem_type(big)) == (413, "request-too-large")
     assert (chunked.status_code, problem_type(chunked)) == (413, "request-too-large")
     assert counter.n == 2
+    with httpx.Client(base_url=base, timeout=10) as client:
+        streamed = client.post("/stream", headers={**K, "Idempotency-Key": "s"})
+        again = client.post("/stream", headers={**K, "Idempotency-Key": "s"})
+    assert streamed.content == b"".join(f"{i}-3;".encode() * 50 for i in range(5))
+    assert (again.status_code, problem_type(again)) == (500, "response-not-stored")
+    assert counter.n == 3
 
 
 @pytest.fixture(params=["waitress", "wsgiref"])
-def wsgi_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, Counter]]:
+def wsgi_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, Counter, str]]:
     from tests.http.test_wsgi import _QuietHandler, _ThreadingWSGIServer
 
     counter = Counter()
@@ -335,14 +357,14 @@ def wsgi_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, Counter]]
             server.server_close()
 
     try:
-        yield f"http://127.0.0.1:{port}", counter
+        yield f"http://127.0.0.1:{port}", counter, request.param
     finally:
         stop()
         thread.join(10)
 
 
-def test_wsgi_server_callers_and_limits(wsgi_server: tuple[str, Counter]) -> None:
-    base, counter = wsgi_server
+def test_wsgi_server_callers_and_limits(wsgi_server: tuple[str, Counter, str]) -> None:
+    base, counter, name = wsgi_server
     with httpx.Client(base_url=base, timeout=10) as client:
         a1 = client.post("/orders", json={"item": "book"}, headers=ALICE)
         b1 = client.post("/orders", json={"item": "book"}, headers=BOB)
@@ -350,6 +372,12 @@ def test_wsgi_server_callers_and_limits(wsgi_server: tuple[str, Counter]) -> Non
         big = client.post("/orders", content=b"x" * 5000, headers=K)
     assert [r.json()["order"] for r in (a1, b1, a2)] == [1, 2, 1]
     assert (big.status_code, problem_type(big)) == (413, "request-too-large")
+    if name == "waitress":  # wsgiref cannot read chunked request bodies
+        with httpx.Client(base_url=base, timeout=10) as client:
+            chunked = client.post(
+                "/orders", content=iter([b"y" * 100] * 50), headers={**K, "Idempotency-Key": "c"}
+            )
+        assert (chunked.status_code, problem_type(chunked)) == (413, "request-too-large")
     assert counter.n == 2
 
 
