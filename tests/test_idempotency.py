@@ -1270,3 +1270,41 @@ def test_key_from_a_dataclass_nested_in_the_payload(idem: Idempotency) -> None:
     assert runs.n == 2
     with pytest.raises(MissingKeyError):
         ship({"order": None})
+
+
+def test_key_functions_without_a_name_give_the_same_key_in_every_process(
+    tmp_path: Path,
+) -> None:
+    """A ``partial`` or callable object as ``key=`` used to enter the key as its ``repr``,
+    memory address included: each process (each Lambda instance) had its own keys."""
+    script = textwrap.dedent(
+        """
+        import functools
+        from idempotence import Idempotency
+        from idempotence.stores import MemoryStore
+
+        class ById:
+            def __call__(self, order):
+                return order["id"]
+
+        def field(order, name):
+            return order[name]
+
+        idem = Idempotency(MemoryStore())
+
+        def f(order):
+            return order
+
+        a = idem(key=functools.partial(field, name="id"), namespace="t.a")(f)
+        b = idem(key=ById(), namespace="t.b")(f)
+        junk = [object() for _ in range(__import__("random").randrange(1, 500))]
+        print(a.key_for({"id": 1}), b.key_for({"id": 1}))
+        """
+    )
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(3)
+    }
+    assert len(runs) == 1, runs

@@ -181,11 +181,7 @@ class _Bound(Generic[P, R]):
             compile_selector(fp, what="fingerprint") if fp not in (None, False) else None  # type: ignore[arg-type]
         )
         spec = config.key
-        self.key_spec = (
-            spec
-            if isinstance(spec, str) or spec is None
-            else getattr(spec, "__qualname__", repr(spec))
-        )
+        self.key_spec = spec if isinstance(spec, str) or spec is None else _spec_name(spec)
         self.cache = LocalCache(config.local_cache) if config.local_cache else None
         # ``namespace#digest([key spec, scope, material])``, the constant head encoded once.
         self._key_digest = list_digest((self.key_spec, config.scope), f"{self.namespace}#")
@@ -460,6 +456,21 @@ def default_namespace(fn: Callable[..., Any], prefix: str | None) -> str:
     if function:
         name = f"{function}:{name}"
     return f"{prefix}.{name}" if prefix else name
+
+
+def _spec_name(spec: Callable[..., Any]) -> str:
+    """The name of a ``key=`` function as it enters every key: the same in every process
+    (a ``repr`` holding a memory address - a ``partial``, an object without ``__repr__`` -
+    would give each process its own keys)."""
+    name = getattr(spec, "__qualname__", None)
+    if isinstance(name, str):
+        return name
+    if isinstance(spec, functools.partial):
+        return f"partial({_spec_name(spec.func)})"
+    text = repr(spec)
+    if " at 0x" in text:
+        return f"{type(spec).__module__}.{type(spec).__qualname__}"
+    return text
 
 
 def _name_of(fn: Any) -> str:
