@@ -191,3 +191,32 @@ def test_the_store_runs_on_the_declared_table(tool: str, dynamodb_endpoint: str)
         assert described["AttributeName"] == ttl
     finally:
         client.delete_table(TableName=name)
+
+
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"])
+def test_store_url_without_endpoint_uses_the_standard_variables(
+    variable: str,
+    dynamodb_endpoint: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/infrastructure.md: with no endpoint_url, boto's endpoint variables apply."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, dynamodb_endpoint)
+    name = f"iac-env-{uuid.uuid4().hex[:8]}"
+    store = DynamoDBStore(name, region=REGION)
+    assert store.create_table()
+    try:
+        idem = Idempotency(f"dynamodb://{name}?region={REGION}")
+        calls: list[int] = []
+
+        @idem(key="id")
+        def once(order: dict[str, Any]) -> int:
+            calls.append(1)
+            return len(calls)
+
+        assert once({"id": "a"}) == once({"id": "a"}) == 1
+    finally:
+        boto3.client("dynamodb", region_name=REGION, endpoint_url=dynamodb_endpoint).delete_table(
+            TableName=name
+        )
