@@ -254,11 +254,13 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _fails_fast(store: RedisStore, mode: str, limit: float) -> None:
+def _fails_fast(
+    store: RedisStore, mode: str, limit: float, match: str = r"RedisStore\.a?claim failed"
+) -> None:
     s = StoreDriver(store, mode)
     started = time.monotonic()
     try:
-        with pytest.raises(StoreError, match=r"RedisStore\.a?claim failed"):
+        with pytest.raises(StoreError, match=match):
             s.claim(_key(), "fp", lease=LEASE, ttl=TTL)
     finally:
         s.close()
@@ -267,7 +269,8 @@ def _fails_fast(store: RedisStore, mode: str, limit: float) -> None:
 
 
 def test_server_down_raises_store_error_fast(mode: str) -> None:
-    _fails_fast(RedisStore(f"redis://127.0.0.1:{_closed_port()}/0"), mode, limit=2.0)
+    store = RedisStore(f"redis://127.0.0.1:{_closed_port()}/0")
+    _fails_fast(store, mode, limit=2.0, match="cannot connect to Redis: connection refused")
 
 
 def test_unresponsive_server_times_out(mode: str) -> None:

@@ -200,8 +200,12 @@ def test_postgres_connection_failure_names_its_cause_fast(
 @pytest.mark.parametrize(
     ("make_url", "cause"),
     [
-        (lambda: f"redis://127.0.0.1:{_closed_port()}/0", "Connection refused|Connect call"),
-        (lambda: "redis://nonexistent.invalid:6379/0", "Name or service not known|not known"),
+        (lambda: f"redis://127.0.0.1:{_closed_port()}/0", "connection refused"),
+        (lambda: "redis://nonexistent.invalid:6379/0", "unknown host"),
+        (
+            lambda: REDIS_URL.replace("://", f"://no_such_user_{uuid.uuid4().hex[:8]}:pw@", 1),
+            "authentication failed",
+        ),
     ],
 )
 def test_redis_connection_failure_names_its_cause_fast(
@@ -212,7 +216,7 @@ def test_redis_connection_failure_names_its_cause_fast(
     pytest.importorskip("redis")
     store = RedisStore(make_url())
     started = time.monotonic()
-    with pytest.raises(StoreError, match=cause):
+    with pytest.raises(StoreError, match=f"cannot connect to Redis: {cause}"):
         _claim(store, mode)
     assert time.monotonic() - started < 2.5
     store.close()

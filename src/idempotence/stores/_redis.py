@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .._errors import StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
 from ._base import Clock, Store, forget_closed_loops
@@ -171,6 +172,31 @@ return flat
 """
 
 _DELETE = "return redis.call('DEL', KEYS[1])"
+
+
+def _connect_failure(exc: Exception) -> StoreError | None:
+    """A ``StoreError`` naming why connecting to Redis failed and what to change, or
+    ``None`` when ``exc`` is not a failure to connect (e.g. a connection lost mid-command:
+    the script may have run)."""
+    low = str(exc).lower()
+    if type(exc).__name__.startswith("Authentication") or "wrongpass" in low:
+        why = (
+            "authentication failed: check the user and password in the URL (and the "
+            "server's ACL / requirepass)"
+        )
+    elif "connection refused" in low or "connect call failed" in low:
+        why = (
+            "connection refused: nothing accepts connections at the URL's host and port; "
+            "check them and that Redis is running"
+        )
+    elif "not known" in low or "name resolution" in low or "nodename nor servname" in low:
+        why = "unknown host: the URL's host name does not resolve; check its spelling and DNS"
+    elif "timeout connecting" in low:
+        why = "no answer within socket_connect_timeout: check the host, the port and firewalls"
+    else:
+        return None
+    detail = " ".join(str(exc).split())
+    return StoreError(f"cannot connect to Redis: {why} ({type(exc).__name__}: {detail})")
 
 
 def _redis_knows(name: str) -> bool:
@@ -438,9 +464,15 @@ class RedisStore(Store):
         client = self._sync_client()
         key, args, script = call.key, call.args, call.script
         try:
-            reply = client.evalsha(script.sha, 1, key, *args)
-        except self._redis.exceptions.NoScriptError:
-            reply = client.eval(script.source, 1, key, *args)
+            try:
+                reply = client.evalsha(script.sha, 1, key, *args)
+            except self._redis.exceptions.NoScriptError:
+                reply = client.eval(script.source, 1, key, *args)
+        except self._redis.exceptions.ConnectionError as exc:
+            failure = _connect_failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
         return call.parse(reply)
 
     async def _arun(self, call: _Call[_T]) -> _T:
@@ -449,9 +481,15 @@ class RedisStore(Store):
             return await asyncio.to_thread(self._run, call)
         key, args, script = call.key, call.args, call.script
         try:
-            reply = await client.evalsha(script.sha, 1, key, *args)
-        except self._redis.exceptions.NoScriptError:
-            reply = await client.eval(script.source, 1, key, *args)
+            try:
+                reply = await client.evalsha(script.sha, 1, key, *args)
+            except self._redis.exceptions.NoScriptError:
+                reply = await client.eval(script.source, 1, key, *args)
+        except self._redis.exceptions.ConnectionError as exc:
+            failure = _connect_failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
         return call.parse(reply)
 
     # -- capability: AtomicScripts (idempotence.stores.capabilities) --------------------
