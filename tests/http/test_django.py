@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import threading
 import types
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,7 +37,12 @@ if not settings.configured:
     load(EXAMPLES / "django_app" / "app.py", "example_django_app")
 
 from django.core.exceptions import ImproperlyConfigured  # noqa: E402
-from django.http import HttpRequest, HttpResponse, JsonResponse  # noqa: E402
+from django.http import (  # noqa: E402
+    HttpRequest,
+    HttpResponse,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.test import AsyncClient, Client, override_settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
@@ -125,7 +131,28 @@ def boom(request: HttpRequest) -> HttpResponse:
     raise RuntimeError("view failed")
 
 
-urlpatterns = [path("whoami", whoami), path("boom", boom)]
+STARTED = threading.Event()
+FINISH = threading.Event()
+
+
+def slow(request: HttpRequest) -> HttpResponse:
+    CALLS.append("slow")
+    STARTED.set()
+    assert FINISH.wait(10)
+    return HttpResponse(b"done", status=201, content_type="text/plain")
+
+
+def stream(request: HttpRequest) -> StreamingHttpResponse:
+    CALLS.append("stream")
+    return StreamingHttpResponse(iter([b"a", b"b", b"c"]), content_type="text/plain")
+
+
+urlpatterns = [
+    path("whoami", whoami),
+    path("boom", boom),
+    path("slow", slow),
+    path("stream", stream),
+]
 
 
 class User:
@@ -213,3 +240,44 @@ def test_settings_are_checked() -> None:
     with override_settings(IDEMPOTENCE_HTTP=engine):
         assert engine_from_settings() is engine
         assert IdempotencyMiddleware(lambda request: HttpResponse()).engine is engine
+
+
+@pytest.mark.usefixtures("local")
+def test_a_duplicate_while_running_gets_409_with_retry_after() -> None:
+    STARTED.clear()
+    FINISH.clear()
+    headers = key()
+    results: list[HttpResponse] = []
+    first = threading.Thread(
+        target=lambda: results.append(Client().post("/slow", HTTP_X_TEST_USER="1", **headers))
+    )
+    first.start()
+    try:
+        assert STARTED.wait(10)
+        duplicate = Client().post("/slow", HTTP_X_TEST_USER="1", **headers)
+    finally:
+        FINISH.set()
+        first.join(10)
+    assert duplicate.status_code == 409
+    assert duplicate["Content-Type"] == "application/problem+json"
+    assert int(duplicate["Retry-After"]) >= 1
+    assert results[0].status_code == 201
+    assert CALLS == ["slow"]
+
+
+@pytest.mark.usefixtures("local")
+def test_streaming_responses_are_buffered_and_replayed() -> None:
+    headers = key()
+    first = Client().post("/stream", HTTP_X_TEST_USER="1", **headers)
+    again = Client().post("/stream", HTTP_X_TEST_USER="1", **headers)
+    assert first.content == again.content == b"abc"
+    assert again["Idempotent-Replayed"] == "true"
+    assert CALLS == ["stream"]
+
+
+@pytest.mark.usefixtures("local")
+def test_a_malformed_key_is_refused_before_the_view() -> None:
+    response = Client().post("/whoami", HTTP_X_TEST_USER="1", HTTP_IDEMPOTENCY_KEY='"unterminated')
+    assert response.status_code == 400
+    assert json.loads(response.content)["type"] == "urn:idempotence:problem:invalid-key"
+    assert CALLS == []
