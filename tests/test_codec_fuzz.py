@@ -77,6 +77,11 @@ _json = st.recursive(
             st.sampled_from(_NAMES) | inner,
             inner,
         )
+        | st.builds(  # a well-formed class tag: only Declared may come out of it
+            lambda n, v: {"$dataclass": n, "v": v},
+            st.sampled_from(_NAMES),
+            st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2),
+        )
     ),
     max_leaves=12,
 )

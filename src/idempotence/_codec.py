@@ -206,7 +206,7 @@ class JSONSerializer:
     def check_replayable(self, data: bytes, hint: Any) -> None:
         """Raise :class:`UnencodableError` if ``data`` (from :meth:`encode`) names a class
         that ``decode(data, hint)`` would refuse, saying what to declare."""
-        if not any(tag in data for tag in _CLASS_TAGS):
+        if b'"$' not in data or not any(tag in data for tag in _CLASS_TAGS):
             return
         allowed = self._allowed_for(hint)
         for name in _class_names(loads(data)):

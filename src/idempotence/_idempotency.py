@@ -288,12 +288,12 @@ class _Bound(Generic[P, R]):
         limit = store.max_result_bytes
         head = envelope(KIND_VALUE, b"")
         check = _replay_check(serializer)
-        hint = self.hint() if check is not None else None
+        hint = self.hint  # resolved on the first tagged result only (cold start)
 
         def encode(result: Any) -> bytes:
             body = serializer.encode(result)
-            if check is not None:  # a value no replay could rebuild: refused now, not later
-                check(body, hint)
+            if check is not None and b'"$' in body:  # a class no replay could rebuild:
+                check(body, hint())  # refused now, not on every later replay
             data = head + body
             if len(data) > limit:
                 raise UnencodableError(
