@@ -20,7 +20,14 @@ from .._idempotency import Idempotency, _Bound, _disabled
 from .._protocol import Plan
 from .._shells import run_async, run_sync
 from ..stores._base import Store
-from ._common import DEFAULT_LEASE_MARGIN, lease_for, plan_of
+from ._common import (
+    DEFAULT_LEASE_MARGIN,
+    AwaitableResultError,
+    is_async_callable,
+    lease_for,
+    plan_of,
+    sync_result,
+)
 from ._detect import Source, detect
 from ._records import BATCH_SOURCES, is_fifo, item_identifier, record_content, record_id
 
@@ -114,7 +121,7 @@ def _plan(
         lambda: lease,
         material_of=record_id,
         content_of=record_content,
-        missing=lambda material: f"key={bound.key_spec!r} selected {material!r} from this record",
+        missing=f"key={bound.key_spec!r} selected nothing from this {source.value} record",
     )
 
 
@@ -154,9 +161,18 @@ def process_batch(
     **options: Any,
 ) -> BatchResponse:
     """See :meth:`idempotence.Idempotency.process_batch`."""
+    if is_async_callable(record_handler):
+        raise TypeError(
+            "process_batch got an async record handler; use aprocess_batch (await "
+            "idem.aprocess_batch(event, handler, context=context)) so each record runs"
+        )
     batch = _prepare(idem, event, record_handler, context, lease_margin, stop_on_failure, options)
     steps = _steps(batch)
     outcome: Exception | None = None
+
+    def body(record: Any) -> Any:
+        return sync_result(record_handler(record), "the record handler given to process_batch")
+
     while True:
         try:
             item = steps.send(outcome)
@@ -165,10 +181,12 @@ def process_batch(
         outcome = None
         try:
             if item.plan is None or batch.store is None:
-                record_handler(item.record)
+                body(item.record)
             else:
-                body = functools.partial(record_handler, item.record)
-                run_sync(item.plan, batch.store, body, heartbeat=batch.heartbeat)
+                call = functools.partial(body, item.record)
+                run_sync(item.plan, batch.store, call, heartbeat=batch.heartbeat)
+        except AwaitableResultError:
+            raise  # a programming error, not a record failure; the claim was released
         except Exception as exc:
             outcome = exc
 

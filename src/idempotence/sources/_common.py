@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +14,14 @@ from .._protocol import Plan
 from ..stores._base import Store
 from ._detect import Source
 
-__all__ = ["DEFAULT_LEASE_MARGIN", "lease_for", "plan_of"]
+__all__ = [
+    "DEFAULT_LEASE_MARGIN",
+    "AwaitableResultError",
+    "is_async_callable",
+    "lease_for",
+    "plan_of",
+    "sync_result",
+]
 
 #: Seconds added to the invocation's remaining time to get its lease.
 DEFAULT_LEASE_MARGIN = 5.0
@@ -39,6 +48,37 @@ def lease_for(context: Any, fixed: float | None, fallback: float, margin: float)
     return fallback
 
 
+def is_async_callable(fn: Any) -> bool:
+    """Whether calling ``fn`` returns a coroutine by construction: an ``async def``
+    function, a ``functools.partial`` of one, or an object whose ``__call__`` is one."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - the method, not callable()
+    return not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
+
+
+class AwaitableResultError(TypeError):
+    """A synchronous handler returned an awaitable (see :func:`sync_result`)."""
+
+
+def sync_result(value: Any, what: str) -> Any:
+    """``value``, the result of a synchronous call; ``TypeError`` if it is awaitable (an
+    ``async`` function given where a plain one is expected): a coroutine is not the
+    result, and completing a key with it would record work that never ran. A coroutine is
+    closed first, so no "never awaited" warning follows."""
+    if inspect.isawaitable(value):
+        close = getattr(value, "close", None)
+        if callable(close):
+            close()
+        raise AwaitableResultError(
+            f"{what} returned an awaitable, not a result: make it a plain function, or use "
+            "the async API (aprocess_batch, an async def handler)"
+        )
+    return value
+
+
 def plan_of(
     bound: _Bound[Any, Any],
     store: Store,
@@ -48,7 +88,7 @@ def plan_of(
     *,
     material_of: Callable[[Source, Any], Any],
     content_of: Callable[[Source, Any], Any],
-    missing: Callable[[Any], str],
+    missing: str,
 ) -> Plan | None:
     """The protocol plan of one event or record (``payload``), keyed and fingerprinted as
     the function decorators do, with the invocation's ``lease()``; ``None`` runs it without
@@ -62,7 +102,7 @@ def plan_of(
         material = bound.key_select(payload)
         if is_missing(material):
             if bound.config.required:
-                raise MissingKeyError(missing(material))
+                raise MissingKeyError(missing)
             return None
     else:
         material = material_of(source, payload)

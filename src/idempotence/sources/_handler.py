@@ -8,7 +8,14 @@ invocation detects its event's source (:func:`~idempotence.sources.detect`) and:
   :class:`~idempotence.http.HTTPIdempotency`, so the ``Idempotency-Key`` header, the
   fingerprint (method + path + query + body), principal scoping, the 400/409/422/503
   problem responses and ``Idempotent-Replayed: true`` replays are exactly the HTTP
-  adapters'. Refusals come back as proxy results, never as exceptions.
+  adapters'. Refusals come back as proxy results, never as exceptions; so does an event
+  that cannot be read (malformed, a bad base64 body, a ``key=`` that fails on it: 400).
+  Keys are scoped to the caller by default: the authorizer's verified principal
+  (:func:`~idempotence.sources._http.principal`), else the engine's keyed hash of the
+  credentials the request carries (``credential_headers``, ``credential_cookies``,
+  ``scope_secret``; see :func:`idempotence.http.request_scope`). A result that is not a
+  proxy response is returned as it is but completes its key as "not stored": a retry gets
+  a 500 problem and the handler never runs twice.
 - **Records and events** (SQS, SNS, S3, Kinesis, DynamoDB Streams, EventBridge): the key
   is the source's stable id (the ordered list of record ids for a batch), the fingerprint
   what the records say (:mod:`._records`); per-delivery fields never count.
@@ -25,30 +32,58 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import logging
 import typing
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._codec import UnencodableError
 from .._config import IdempotencyConfig
 from .._idempotency import Idempotency, _Bound, _disabled
 from .._keys import digest, is_missing
 from .._protocol import Plan
 from .._shells import run_async, run_sync
 from ..http import HTTPIdempotency, HTTPRequest, HTTPResponse
+from ..http._core import problem
 from ..stores._base import Store
-from ._common import DEFAULT_LEASE_MARGIN, lease_for, plan_of
+from ._common import DEFAULT_LEASE_MARGIN, lease_for, plan_of, sync_result
 from ._detect import HTTP_SOURCES, Source, detect
-from ._http import to_proxy_result, to_request, to_response
+from ._http import (
+    SHAPE_HEADER,
+    MalformedEventError,
+    method_of,
+    shape_of,
+    to_proxy_result,
+    to_request,
+    to_response,
+)
 from ._records import event_content, event_key_material
 
 __all__ = ["Handler", "decorate_handler"]
 
+log = logging.getLogger("idempotence")
+
 Handler = typing.TypeVar("Handler", bound=Callable[..., Any])
 
 _HTTP_OPTIONS = frozenset(
-    {"methods", "header", "keep", "replay_headers", "replay_set_cookie", "max_body_bytes"}
+    {
+        "methods",
+        "header",
+        "keep",
+        "replay_headers",
+        "replay_set_cookie",
+        "max_body_bytes",
+        "max_request_bytes",
+        "retry_after",
+        "credential_headers",
+        "credential_cookies",
+        "scope_secret",
+    }
 )
+
+#: Errors of converting a handler's result to an HTTP response (see ``to_response``).
+_CONVERSION_ERRORS = (TypeError, ValueError, RecursionError, OverflowError)
 
 
 class _Configured(Idempotency):
@@ -61,6 +96,39 @@ class _Configured(Idempotency):
     @property
     def store(self) -> Store:
         return self._parent.store
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unconvertible(HTTPResponse):
+    """Stands for a handler result that is not a proxy response: never stored (its key
+    completes as "not stored"), and the caller gets the handler's own result."""
+
+    reason: str = ""
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a result could not be converted, without quoting it (a ``UnicodeError``'s
+    message quotes the offending character)."""
+    if isinstance(exc, UnicodeError):
+        return f"{type(exc).__name__}: text that is not valid Unicode"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _check_signature(fn: Callable[..., Any]) -> None:
+    name = getattr(fn, "__qualname__", type(fn).__qualname__)
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(f"{name} is a generator; a Lambda handler returns a value")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no introspectable signature (some builtins)
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise TypeError(
+            f"{name} cannot be called as handler(event, context); a Lambda handler takes "
+            "the event and the context as its two positional arguments"
+        ) from None
 
 
 class _Handler:
@@ -80,6 +148,7 @@ class _Handler:
             config = config.replace(required=required)
         self.idem = idem
         self.fn = fn
+        self.name: str = getattr(fn, "__qualname__", type(fn).__qualname__)
         self.bound: _Bound[Any, Any] = _Bound(
             fn, config, idem.namespace_for(fn, options.get("namespace"))
         )
@@ -90,6 +159,8 @@ class _Handler:
             namespace=self.bound.namespace,
             **http_options,
         )
+        if self.http.replay_headers is not None:  # keep the REST header shape in replays
+            self.http.replay_headers = self.http.replay_headers | {SHAPE_HEADER}
 
     def lease(self, context: Any) -> float:
         fixed = self.config.lease_s if self.fixed_lease else None
@@ -112,6 +183,53 @@ class _Handler:
             headers.append((name, digest([self.bound.key_spec, material])))
         return dataclasses.replace(request, headers=headers)
 
+    def http_plan(self, source: Source, event: Any, context: Any) -> Plan | HTTPResponse | None:
+        """What to do with an HTTP event: ``None`` (run the handler without idempotency),
+        a refusal to answer as it is, or the plan to run."""
+        method = method_of(source, event)
+        if method is not None and not self.http.applies_to(method):
+            return None
+        try:
+            request = self.request(source, event)
+        except MalformedEventError as exc:
+            return problem(
+                "invalid-request", f"this is not a well-formed {source.value} event: {exc}"
+            )
+        except Exception as exc:  # key= (or a scope= function) failed on this request
+            log.warning(
+                "%s: key=/scope= could not be applied to a %s request (%s); answered 400",
+                self.name,
+                source.value,
+                type(exc).__name__,
+            )
+            return problem(
+                "invalid-request",
+                "no idempotency key can be derived from this request "
+                f"({type(exc).__name__}); check that its body has the expected format",
+            )
+        prepared = self.http.prepare(request, lease=self.lease(context))
+        if not isinstance(prepared, Plan):
+            return prepared
+        return _guarded(prepared)
+
+    def response(self, source: Source, result: Any) -> HTTPResponse:
+        """The HTTP response of a handler's result; an :class:`_Unconvertible` when it is no
+        proxy response. REST API responses record their header shape (:data:`SHAPE_HEADER`)."""
+        try:
+            response = to_response(result)
+        except _CONVERSION_ERRORS as exc:
+            log.error(
+                "%s returned a result that is not a proxy response (%s); its key is completed "
+                "as not stored, so retries get a 500 problem",
+                self.name,
+                _reason(exc),
+            )
+            return _Unconvertible(200, reason=_reason(exc))
+        if source is Source.API_GATEWAY_REST:
+            headers = [*response.headers, (SHAPE_HEADER, shape_of(result))]
+            response = dataclasses.replace(response, headers=headers)
+        return response
+
     # -- other sources --------------------------------------------------------------------
     def plan(self, source: Source, event: Any, context: Any) -> Plan | None:
         """The plan of a non-HTTP invocation; ``None`` runs it without idempotency."""
@@ -123,9 +241,9 @@ class _Handler:
             lambda: self.lease(context),
             material_of=event_key_material,
             content_of=event_content,
-            missing=lambda material: (
-                f"no idempotency key in this event for {self.fn.__qualname__}: key="
-                f"{self.bound.key_spec!r} selected {material!r}"
+            missing=(
+                f"no idempotency key in this event for {self.name}: key="
+                f"{self.bound.key_spec!r} selected nothing"
             ),
         )
 
@@ -133,11 +251,29 @@ class _Handler:
         if not _disabled():
             return False
         warnings.warn(
-            f"IDEMPOTENCE_DISABLED is set: {self.fn.__qualname__} runs without idempotency",
+            f"IDEMPOTENCE_DISABLED is set: {self.name} runs without idempotency",
             RuntimeWarning,
             stacklevel=4,
         )
         return True
+
+
+def _guarded(plan: Plan) -> Plan:
+    """``plan``, completing the key as "not stored" for an :class:`_Unconvertible` result
+    (the handler ran: it must not run again) instead of keeping or releasing it."""
+    encode, keep = plan.encode, plan.should_store
+
+    def should_store(result: Any) -> bool:
+        return isinstance(result, _Unconvertible) or keep is None or keep(result)
+
+    def encode_result(result: Any) -> bytes:
+        if isinstance(result, _Unconvertible):
+            raise UnencodableError(
+                f"the handler's result is not a proxy response ({result.reason})"
+            )
+        return encode(result)
+
+    return plan._replace(encode=encode_result, should_store=should_store)
 
 
 def _result(
@@ -151,9 +287,9 @@ def _result(
 
 
 def decorate_handler(idem: Idempotency, fn: Handler, options: dict[str, Any]) -> Handler:
-    """Make ``fn(event, context)`` idempotent (see the module docstring)."""
-    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
-        raise TypeError(f"{fn.__qualname__} is a generator; a Lambda handler returns a value")
+    """Make ``fn(event, context)`` idempotent (see the module docstring). Raises
+    ``TypeError`` for a function that cannot be called as ``fn(event, context)``."""
+    _check_signature(fn)
     h = _Handler(idem, fn, options)
     wrapper: Any
     if inspect.iscoroutinefunction(fn):
@@ -165,16 +301,20 @@ def decorate_handler(idem: Idempotency, fn: Handler, options: dict[str, Any]) ->
                 return await afn(event, context)
             source = detect(event)
             if source in HTTP_SOURCES:
-                request = h.request(source, event)
+                decided = h.http_plan(source, event, context)
+                if decided is None:
+                    return await afn(event, context)
+                if isinstance(decided, HTTPResponse):
+                    return to_proxy_result(source, decided, event)
                 first: list[tuple[HTTPResponse, Any]] = []
 
                 async def call() -> HTTPResponse:
                     result = await afn(event, context)
-                    response = to_response(result)
+                    response = h.response(source, result)
                     first.append((response, result))
                     return response
 
-                response = await h.http.arun(request, call, lease=h.lease(context))
+                response = await h.http.aexecute(decided, call)
                 return _result(first, response, source, event)
             plan = h.plan(source, event, context)
             if plan is None:
@@ -185,28 +325,35 @@ def decorate_handler(idem: Idempotency, fn: Handler, options: dict[str, Any]) ->
 
     else:
 
+        def run(event: Any, context: Any) -> Any:
+            return sync_result(fn(event, context), f"the handler {h.name}")
+
         @functools.wraps(fn)
         def wrapper(event: Any, context: Any = None) -> Any:
             if h.passthrough():
                 return fn(event, context)
             source = detect(event)
             if source in HTTP_SOURCES:
-                request = h.request(source, event)
+                decided = h.http_plan(source, event, context)
+                if decided is None:
+                    return fn(event, context)
+                if isinstance(decided, HTTPResponse):
+                    return to_proxy_result(source, decided, event)
                 first: list[tuple[HTTPResponse, Any]] = []
 
                 def call() -> HTTPResponse:
-                    result = fn(event, context)
-                    response = to_response(result)
+                    result = run(event, context)
+                    response = h.response(source, result)
                     first.append((response, result))
                     return response
 
-                response = h.http.run(request, call, lease=h.lease(context))
+                response = h.http.execute(decided, call)
                 return _result(first, response, source, event)
             plan = h.plan(source, event, context)
             if plan is None:
                 return fn(event, context)
             return run_sync(
-                plan, idem.store, lambda: fn(event, context), heartbeat=h.config.heartbeat
+                plan, idem.store, lambda: run(event, context), heartbeat=h.config.heartbeat
             )
 
     wrapper.idempotency_config = h.config

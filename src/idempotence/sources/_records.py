@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._errors import MissingKeyError
+from .._errors import InvalidKeyError, MissingKeyError
 from ._detect import RECORD_SOURCES, Source
 
 __all__ = [
@@ -53,10 +53,37 @@ def _get(record: Any, *path: str) -> Any:
     return value
 
 
-def _required(source: Source, record: Any, *path: str) -> Any:
+def _required(source: Source, record: Any, *path: str) -> str:
+    """The non-empty string at ``path``; :class:`~idempotence.MissingKeyError` when it is
+    absent, :class:`~idempotence.InvalidKeyError` when it is not a string. The messages
+    name the field, never the record's content."""
     value = _get(record, *path)
+    where = ".".join(path)
     if value is None or value == "":
-        raise MissingKeyError(f"{source.value} record has no {'.'.join(path)}: {record!r:.200}")
+        raise MissingKeyError(
+            f"{source.value} record has no {where}; is this a {source.value} event in AWS's "
+            "format? Pass key= to key it on another field"
+        )
+    if not isinstance(value, str):
+        raise InvalidKeyError(
+            f"{source.value} record's {where} is a {type(value).__name__}, not a string"
+        )
+    return value
+
+
+def _entity(source: Source, record: Any, name: str) -> Mapping[str, Any]:
+    """The record's ``name`` object (``kinesis``, ``dynamodb``, ``Sns``, ``s3``), which a
+    record of that source always has."""
+    value = _get(record, name)
+    if value is None:
+        raise MissingKeyError(
+            f"{source.value} record has no {name} object; is this a {source.value} event "
+            "in AWS's format?"
+        )
+    if not isinstance(value, Mapping):
+        raise InvalidKeyError(
+            f"{source.value} record's {name} is a {type(value).__name__}, not an object"
+        )
     return value
 
 
@@ -72,9 +99,13 @@ def record_id(source: Source, record: Any) -> Any:
     Raises :class:`~idempotence.MissingKeyError` if the record lacks its id field.
     """
     if source is Source.SQS:
-        dedup = _get(record, "attributes", "MessageDeduplicationId")
-        if dedup:
-            return [source.value, _get(record, "eventSourceARN"), "dedup", dedup]
+        if _get(record, "attributes", "MessageDeduplicationId"):
+            return [
+                source.value,
+                _required(source, record, "eventSourceARN"),
+                "dedup",
+                _required(source, record, "attributes", "MessageDeduplicationId"),
+            ]
         return [source.value, _required(source, record, "messageId")]
     if source is Source.SNS:
         return [source.value, _required(source, record, "Sns", "MessageId")]
@@ -98,22 +129,31 @@ def record_content(source: Source, record: Any) -> Any:
     SQS: body and message attributes; SNS: topic, subject, message and attributes; S3:
     event name and the ``s3`` entity; Kinesis: partition key, data and sequence number;
     DynamoDB Streams: event name and the ``dynamodb`` entity; EventBridge: the event.
+
+    Raises :class:`~idempotence.MissingKeyError` / :class:`~idempotence.InvalidKeyError`
+    for a record without its source's object (``Sns``, ``s3``, ``kinesis``, ``dynamodb``)
+    or, for SQS, without a string ``body``.
     """
     if source is Source.SQS:
+        if not isinstance(_get(record, "body"), str):
+            _required(source, record, "body")  # raises: absent, or not a string
         return {
             "body": _get(record, "body"),
             "messageAttributes": _get(record, "messageAttributes") or {},
         }
     if source is Source.SNS:
-        sns = _get(record, "Sns") or {}
+        sns = _entity(source, record, "Sns")
         return {k: sns.get(k) for k in ("TopicArn", "Subject", "Message", "MessageAttributes")}
     if source is Source.S3:
-        return {"eventName": _get(record, "eventName"), "s3": _get(record, "s3")}
+        return {"eventName": _get(record, "eventName"), "s3": _entity(source, record, "s3")}
     if source is Source.KINESIS:
-        kinesis = _get(record, "kinesis") or {}
+        kinesis = _entity(source, record, "kinesis")
         return {k: kinesis.get(k) for k in ("partitionKey", "data", "sequenceNumber")}
     if source is Source.DYNAMODB_STREAMS:
-        return {"eventName": _get(record, "eventName"), "dynamodb": _get(record, "dynamodb")}
+        return {
+            "eventName": _get(record, "eventName"),
+            "dynamodb": _entity(source, record, "dynamodb"),
+        }
     return record
 
 
@@ -122,11 +162,13 @@ def item_identifier(source: Source, record: Any) -> str:
     SQS ``messageId``; Kinesis ``kinesis.sequenceNumber``; DynamoDB Streams
     ``dynamodb.SequenceNumber``."""
     if source is Source.SQS:
-        return str(_required(source, record, "messageId"))
+        return _required(source, record, "messageId")
     if source is Source.KINESIS:
-        return str(_required(source, record, "kinesis", "sequenceNumber"))
+        _entity(source, record, "kinesis")
+        return _required(source, record, "kinesis", "sequenceNumber")
     if source is Source.DYNAMODB_STREAMS:
-        return str(_required(source, record, "dynamodb", "SequenceNumber"))
+        _entity(source, record, "dynamodb")
+        return _required(source, record, "dynamodb", "SequenceNumber")
     raise ValueError(f"{source.value} does not support partial batch responses")
 
 
