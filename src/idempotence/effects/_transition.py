@@ -2,8 +2,8 @@
 
 ``StateGuard`` keeps a state per entity next to a store's idempotency records (its own SQL
 table, Redis keys or DynamoDB items) and moves it only from the expected state, so of any
-number of concurrent duplicates exactly one moves it. ``sql_transition`` and
-``dynamodb_transition`` do the same on a row or item of the user's own table.
+number of concurrent duplicates exactly one moves it. ``sql_transition`` (``_sql_rows``) and
+``dynamodb_transition`` (``_dynamodb``) do the same on a row or item of the user's own table.
 
 The backends (``_states``, ``_dynamodb``) offer four operations on "a state or nothing"
 (``None`` = no state): compare-and-set, read, unconditional write and delete, each one
@@ -16,21 +16,20 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
 from .._errors import IdempotencyError, StoreError
 from ..stores import MemoryStore, Store, store_from_url
 from ..stores.capabilities import AtomicScripts, DynamoDBRecords, SQLConnections
-from . import _sql
 from ._dynamodb import (
     DynamoDBStates,
     adynamodb_transition,
     dynamodb_transition,
     dynamodb_transition_update,
 )
-from ._sql import Dialect, Steps, Stmt, quote_ident
+from ._sql_rows import asql_transition, sql_transition
 from ._states import Backend, MemoryStates, ScriptStates, SQLStates, State
 from ._states import text as _text
 
@@ -336,69 +335,3 @@ def _store_error(store: Store, exc: Exception) -> StoreError:
         f"StateGuard on {type(store).__name__} failed: {type(exc).__name__}: {exc}. "
         "Nothing was moved, or the outcome is unknown if the request reached the store."
     )
-
-
-# -- helpers on the user's own rows and items -----------------------------------------------
-def _user_cas_steps(
-    dialect: Dialect,
-    table: str | Sequence[str],
-    id_column: str,
-    id_value: object,
-    state_column: str,
-    from_state: State | None,
-    to_state: State | None,
-) -> Steps[bool]:
-    f, t = _text(from_state), _text(to_state)
-    where = "{s} IS NULL" if f is None else "{s} = {expected}"
-    sql = f"UPDATE {{t}} SET {{s}} = {{new}} WHERE {{i}} = {{id}} AND {where}"
-    sql = sql.replace("{t}", quote_ident(table)).replace("{i}", quote_ident(id_column))
-    sql = sql.replace("{s}", quote_ident(state_column))
-    params: dict[str, object] = {"new": t, "id": id_value}
-    if f is not None:
-        params["expected"] = f
-    _, count = yield Stmt(dialect.sql(sql, list(params)), params)
-    return count == 1
-
-
-def sql_transition(
-    conn: Any,
-    table: str | Sequence[str],
-    id_column: str,
-    id: object,
-    state_column: str,
-    from_state: State | None,
-    to_state: State | None,
-) -> bool:
-    """Move the row ``id_column = id`` of the user's ``table`` from ``from_state`` to
-    ``to_state`` with one ``UPDATE ... SET state = to WHERE id = ... AND state = from``.
-    Returns whether the row moved (``False``: other state, or no such row).
-
-    ``conn`` is a ``sqlite3`` or psycopg 3 connection. Identifiers are quoted (any name is
-    safe; pass ``("schema", "table")`` for a qualified name); values are parameters.
-    ``None`` stands for SQL ``NULL`` on either side. The statement runs in the connection's
-    current transaction and is not committed here: in autocommit mode it commits at once;
-    otherwise it is part of your transaction (with your business writes) and commits or
-    rolls back with it. In PostgreSQL under READ COMMITTED (the default) a concurrent
-    duplicate waits for that transaction and then finds the row moved (``False``); under
-    REPEATABLE READ / SERIALIZABLE it fails with a serialization error instead.
-    """
-    steps = _user_cas_steps(
-        _sql.dialect_of(conn), table, id_column, id, state_column, from_state, to_state
-    )
-    return _sql.run(conn, steps)
-
-
-async def asql_transition(
-    conn: Any,
-    table: str | Sequence[str],
-    id_column: str,
-    id: object,
-    state_column: str,
-    from_state: State | None,
-    to_state: State | None,
-) -> bool:
-    """Async :func:`sql_transition` on a psycopg ``AsyncConnection``."""
-    steps = _user_cas_steps(
-        _sql.dialect_of(conn), table, id_column, id, state_column, from_state, to_state
-    )
-    return await _sql.arun(conn, steps)
