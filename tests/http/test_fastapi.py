@@ -185,3 +185,16 @@ def test_responses_for_a_route() -> None:
     assert {400, 409, 422, 500, 503} <= set(responses)
     assert "missing-key" in responses[400]["description"]
     assert "invalid-key" in responses[400]["description"]
+
+
+def test_a_schema_generated_before_the_call_is_regenerated() -> None:
+    app = FastAPI()
+    app.add_middleware(IdempotencyMiddleware, idempotency=Idempotency(MemoryStore()))
+
+    @app.post("/orders")
+    def create() -> dict[str, str]:
+        return {}
+
+    assert "409" not in app.openapi()["paths"]["/orders"]["post"]["responses"]
+    idempotency_openapi(app)
+    assert "409" in app.openapi()["paths"]["/orders"]["post"]["responses"]

@@ -239,6 +239,7 @@ def idempotency_openapi(
         app.openapi_schema = schema
         return schema
 
+    app.openapi_schema = None  # a schema generated before this call is regenerated
     app.openapi = openapi  # type: ignore[method-assign]
 
 
