@@ -4,6 +4,10 @@
 stores are imported on first use and need their extra: ``DynamoDBStore``
 (``idempotence[dynamodb]``), ``RedisStore`` (``idempotence[redis]``), ``PostgresStore``
 (``idempotence[postgres]``).
+
+What a store offers beyond the six operations (used by :mod:`idempotence.effects`, and
+implementable by third-party stores) is declared by the protocols of
+:mod:`idempotence.stores.capabilities`.
 """
 
 from __future__ import annotations
