@@ -646,12 +646,13 @@ def test_nonsensical_stored_response_is_record_corrupt(store: Store, name: str) 
     assert json.loads(response.body)["type"] == "urn:idempotence:problem:record-corrupt"
 
 
+@pytest.mark.parametrize("depth", [1000, 100_000])
 def test_deeply_nested_record_is_record_corrupt(
-    store: Store, caplog: pytest.LogCaptureFixture
+    store: Store, caplog: pytest.LogCaptureFixture, depth: int
 ) -> None:
-    engine = HTTPIdempotency(Idempotency(store), namespace="deep")
+    engine = HTTPIdempotency(Idempotency(store), namespace=f"deep{depth}")
     request = req(headers=[("Idempotency-Key", "deep"), ("Authorization", "Bearer tok-secret")])
-    nested = b'{"status":200,"headers":[],"body":' + b'{"a":' * 1000 + b"1" + b"}" * 1001
+    nested = b'{"status":200,"headers":[],"body":' + b'{"a":' * depth + b"1" + b"}" * (depth + 1)
     _store_record(store, engine, request, envelope(KIND_VALUE, nested))
     caplog.set_level(logging.DEBUG, logger="idempotence")
     response = engine.run(request, lambda: HTTPResponse(201))
