@@ -55,26 +55,30 @@ class _TaggedForm(Exception):
     keys that are not strings)."""
 
 
+_LEAF_TYPES = frozenset(_PLAIN_LEAVES)
+_STR_ONLY = {str}
+
+
 def _check(obj: Any) -> None:
-    """Walk the containers of ``obj``: :class:`InvalidKeyError` when nested deeper than
-    :data:`MAX_DEPTH`, :class:`_TaggedForm` when a mapping has keys that are not strings."""
-    stack: list[tuple[Any, int]] = [(obj, 0)]
-    pop, push = stack.pop, stack.append
-    while stack:
-        value, depth = pop()
-        if isinstance(value, dict):
-            if value and set(map(type, value)) != {str}:
-                raise _TaggedForm
-            children: Any = value.values()
-        elif isinstance(value, (list, tuple)):
-            children = value
-        else:
-            continue
-        if depth >= MAX_DEPTH:
+    """Walk the containers of ``obj`` level by level: :class:`InvalidKeyError` when nested
+    deeper than :data:`MAX_DEPTH`, :class:`_TaggedForm` when a mapping has keys that are
+    not strings. (Other objects are checked when ``_default`` converts them.)"""
+    leaves = _LEAF_TYPES
+    level = [obj]
+    depth = 0
+    while level:
+        below: list[Any] = []
+        for value in level:
+            if isinstance(value, dict):
+                if value and set(map(type, value)) != _STR_ONLY:
+                    raise _TaggedForm
+                below += [v for v in value.values() if type(v) not in leaves]
+            elif isinstance(value, (list, tuple)):
+                below += [v for v in value if type(v) not in leaves]
+        if depth >= MAX_DEPTH - 1 and any(isinstance(v, (dict, list, tuple)) for v in below):
             raise _too_deep()
-        for child in children:
-            if not isinstance(child, _PLAIN_LEAVES):
-                push((child, depth + 1))
+        level = below
+        depth += 1
 
 
 def _too_deep() -> InvalidKeyError:
