@@ -45,8 +45,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without Django
 
 __all__ = ["SETTING", "IdempotencyMiddleware", "engine_from_settings"]
 
-#: The Django setting read by :class:`IdempotencyMiddleware`.
 SETTING = "IDEMPOTENCE_HTTP"
+"""The Django setting read by :class:`IdempotencyMiddleware` (see :func:`engine_from_settings`)."""
 
 _OPTIONS = frozenset(
     {

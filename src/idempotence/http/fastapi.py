@@ -53,8 +53,8 @@ __all__ = [
     "idempotency_responses",
 ]
 
-#: Name of the problem-details schema added to ``components.schemas``.
 PROBLEM_SCHEMA_NAME = "IdempotencyProblem"
+"""Name of the problem-details schema added to ``components.schemas``."""
 
 _PROBLEM_MEDIA_TYPE = "application/problem+json"
 _DEFAULT_HEADER = "Idempotency-Key"
@@ -287,7 +287,9 @@ def idempotency_key(
     return parse_idempotency_key(request.headers.get(options.header))
 
 
-#: Per-route dependency: ``async def create(order: Order, key: IdempotencyKey)``. Declares
-#: the ``Idempotency-Key`` header on the route (and marks it for
-#: :func:`idempotency_openapi`), and gives the handler the parsed key or ``None``.
 IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
+"""Per-route dependency: ``async def create(order: Order, key: IdempotencyKey)``.
+
+Declares the ``Idempotency-Key`` header on the route (and marks the route for
+:func:`idempotency_openapi`), and gives the handler the parsed key, or ``None`` when the
+request has none. See :func:`idempotency_key` for when it refuses to run."""
