@@ -1,5 +1,9 @@
-"""MkDocs hook: the package's docstrings use reST roles (``:class:`~idempotence.X```);
-render them as inline code in the API reference (``X``, or the full path without ``~``)."""
+"""MkDocs hook: the package's docstrings use reST roles (``:class:`~idempotence.X```).
+
+In the rendered API reference they become cross-references (mkdocs-autorefs) to the
+documented object, shown as ``X`` (``~``) or as the full path; a target that is not
+documented (a private module, a relative name) stays inline code, without a warning.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,11 @@ _ROLE = re.compile(
 )
 
 
-def _name(match: re.Match[str]) -> str:
+def _reference(match: re.Match[str]) -> str:
     short, target = match.group(1), match.group(2)
-    return f"<code>{target.rsplit('.', 1)[-1] if short else target}</code>"
+    shown = target.rsplit(".", 1)[-1] if short else target
+    return f'<autoref identifier="{target}" optional><code>{shown}</code></autoref>'
 
 
 def on_page_content(html: str, **kwargs: Any) -> str:
-    return _ROLE.sub(_name, html)
+    return _ROLE.sub(_reference, html)
