@@ -1308,3 +1308,36 @@ def test_key_functions_without_a_name_give_the_same_key_in_every_process(
         for _ in range(3)
     }
     assert len(runs) == 1, runs
+
+
+def test_a_stored_error_named_by_its_old_private_module_still_replays(
+    store: MemoryStore,
+) -> None:
+    """Records written before public classes took ``idempotence`` as ``__module__`` name
+    them ``idempotence._errors:...``; they still replay as the class."""
+    calls = Counter()
+
+    @Idempotency(store, store_errors=(KeyReuseError,))
+    def f(n: int) -> None:
+        calls.hit()
+        raise KeyReuseError("refused")
+
+    with pytest.raises(KeyReuseError):
+        f(1)
+    (key,) = list(store._records)
+    record = store._records[key]
+    assert record.result is not None
+    assert b"idempotence:KeyReuseError" in record.result
+    old = record.result.replace(b"idempotence:KeyReuseError", b"idempotence._errors:KeyReuseError")
+    store._records[key] = Record(
+        key=record.key,
+        status=record.status,
+        fingerprint=record.fingerprint,
+        fence=record.fence,
+        lease_expires_at=record.lease_expires_at,
+        expires_at=record.expires_at,
+        result=old,
+    )
+    with pytest.raises(KeyReuseError, match="refused"):
+        f(1)
+    assert calls.n == 1

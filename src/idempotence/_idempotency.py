@@ -412,8 +412,11 @@ def _replay(
         raise CorruptRecordError(
             f"stored error of {record.key!r} is corrupt: {exc}", key=record.key
         ) from exc
+    names = {type_name}
+    if type_name.startswith("idempotence._"):  # stored before public classes took the
+        names.add("idempotence:" + type_name.partition(":")[2])  # package as __module__
     for cls in store_errors:
-        if f"{cls.__module__}:{cls.__qualname__}" == type_name:
+        if f"{cls.__module__}:{cls.__qualname__}" in names:
             try:
                 error = cls(*args)
             except Exception:
