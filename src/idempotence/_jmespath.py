@@ -4,29 +4,21 @@ the interpreter: plain dotted paths such as ``order.id`` are read without it).""
 from __future__ import annotations
 
 import base64
-import decimal
-import json
 from typing import Any
 
 import jmespath
 from jmespath import functions as jmespath_functions
 
+from ._keys import loads_exact
+
 __all__ = ["OPTIONS"]
 
 
-def _float(literal: str) -> float | decimal.Decimal:
-    """A JSON number literal with a fraction or exponent: the float when its ``repr`` is
-    the literal itself (``1.5``), else the literal as a ``Decimal`` (``1.0000000000000001``,
-    ``1E400``), so two requests that differ in a digit never share a key."""
-    value = float(literal)
-    return value if repr(value) == literal else decimal.Decimal(literal)
-
-
 def _loads(text: str | bytes) -> Any:
-    """``json.loads`` keeping every number's precision; failures (invalid JSON, nesting
-    too deep for the parser) are ``ValueError`` without the text."""
+    """``json.loads`` keeping every number's precision (``loads_exact``); failures
+    (invalid JSON, nesting too deep for the parser) are ``ValueError`` without the text."""
     try:
-        return json.loads(text, parse_float=_float)
+        return loads_exact(text)
     except RecursionError:
         raise ValueError("the JSON text is nested too deeply") from None
     except ValueError as exc:
@@ -44,7 +36,7 @@ class _Functions(jmespath_functions.Functions):
     """JMESPath functions for keys: ``json(s)`` parses a JSON string (``powertools_json``
     is the same function under Powertools' name, so existing expressions keep working);
     ``base64_json(s)`` decodes base64 then parses; ``powertools_base64(s)`` decodes base64
-    to text. Numbers keep the precision of the text (see :func:`_float`)."""
+    to text. Numbers keep the precision of the text (see ``loads_exact``)."""
 
     @jmespath_functions.signature({"types": ["string"]})
     def _func_json(self, value: str) -> Any:

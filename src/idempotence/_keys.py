@@ -37,6 +37,7 @@ __all__ = [
     "digest",
     "is_missing",
     "list_digest",
+    "loads_exact",
 ]
 
 KeySelector = Callable[[Any], Any]
@@ -167,6 +168,28 @@ def _canonical_text(obj: Any) -> str:
         return _FAST(obj)
     except _TaggedForm:
         return "\x00" + _TAGGED(_tag(obj))
+
+
+def _exact_float(literal: str) -> Any:
+    """A JSON number with a fraction or exponent as a float when the float holds its value
+    exactly (``1.5``, ``1.50``, ``1e3``: formatting differences are one value), else as a
+    ``Decimal`` of the text (``1.0000000000000001``, ``1e400``), so requests that differ in
+    a digit never share a key or a fingerprint."""
+    value = float(literal)
+    if repr(value) == literal:
+        return value
+    import decimal
+    import math
+
+    exact = decimal.Decimal(literal)
+    return value if math.isfinite(value) and decimal.Decimal(value) == exact else exact
+
+
+def loads_exact(text: str | bytes) -> Any:
+    """``json.loads`` keeping every number's precision (see :func:`_exact_float`)."""
+    import json
+
+    return json.loads(text, parse_float=_exact_float)
 
 
 def _invalid(exc: Exception) -> InvalidKeyError:

@@ -482,3 +482,16 @@ async def test_arun_refusals_and_exceptions(idem: Idempotency) -> None:
     assert (await engine.arun(req(body=b"{}"), ok.acall)).status == 422
     assert (await HTTPIdempotency(DownStore()).arun(req(), ok.acall)).status == 503
     assert ok.calls == 1
+
+
+def test_json_body_fingerprint_keeps_the_precision_of_numbers(idem: Idempotency) -> None:
+    """A retry whose amount differs in the 17th digit is another request (422), while
+    another spelling of the same number (``1.50``, ``15e-1``) is the same one."""
+    engine, app = HTTPIdempotency(idem), App()
+    engine.run(req(body=b'{"amount": 1.0}'), app)
+    assert engine.run(req(body=b'{"amount": 1.0000000000000001}'), app).status == 422
+    assert engine.run(req(body=b'{"amount": 1.00}'), app).status == 201  # a replay
+    assert app.calls == 1
+    engine.run(req('"k2"', body=b'{"amount": 1.5}'), app)
+    assert engine.run(req('"k2"', body=b'{"amount": 15e-1}'), app).status == 201
+    assert app.calls == 2

@@ -53,7 +53,7 @@ from .._errors import (
     StoreError,
 )
 from .._idempotency import Idempotency, _disabled, _not_stored
-from .._keys import check_namespace, digest
+from .._keys import check_namespace, digest, loads_exact
 from .._protocol import LocalCache, Plan
 from .._record import Record
 from .._shells import run_async, run_sync
@@ -520,12 +520,13 @@ class HTTPIdempotency:
 
     def fingerprint_for(self, request: HTTPRequest) -> str:
         """Hash of method + path + query + body; a JSON body (by content type) that parses
-        counts by its canonical form, so key order and whitespace do not matter."""
+        counts by its canonical form, so key order and whitespace do not matter (numbers
+        keep the precision of the text: ``1.0`` and ``1.0000000000000001`` differ)."""
         body: Any = ["raw", hashlib.sha256(request.body).hexdigest()]
         ctype = request.header("content-type")
         if request.body and ctype is not None and _JSON_TYPE.match(ctype):
             with contextlib.suppress(ValueError, RecursionError, InvalidKeyError):
-                body = ["json", digest(json.loads(request.body))]
+                body = ["json", digest(loads_exact(request.body))]
         return digest([request.method.upper(), request.path, request.query, body])
 
     def stored_headers(self, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
