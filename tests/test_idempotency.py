@@ -1188,6 +1188,10 @@ def test_decorating_a_non_callable_says_what_to_pass(idem: Idempotency) -> None:
         idem("order_id")  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="decorates a function"):
         idem(ttl=60)(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="decorates a function"):
+        idem.handler(5)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="decorates a function"):
+        idem.process_batch({"Records": []}, 5)  # type: ignore[arg-type]
 
 
 def test_option_typos_fail_where_they_are_written(store: MemoryStore) -> None:

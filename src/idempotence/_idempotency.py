@@ -454,7 +454,8 @@ def default_namespace(fn: Callable[..., Any], prefix: str | None) -> str:
     """``[prefix.][{AWS_LAMBDA_FUNCTION_NAME}:]module.qualname`` (the variable read now);
     ``TypeError`` for functions with no name of their own (see
     :meth:`Idempotency.namespace_for`)."""
-    name = f"{fn.__module__}.{_qualname(fn)}"
+    qualname = _qualname(fn)  # first: it refuses what has no name (or is no function)
+    name = f"{getattr(fn, '__module__', None)}.{qualname}"
     function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
     if function:
         name = f"{function}:{name}"
@@ -490,6 +491,11 @@ def _qualname(fn: Any) -> str:
     """``fn.__qualname__`` when it names ``fn`` alone; ``TypeError`` asking for
     ``namespace=`` otherwise (see :meth:`Idempotency.namespace_for`)."""
     name = getattr(fn, "__qualname__", None)
+    if not callable(fn):
+        raise TypeError(
+            "Idempotency decorates a function: use @idem / @idem.handler, or pass options by "
+            f"name (@idem(key=...)); got a {type(fn).__name__}"
+        )
     if isinstance(fn, functools.partial):
         what = "a functools.partial object: its bound arguments are not part of its name"
     elif not isinstance(name, str):
