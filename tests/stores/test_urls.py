@@ -220,3 +220,38 @@ def test_redis_connection_failure_names_its_cause_fast(
         _claim(store, mode)
     assert time.monotonic() - started < 2.5
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("make_url", "cause"),
+    [
+        (
+            lambda: (
+                f"dynamodb://tbl-x?region=us-east-1&endpoint_url=http://127.0.0.1:{_closed_port()}"
+            ),
+            "cause: ConnectionRefusedError",
+        ),
+        (
+            lambda: (
+                "dynamodb://tbl-x?region=us-east-1&endpoint_url=http://nonexistent.invalid:8000"
+            ),
+            "cause: gaierror: .*(not known|name resolution)",
+        ),
+    ],
+)
+def test_dynamodb_connection_failure_names_its_cause(
+    make_url: Any, cause: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore's ``EndpointConnectionError`` says only "could not connect": the message
+    adds the socket error behind it."""
+    from idempotence import StoreError
+
+    pytest.importorskip("boto3")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    store = store_from_url(make_url())
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=cause):
+        store.claim("k", "fp", lease=10, ttl=60)
+    assert time.monotonic() - started < 5  # 2 attempts, no 5 s read timeout
+    store.close()

@@ -60,8 +60,9 @@ def _translate(name: str, method: _F) -> _F:
 
     def fail(self: Store, exc: Exception) -> StoreError:
         return StoreError(
-            f"{type(self).__name__}.{name} failed: {type(exc).__name__}: {exc}. The function "
-            "was not run. Check that the store is reachable and configured, then retry."
+            f"{type(self).__name__}.{name} failed: {type(exc).__name__}: {exc}"
+            f"{_socket_cause(exc)}. The function was not run. Check that the store is "
+            "reachable and configured, then retry."
         )
 
     wrapper: Any = None
@@ -91,6 +92,23 @@ def _translate(name: str, method: _F) -> _F:
     functools.update_wrapper(wrapper, method)
     wrapper.__idempotence_wrapped__ = True
     return wrapper  # type: ignore[no-any-return]
+
+
+def _socket_cause(exc: BaseException) -> str:
+    """``"; cause: ConnectionRefusedError: ..."``: the innermost socket error behind a
+    client library's wrapper (e.g. botocore's ``EndpointConnectionError``), which names the
+    real cause (refused, unknown host, timed out); empty if there is none."""
+    root: BaseException | None = None
+    seen: set[int] = set()
+    link: BaseException | None = exc.__cause__ or exc.__context__
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, OSError):
+            root = link
+        link = link.__cause__ or link.__context__
+    if root is None or root is exc:
+        return ""
+    return f"; cause: {type(root).__name__}: {root}"
 
 
 def _shape(fn: Callable[..., Any]) -> tuple[Any, ...]:
