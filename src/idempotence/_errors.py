@@ -133,7 +133,9 @@ class StoreError(IdempotencyError):
     """The store is unreachable or failed. The function did not run (fail closed), unless
     ``result`` is set: then it ran and only saving the result failed.
 
-    The original exception is chained as ``__cause__``.
+    A failure to connect to PostgreSQL or Redis says ``cannot connect to ...: <cause>``
+    (connection refused, unknown host, authentication failed, database does not exist)
+    and what to check. The original exception is chained as ``__cause__``.
     """
 
     def __init__(self, message: str, *, key: str | None = None, result: Any = None) -> None:
