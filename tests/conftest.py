@@ -18,6 +18,7 @@ REDIS_URL = os.environ.get("IDEMPOTENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379
 POSTGRES_URL = os.environ.get(
     "IDEMPOTENCE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+MYSQL_URL = os.environ.get("IDEMPOTENCE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 
 
 class Counter:
@@ -63,3 +64,17 @@ def postgres_admin_or_unavailable(url: str) -> Any:
         return psycopg.connect(url, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
         backend_unavailable(f"PostgreSQL not reachable at {url}: {exc}")
+
+
+def mysql_admin_or_unavailable(url: str) -> Any:
+    """An autocommit PyMySQL connection to the MariaDB/MySQL server of a ``mysql://`` store
+    URL (the caller closes it); :func:`backend_unavailable` when the server does not answer.
+    Skips without the ``pymysql`` package."""
+    pymysql = pytest.importorskip("pymysql")
+    from idempotence.stores._mysql import MySQLStore
+
+    options = MySQLStore.parse_url(url)["connect"]
+    try:
+        return pymysql.connect(**options, autocommit=True, connect_timeout=3)
+    except pymysql.OperationalError as exc:
+        backend_unavailable(f"MariaDB/MySQL not reachable at {url}: {exc}")

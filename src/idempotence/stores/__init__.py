@@ -3,7 +3,7 @@
 ``MemoryStore`` and ``SQLiteStore`` need nothing beyond the standard library. The networked
 stores are imported on first use and need their extra: ``DynamoDBStore``
 (``idempotence[dynamodb]``), ``RedisStore`` (``idempotence[redis]``), ``PostgresStore``
-(``idempotence[postgres]``).
+(``idempotence[postgres]``), ``MySQLStore`` (MariaDB / MySQL, ``idempotence[mysql]``).
 
 What a store offers beyond the six operations (used by :mod:`idempotence.effects`, and
 implementable by third-party stores) is declared by the protocols of
@@ -20,6 +20,7 @@ from ._registry import register_scheme, store_from_url
 
 if TYPE_CHECKING:
     from ._dynamodb import DynamoDBStore
+    from ._mysql import MySQLStore
     from ._postgres import PostgresStore
     from ._redis import RedisStore
     from ._sqlite import SQLiteStore
@@ -28,6 +29,7 @@ __all__ = [
     "Clock",
     "DynamoDBStore",
     "MemoryStore",
+    "MySQLStore",
     "PostgresStore",
     "RedisStore",
     "SQLiteStore",
@@ -43,6 +45,7 @@ _LAZY = {
     "DynamoDBStore": "idempotence.stores._dynamodb",
     "RedisStore": "idempotence.stores._redis",
     "PostgresStore": "idempotence.stores._postgres",
+    "MySQLStore": "idempotence.stores._mysql",
 }
 
 

@@ -23,6 +23,8 @@ _SCHEMES: dict[str, StoreFactory | str] = {
     "rediss": "idempotence.stores._redis:RedisStore",
     "postgres": "idempotence.stores._postgres:PostgresStore",
     "postgresql": "idempotence.stores._postgres:PostgresStore",
+    "mysql": "idempotence.stores._mysql:MySQLStore",
+    "mariadb": "idempotence.stores._mysql:MySQLStore",
 }
 #: Built-in classes, resolved from ``_SCHEMES`` on first use.
 _CLASSES: dict[str, Any] = {}

@@ -1,0 +1,673 @@
+"""MariaDB / MySQL store: one InnoDB table, one round trip per operation, PyMySQL (sync) and
+aiomysql (async) sharing every statement."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from .._errors import StoreError
+from .._lazy import require
+from .._record import Claim, Record, Status
+from ._base import Clock, Store
+from ._registry import merge_option, option_bool, option_number, url_query
+
+__all__ = ["MySQLStore"]
+
+_T = TypeVar("_T")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63})?$")
+_COLUMNS = ("key", "status", "fingerprint", "fence", "lease_expires_at", "expires_at", "result")
+_COLS = ", ".join(f"`{c}`" for c in _COLUMNS)
+#: The server's clock in float epoch seconds, independent of the session's time zone (a
+#: ``UNIX_TIMESTAMP(NOW())`` would be ambiguous in a daylight-saving fall-back hour). Like
+#: ``NOW()``, ``UTC_TIMESTAMP(6)`` is fixed for the duration of one statement.
+_SERVER_NOW = "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6)) / 1e6)"
+_CLIENT_NOW = "(%(now)s + 0e0)"
+#: Our options in a store URL.
+_URL_OPTIONS = (
+    "table", "pool_size", "connect_timeout", "operation_timeout", "auto_create", "charset",
+    "ssl", "unix_socket",
+)  # fmt: skip
+#: Server errors after which the whole statement batch is sent again: deadlock (1213; InnoDB
+#: rolled the transaction back) and "record has changed since last read" (1020, MariaDB's
+#: snapshot isolation). Neither left anything written.
+_RETRY_ERRORS = frozenset({1213, 1020})
+_ATTEMPTS = 5
+_NO_SUCH_TABLE = 1146
+
+
+@dataclass(frozen=True, slots=True)
+class _Op(Generic[_T]):
+    """One round trip (one statement, or a batch of them) and how to read its outcome; run
+    by the sync or async shell. ``parse`` gets ``(rows, rowcount)`` of every result."""
+
+    query: str
+    params: Mapping[str, object]
+    parse: Callable[[list[tuple[list[tuple[Any, ...]], int]]], _T]
+
+
+def _table_sql(table: str) -> str:
+    if not _IDENT.match(table):
+        raise ValueError(
+            f"invalid table name {table!r}: use letters, digits and '_' "
+            "(optionally prefixed by a database: 'db.table')"
+        )
+    # Validated above, so quoting cannot be escaped; quoted, the name is taken verbatim.
+    return ".".join(f"`{part}`" for part in table.split("."))
+
+
+def _ddl(table: str) -> str:
+    """The records table. Keys and fingerprints are binary strings: compared byte for byte
+    (a case-insensitive or PAD SPACE collation would merge distinct keys)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {_table_sql(table)} (\n"
+        "    `key`              VARBINARY(3072) NOT NULL PRIMARY KEY,\n"
+        "    `status`           VARCHAR(16) CHARACTER SET ascii NOT NULL\n"
+        "                       CHECK (`status` IN ('IN_PROGRESS', 'COMPLETED')),\n"
+        "    `fingerprint`      VARBINARY(1024) NOT NULL,\n"
+        "    `fence`            BIGINT NOT NULL,\n"
+        "    `lease_expires_at` DOUBLE NOT NULL,  -- epoch seconds\n"
+        "    `expires_at`       DOUBLE NOT NULL,  -- epoch seconds, end of retention\n"
+        "    `result`           LONGBLOB NULL\n"
+        ") ENGINE=InnoDB"
+    )
+
+
+def _takeover(now: str) -> str:
+    """SQL condition on the stored row: it may be claimed at ``now`` (``decide_claim``)."""
+    return (
+        f"(`expires_at` <= {now} OR (`status` = 'IN_PROGRESS' "
+        f"AND `lease_expires_at` <= {now} AND `fingerprint` = %(fingerprint)s))"
+    )
+
+
+def _claim_sql(table: str, now: str) -> str:
+    """The claim: one batch of statements, one round trip, one transaction.
+
+    ``INSERT ... ON DUPLICATE KEY UPDATE`` inserts the key (fence: the clock in
+    milliseconds, as :func:`~idempotence.stores.fresh_fence`) or, on a duplicate, locks the
+    existing row exclusively and updates it. Its assignments run left to right, each seeing
+    the values assigned before it, so the takeover condition is evaluated once, by the first
+    assignment, on the row as it was, and kept in the session variable ``@idem_take``; every
+    other column follows that decision (a row that cannot be taken over is written back
+    unchanged). The ``SELECT ... FOR UPDATE`` in the same transaction then reads the row
+    under the lock the insert holds: the record written (won) or the one in the way. A
+    deadlock between concurrent first inserts rolls the transaction back and the batch is
+    sent again. Session variables are per connection and set at the start of each batch.
+    """
+    return (
+        f"START TRANSACTION;\n"
+        f"SET @idem_now = {now}, @idem_take = 1;\n"
+        f"INSERT INTO {table} ({_COLS}) VALUES (%(key)s, 'IN_PROGRESS', %(fingerprint)s, "
+        "GREATEST(1, FLOOR(@idem_now * 1000)), @idem_now + %(lease)s, @idem_now + %(keep)s, NULL)\n"
+        "ON DUPLICATE KEY UPDATE\n"
+        f"    `fence` = IF((@idem_take := {_takeover('@idem_now')}), `fence` + 1, `fence`),\n"
+        "    `status` = IF(@idem_take, 'IN_PROGRESS', `status`),\n"
+        "    `fingerprint` = IF(@idem_take, %(fingerprint)s, `fingerprint`),\n"
+        "    `lease_expires_at` = IF(@idem_take, @idem_now + %(lease)s, `lease_expires_at`),\n"
+        "    `expires_at` = IF(@idem_take, @idem_now + %(keep)s, `expires_at`),\n"
+        "    `result` = IF(@idem_take, NULL, `result`);\n"
+        f"SELECT {_COLS}, @idem_take, @idem_now FROM {table} WHERE `key` = %(key)s FOR UPDATE;\n"
+        "COMMIT"
+    )
+
+
+def _owned(table: str, now: str, assignments: str) -> str:
+    return (
+        f"UPDATE {table} SET {assignments} WHERE `key` = %(key)s AND `fence` = %(fence)s "
+        f"AND `status` = 'IN_PROGRESS' AND `expires_at` > {now}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """All SQL of one store (table name and clock source baked in)."""
+
+    ddl: str
+    claim: str
+    complete: str
+    release: str
+    renew: str
+    get: str
+    delete: str
+    purge: str
+
+    @classmethod
+    def build(cls, table: str, now: str) -> _Statements:
+        t = _table_sql(table)
+        return cls(
+            ddl=_ddl(table),
+            claim=_claim_sql(t, now),
+            complete=_owned(
+                t,
+                now,
+                f"`status` = 'COMPLETED', `result` = %(result)s, `expires_at` = {now} + %(ttl)s",
+            ),
+            # Keep the row and its fence; ending retention makes it read as absent and the
+            # next claim takes it over with fence + 1, so the released owner stays fenced.
+            release=_owned(t, now, f"`expires_at` = {now}"),
+            renew=_owned(
+                t,
+                now,
+                f"`lease_expires_at` = {now} + %(lease)s, "
+                f"`expires_at` = GREATEST(`expires_at`, {now} + %(lease)s)",
+            ),
+            get=f"SELECT {_COLS} FROM {t} WHERE `key` = %(key)s AND `expires_at` > {now}",
+            delete=f"DELETE FROM {t} WHERE `key` = %(key)s",
+            purge=f"DELETE FROM {t} WHERE `expires_at` <= {now} AND `lease_expires_at` <= {now}",
+        )
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def _record(row: tuple[Any, ...]) -> Record:
+    key, status, fingerprint, fence, lease_expires_at, expires_at, result = row[:7]
+    return Record(
+        key=_text(key),
+        status=Status(_text(status)),
+        fingerprint=_text(fingerprint),
+        fence=int(fence),
+        lease_expires_at=float(lease_expires_at),
+        expires_at=float(expires_at),
+        result=bytes(result) if result is not None else None,
+    )
+
+
+_Results = list[tuple[list[tuple[Any, ...]], int]]
+
+
+def _parse_claim(results: _Results) -> Claim:
+    rows = next((rows for rows, _ in results if rows), None)
+    if rows is None:  # the row was inserted or kept under our lock: it cannot be missing
+        raise RuntimeError("the claim's SELECT returned no row")
+    row = rows[0]
+    return Claim(acquired=bool(int(row[7])), record=_record(row), now=float(row[8]))
+
+
+def _parse_get(results: _Results) -> Record | None:
+    rows = results[0][0]
+    return _record(rows[0]) if rows else None
+
+
+def _parse_changed(results: _Results) -> bool:
+    # Connections are opened with CLIENT_FOUND_ROWS: the count is of rows matched, so a
+    # renew that writes the values already there still reports success.
+    return results[0][1] == 1
+
+
+def _parse_count(results: _Results) -> int:
+    return max(results[0][1], 0)
+
+
+def _parse_none(results: _Results) -> None:
+    return None
+
+
+def _literal(value: object) -> str:
+    """A parameter as SQL: bytes as a hex literal, numbers as numbers. The store sends no
+    other kind (keys and fingerprints go as their UTF-8 bytes), so the SQL text never
+    depends on the session's escaping rules (``NO_BACKSLASH_ESCAPES``, character set)
+    or on a driver's."""
+    if isinstance(value, (bytes, bytearray)):
+        return "_binary X'" + bytes(value).hex() + "'"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("a time or duration is not a finite number")
+        return repr(value) + ("" if "e" in repr(value) else "e0")  # a DOUBLE literal
+    raise TypeError(f"unsupported parameter type {type(value).__name__}")
+
+
+def _sql(op: _Op[Any]) -> str:
+    """The op's statement(s) with its parameters in place."""
+    if not op.params:
+        return op.query
+    return op.query % {name: _literal(value) for name, value in op.params.items()}
+
+
+def _execute(conn: Any, op: _Op[_T]) -> _T:
+    results: _Results = []
+    with conn.cursor() as cur:
+        cur.execute(_sql(op))
+        while True:
+            rows = list(cur.fetchall()) if cur.description is not None else []
+            results.append((rows, cur.rowcount))
+            if not cur.nextset():
+                break
+    return op.parse(results)
+
+
+async def _aexecute(conn: Any, op: _Op[_T]) -> _T:
+    results: _Results = []
+    async with conn.cursor() as cur:
+        await cur.execute(_sql(op))
+        while True:
+            rows = list(await cur.fetchall()) if cur.description is not None else []
+            results.append((rows, cur.rowcount))
+            if not await cur.nextset():
+                break
+    return op.parse(results)
+
+
+def _error_code(exc: BaseException) -> int | None:
+    args = getattr(exc, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _connect_failure(exc: Exception) -> StoreError:
+    code = _error_code(exc)
+    if code == 1045:
+        why = "authentication failed: check the user and password in the URL"
+    elif code == 1049:
+        why = "the database does not exist: create it, or fix the database name in the URL"
+    elif code == 2003:
+        why = (
+            "cannot reach the server at the URL's host and port: check them and that "
+            "MariaDB/MySQL is running"
+        )
+    else:
+        why = "the server refused or dropped the connection"
+    return StoreError(f"cannot connect to MariaDB/MySQL: {why} ({type(exc).__name__}: {code})")
+
+
+def _timed_out(timeout: float) -> TimeoutError:
+    return TimeoutError(
+        f"no reply from MariaDB/MySQL within operation_timeout={timeout:g}s; the connection "
+        "was closed (a statement already sent may still complete on the server)"
+    )
+
+
+class MySQLStore(Store):
+    """Records in one InnoDB table of MariaDB (10.5+) or MySQL (8.0+); one round trip per
+    operation (the claim is a batch of statements in one transaction, sent at once).
+
+    ``url`` is ``mysql://user:password@host:3306/database?table=idempotency`` (or
+    ``mariadb://``). The store opens its own connections (PyMySQL for the sync methods,
+    aiomysql for the async ones, one set per running event loop), keeps up to
+    ``pool_size`` idle ones of each, and closes a connection after any error. Connections
+    run in autocommit mode with ``CLIENT_MULTI_STATEMENTS`` (the claim batch) and
+    ``CLIENT_FOUND_ROWS`` (an update reports the rows it matched).
+
+    Time is the server's (``UTC_TIMESTAMP(6)`` as epoch seconds, independent of the
+    session time zone) unless ``clock`` is given, in which case the client's ``clock()``
+    is sent with each statement (tests use a :class:`~idempotence.testing.ManualClock`).
+    All processes sharing a table should use the same kind of clock.
+
+    The table is created the first time a statement finds it missing (``auto_create=False``
+    turns that off; :meth:`migration_sql` gives the DDL). Results are sent hex-encoded, so
+    the largest storable result is bounded by the server's ``max_allowed_packet``
+    (16 MiB by default on MariaDB): :attr:`max_result_bytes` is 7 MiB; a larger result
+    completes as "not stored". Released and expired rows stay until :meth:`purge` deletes
+    them.
+
+    ``operation_timeout`` (seconds, default 5; ``None`` disables it) bounds each round
+    trip: the connection is closed when it expires and the call fails with
+    :class:`~idempotence.StoreError`.
+    """
+
+    uses_client_clock = False
+    max_result_bytes = 7 * 1024 * 1024
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        table: str = "idempotency",
+        clock: Clock | None = None,
+        connect_timeout: float = 5,
+        pool_size: int = 10,
+        auto_create: bool = True,
+        operation_timeout: float | None = 5.0,
+        connect_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        parsed = self.parse_url(url)
+        table = merge_option("table", table, "idempotency", parsed["table"])
+        connect_timeout = merge_option(
+            "connect_timeout", connect_timeout, 5, parsed["connect_timeout"]
+        )
+        pool_size = merge_option("pool_size", pool_size, 10, parsed["pool_size"])
+        auto_create = merge_option("auto_create", auto_create, True, parsed["auto_create"])
+        operation_timeout = merge_option(
+            "operation_timeout", operation_timeout, 5.0, parsed["operation_timeout"]
+        )
+        if operation_timeout is not None and not operation_timeout > 0:
+            raise ValueError(f"operation_timeout must be > 0 or None, not {operation_timeout!r}")
+        self.table = table
+        self.clock = clock
+        self.connect_timeout = connect_timeout
+        self.pool_size = pool_size
+        self.auto_create = auto_create
+        self.operation_timeout = operation_timeout
+        self._connect = {**parsed["connect"], **dict(connect_kwargs or {})}
+        self._sql = _Statements.build(table, _CLIENT_NOW if clock is not None else _SERVER_NOW)
+        self._lock = threading.Lock()
+        self._idle: list[Any] = []
+        self._idle_pid = os.getpid()
+        self._aidle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @classmethod
+    def parse_url(cls, url: str) -> dict[str, Any]:
+        """The constructor arguments of ``mysql://user:password@host:3306/db?...`` (or
+        ``mariadb://``), checked without connecting or importing a driver. Options:
+        ``table`` (``name`` or ``db.name``), ``pool_size``, ``connect_timeout``,
+        ``operation_timeout`` (seconds, or ``none``), ``auto_create``, ``charset``
+        (default ``utf8mb4``), ``unix_socket`` (a path) and ``ssl`` (true: TLS with the
+        system's CA certificates). Anything else raises ``ValueError``."""
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("mysql", "mariadb"):
+            raise ValueError("a MariaDB/MySQL store URL starts with mysql:// or mariadb://")
+        options = url_query(url, _URL_OPTIONS)
+        table = options.get("table", "idempotency")
+        _table_sql(table)
+        pool_size = option_number(options, "pool_size", 10)
+        if pool_size is None or pool_size != int(pool_size):
+            raise ValueError("store URL option 'pool_size' must be a positive whole number")
+        try:
+            port = parts.port or 3306
+        except ValueError:
+            raise ValueError("the port in the store URL is not a number") from None
+        database = unquote(parts.path.lstrip("/"))
+        if not database or "/" in database:
+            raise ValueError("the store URL names no database: mysql://user@host:3306/database")
+        connect: dict[str, Any] = {
+            "host": parts.hostname or "127.0.0.1",
+            "port": port,
+            "user": unquote(parts.username) if parts.username else "root",
+            "password": unquote(parts.password) if parts.password else "",
+            "database": database,
+            "charset": options.get("charset", "utf8mb4"),
+        }
+        if options.get("unix_socket"):
+            connect["unix_socket"] = options["unix_socket"]
+        if option_bool(options, "ssl", False):
+            import ssl as ssl_mod
+
+            connect["ssl"] = ssl_mod.create_default_context()
+        return {
+            "url": url,
+            "table": table,
+            "connect_timeout": option_number(options, "connect_timeout", 5),
+            "pool_size": int(pool_size),
+            "auto_create": option_bool(options, "auto_create", True),
+            "operation_timeout": option_number(options, "operation_timeout", 5.0, none=True),
+            "connect": connect,
+        }
+
+    @classmethod
+    def from_url(cls, url: str) -> MySQLStore:
+        """The store of a ``mysql://`` / ``mariadb://`` URL (see :meth:`parse_url`); the
+        same as ``MySQLStore(url)``."""
+        return cls(url)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(table={self.table!r})"
+
+    def migration_sql(self) -> str:
+        """The ``CREATE TABLE IF NOT EXISTS`` statement of this store's table, for users
+        who run schema migrations themselves (then pass ``auto_create=False``)."""
+        return self._sql.ddl + ";\n"
+
+    # -- statements as data -------------------------------------------------------------
+    def _params(self, **params: object) -> dict[str, object]:
+        if self.clock is not None:
+            params["now"] = float(self.clock())
+        return params
+
+    def _claim_op(self, key: str, fingerprint: str, lease: float, ttl: float) -> _Op[Claim]:
+        params = self._params(
+            key=key.encode(), fingerprint=fingerprint.encode(), lease=float(lease),
+            keep=float(max(ttl, lease)),
+        )  # fmt: skip
+        return _Op(self._sql.claim, params, _parse_claim)
+
+    def _complete_op(self, key: str, fence: int, result: bytes, ttl: float) -> _Op[bool]:
+        params = self._params(key=key.encode(), fence=int(fence), result=bytes(result),
+                              ttl=float(ttl))  # fmt: skip
+        return _Op(self._sql.complete, params, _parse_changed)
+
+    def _release_op(self, key: str, fence: int) -> _Op[bool]:
+        params = self._params(key=key.encode(), fence=int(fence))
+        return _Op(self._sql.release, params, _parse_changed)
+
+    def _renew_op(self, key: str, fence: int, lease: float) -> _Op[bool]:
+        params = self._params(key=key.encode(), fence=int(fence), lease=float(lease))
+        return _Op(self._sql.renew, params, _parse_changed)
+
+    def _get_op(self, key: str) -> _Op[Record | None]:
+        return _Op(self._sql.get, self._params(key=key.encode()), _parse_get)
+
+    def _delete_op(self, key: str) -> _Op[bool]:
+        return _Op(self._sql.delete, {"key": key.encode()}, _parse_changed)
+
+    def _purge_op(self) -> _Op[int]:
+        return _Op(self._sql.purge, self._params(), _parse_count)
+
+    def _ddl_op(self) -> _Op[None]:
+        return _Op(self._sql.ddl, {}, _parse_none)
+
+    # -- connections ----------------------------------------------------------------------
+    def _connect_options(self) -> dict[str, Any]:
+        client = require("pymysql", "mysql").constants.CLIENT
+        options = dict(self._connect)
+        options["client_flag"] = (
+            options.get("client_flag", 0) | client.MULTI_STATEMENTS | client.FOUND_ROWS
+        )
+        options["autocommit"] = True
+        options["connect_timeout"] = self.connect_timeout
+        return options
+
+    def _new_connection(self) -> Any:
+        pymysql = require("pymysql", "mysql")
+        options = self._connect_options()
+        if self.operation_timeout is not None:
+            options.setdefault("read_timeout", self.operation_timeout)
+            options.setdefault("write_timeout", self.operation_timeout)
+        try:
+            return pymysql.connect(**options)
+        except pymysql.OperationalError as exc:
+            raise _connect_failure(exc) from exc
+
+    async def _anew_connection(self) -> Any:
+        aiomysql = require("aiomysql", "mysql")
+        pymysql = require("pymysql", "mysql")
+        options = self._connect_options()
+        options["db"] = options.pop("database")
+        try:
+            return await aiomysql.connect(**options)
+        except pymysql.OperationalError as exc:
+            raise _connect_failure(exc) from exc
+
+    @contextmanager
+    def _sync_conn(self) -> Iterator[Any]:
+        """A connection of the store's idle list (or a new one), returned to it after a
+        clean exit and closed after an error (its state is then unknown)."""
+        with self._lock:
+            if self._idle_pid != os.getpid():  # inherited through fork(): not ours to use
+                self._idle, self._idle_pid = [], os.getpid()
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._new_connection()
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        with self._lock:
+            if len(self._idle) < self.pool_size and self._idle_pid == os.getpid():
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    @asynccontextmanager
+    async def _async_conn(self) -> AsyncIterator[Any]:
+        idle = self._aidle.setdefault(asyncio.get_running_loop(), [])
+        conn = idle.pop() if idle else None
+        if conn is None:
+            conn = await self._anew_connection()
+        try:
+            yield conn
+        except BaseException:
+            conn.close()  # aiomysql: closes the socket at once, no round trip
+            raise
+        if len(idle) < self.pool_size:
+            idle.append(conn)
+        else:
+            conn.close()
+
+    # -- capability: SQLConnections (idempotence.stores.capabilities) --------------------
+    def sql_connection(self) -> contextlib.AbstractContextManager[Any]:
+        """A PyMySQL connection of the store, in autocommit mode; returned to the store on
+        exit (closed if the block raised). See
+        :class:`~idempotence.stores.capabilities.SQLConnections`."""
+        return self._sync_conn()
+
+    def asql_connection(self) -> contextlib.AbstractAsyncContextManager[Any] | None:
+        """An aiomysql connection of the store (of the running event loop), in autocommit
+        mode; returned on exit."""
+        return self._async_conn()
+
+    # -- the two shells ------------------------------------------------------------------
+    def _run(self, op: _Op[_T], *, auto_create: bool = True) -> _T:
+        created = not (auto_create and self.auto_create)
+        last: Exception | None = None
+        for _ in range(_ATTEMPTS):
+            try:
+                with self._sync_conn() as conn:
+                    return _execute(conn, op)
+            except Exception as exc:
+                code = _error_code(exc)
+                if code == _NO_SUCH_TABLE and not created:
+                    self.create_table()
+                    created = True
+                elif code not in _RETRY_ERRORS:
+                    if self.operation_timeout is not None and _is_timeout(exc):
+                        raise _timed_out(self.operation_timeout) from exc
+                    raise
+                last = exc
+        assert last is not None
+        raise last
+
+    async def _arun(self, op: _Op[_T], *, auto_create: bool = True) -> _T:
+        created = not (auto_create and self.auto_create)
+        timeout = self.operation_timeout
+        last: Exception | None = None
+        for _ in range(_ATTEMPTS):
+            try:
+                async with self._async_conn() as conn:
+                    if timeout is None:
+                        return await _aexecute(conn, op)
+                    try:
+                        return await asyncio.wait_for(_aexecute(conn, op), timeout)
+                    except asyncio.TimeoutError as exc:
+                        raise _timed_out(timeout) from exc
+            except Exception as exc:
+                code = _error_code(exc)
+                if code == _NO_SUCH_TABLE and not created:
+                    await self.acreate_table()
+                    created = True
+                elif code not in _RETRY_ERRORS:
+                    raise
+                last = exc
+        assert last is not None
+        raise last
+
+    # -- schema and maintenance ----------------------------------------------------------
+    def create_table(self) -> None:
+        """Create the table if it does not exist (idempotent, safe to race)."""
+        self._run(self._ddl_op(), auto_create=False)
+
+    async def acreate_table(self) -> None:
+        """Async :meth:`create_table`."""
+        await self._arun(self._ddl_op(), auto_create=False)
+
+    def purge(self) -> int:
+        """Delete rows whose retention has ended and whose lease is over too (an expired
+        row that still fences a paused invocation is kept while that lease is live).
+        Returns how many were deleted. One statement; scans the table."""
+        return self._run(self._purge_op())
+
+    async def apurge(self) -> int:
+        """Async :meth:`purge`."""
+        return await self._arun(self._purge_op())
+
+    def close(self) -> None:
+        """Close the idle sync connections. Async connections belong to their event loop:
+        :meth:`aclose` closes the current loop's. The store reconnects if used again."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            ours = self._idle_pid == os.getpid()
+        for conn in idle if ours else ():
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    async def aclose(self) -> None:
+        """Close the current event loop's idle connections and the idle sync ones."""
+        for conn in self._aidle.pop(asyncio.get_running_loop(), []):
+            conn.close()
+        self.close()
+
+    # -- operations: thin shells over the shared statements ------------------------------
+    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        return self._run(self._claim_op(key, fingerprint, lease, ttl))
+
+    def complete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
+        return self._run(self._complete_op(key, fence, result, ttl))
+
+    def release(self, key: str, fence: int) -> bool:
+        """End retention of the in-progress record (kept with its fence; reads as absent;
+        the next claim takes over with fence + 1), if ``fence`` still owns the key."""
+        return self._run(self._release_op(key, fence))
+
+    def renew(self, key: str, fence: int, *, lease: float) -> bool:
+        return self._run(self._renew_op(key, fence, lease))
+
+    def get(self, key: str) -> Record | None:
+        return self._run(self._get_op(key))
+
+    def delete(self, key: str) -> bool:
+        return self._run(self._delete_op(key))
+
+    async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        return await self._arun(self._claim_op(key, fingerprint, lease, ttl))
+
+    async def acomplete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
+        return await self._arun(self._complete_op(key, fence, result, ttl))
+
+    async def arelease(self, key: str, fence: int) -> bool:
+        return await self._arun(self._release_op(key, fence))
+
+    async def arenew(self, key: str, fence: int, *, lease: float) -> bool:
+        return await self._arun(self._renew_op(key, fence, lease))
+
+    async def aget(self, key: str) -> Record | None:
+        return await self._arun(self._get_op(key))
+
+    async def adelete(self, key: str) -> bool:
+        return await self._arun(self._delete_op(key))
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """Whether a PyMySQL error came from a socket timeout (``read_timeout``)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (TimeoutError, OSError)) and "timed out" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
