@@ -87,28 +87,25 @@ def _classes_in(hint: Any, found: dict[str, type]) -> None:
         if hint is None or depth > _MAX_HINT_DEPTH or id(hint) in seen:
             continue
         seen.add(id(hint))
-        origin = typing.get_origin(hint)
-        if origin is None and isinstance(hint, type):
-            if issubclass(hint, enum.Enum) or _is_dataclass(hint) or _is_model(hint):
-                found.setdefault(_qualname(hint), hint)
-            stack.extend((h, depth + 1) for h in _field_hints(hint))
+        try:  # an odd annotation (a broken metaclass, a custom alias) names nothing
+            stack.extend((h, depth + 1) for h in _hint_children(hint, found))
+        except Exception:  # skipping it only narrows what replays rebuild
             continue
-        if origin is typing.Annotated:
-            stack.append((typing.get_args(hint)[0], depth + 1))
-            continue
-        if origin is typing.Literal:
-            for arg in typing.get_args(hint):
-                if isinstance(arg, enum.Enum):
-                    stack.append((type(arg), depth + 1))
-            continue
-        for nested in (getattr(hint, "__supertype__", None), getattr(hint, "__value__", None)):
-            if nested is not None:  # NewType, ``type X = ...`` alias
-                stack.append((nested, depth + 1))
-        try:
-            args = typing.get_args(hint)
-        except Exception:
-            args = ()
-        stack.extend((arg, depth + 1) for arg in args)
+
+
+def _hint_children(hint: Any, found: dict[str, type]) -> list[Any]:
+    """Record ``hint`` in ``found`` if it is a rebuildable class; the annotations under it."""
+    origin = typing.get_origin(hint)
+    if origin is None and isinstance(hint, type):
+        if issubclass(hint, enum.Enum) or _is_dataclass(hint) or _is_model(hint):
+            found.setdefault(_qualname(hint), hint)
+        return _field_hints(hint)
+    if origin is typing.Annotated:
+        return [typing.get_args(hint)[0]]
+    if origin is typing.Literal:
+        return [type(arg) for arg in typing.get_args(hint) if isinstance(arg, enum.Enum)]
+    nested = [getattr(hint, "__supertype__", None), getattr(hint, "__value__", None)]
+    return [h for h in nested if h is not None] + list(typing.get_args(hint))
 
 
 def _field_hints(cls: type) -> list[Any]:
