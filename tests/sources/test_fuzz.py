@@ -19,7 +19,7 @@ from idempotence.sources import HTTP_SOURCES, detect
 from idempotence.stores import MemoryStore
 from tests.sources.events import FakeContext, load
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 HTTP = {name: load(name) for name in ("apigw_rest", "apigw_http", "alb", "function_url")}
 BATCH = {name: load(name) for name in ("sqs", "sqs_fifo", "kinesis", "dynamodb_stream")}
