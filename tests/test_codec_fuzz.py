@@ -18,7 +18,7 @@ from idempotence import (
     ResultNotStoredError,
     StoredErrorReplay,
 )
-from idempotence._idempotency import replay_record
+from idempotence.engine import replay_record
 from idempotence._record import Record, Status
 from idempotence.http import HTTPResponse
 

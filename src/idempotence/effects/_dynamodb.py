@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 from .._codec import JSONSerializer, Serializer
 from .._config import seconds
-from .._idempotency import replay_record
 from .._keys import digest
 from .._record import Claim
+from ..engine import replay_record
 from ..stores.capabilities import DynamoDBRecords
 from ._outcome import NO_FINGERPRINT, TransactionOutcome, check_existing, encoder
 from ._states import Backend, State, text

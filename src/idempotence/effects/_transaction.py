@@ -39,9 +39,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 from .._config import IdempotencyConfig, seconds
-from .._idempotency import _Bound, default_namespace, replay_record
 from .._keys import digest
 from .._record import Record
+from ..engine import Operation, default_namespace, replay_record
 from ..stores.capabilities import (
     quoted_table,
     records_ddl,
@@ -311,7 +311,7 @@ class TransactionalIdempotency:
         namespace = options.get("namespace")
         if namespace is None:  # as Idempotency names functions (Lambda function name too)
             namespace = default_namespace(fn, config.namespace)
-        bound = _Bound(shim, config, namespace)
+        bound = Operation(shim, config, namespace)
         source = _records.Source(self.connect)
         encode = encoder(config.serializer)
         txi = self

@@ -52,11 +52,12 @@ from .._errors import (
     KeyReuseError,
     StoreError,
 )
-from .._idempotency import Idempotency, _disabled, _not_stored
+from .._idempotency import Idempotency
 from .._keys import check_namespace, digest, loads_exact
-from .._protocol import LocalCache, Plan
 from .._record import Record
-from .._shells import run_async, run_sync
+from ..engine import LocalCache, Plan, is_disabled, not_stored
+from ..engine import arun as run_async
+from ..engine import run as run_sync
 from ..stores._base import Store
 
 __all__ = [
@@ -556,7 +557,7 @@ class HTTPIdempotency:
         (a problem response to send as is), or the :class:`Plan` to run. ``lease``
         overrides the configured lease for this request (the Lambda adapter passes the
         invocation's remaining time)."""
-        if not self.applies_to(request.method) or _disabled():
+        if not self.applies_to(request.method) or is_disabled():
             return None
         values = request.header_values(self.header)
         if not values:
@@ -606,7 +607,7 @@ class HTTPIdempotency:
             ttl=c.ttl_s,
             encode=self._encode,
             replay=self._replay,
-            encode_not_stored=_not_stored,
+            encode_not_stored=not_stored,
             should_store=self._should_store,
             wait=self.on_in_progress == "wait",
             wait_timeout=c.wait_timeout_s,

@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._idempotency import Idempotency, _Bound, _disabled
-from .._protocol import Plan
-from .._shells import run_async, run_sync
-from ..stores._base import Store
+from .._idempotency import Idempotency
+from ..engine import Operation, Plan, is_disabled
+from ..engine import arun as run_async
+from ..engine import run as run_sync
+from ..stores import Store
 from ._common import (
     DEFAULT_LEASE_MARGIN,
     AwaitableResultError,
@@ -82,14 +83,14 @@ def _prepare(
     options = dict(options)
     options.setdefault("heartbeat", False)
     config = idem.config.replace(**options)
-    disabled = _disabled()
+    disabled = is_disabled()
     if disabled:
         warnings.warn(
             "IDEMPOTENCE_DISABLED is set: batch records run without idempotency",
             RuntimeWarning,
             stacklevel=4,
         )
-    bound = _Bound(
+    bound = Operation(
         record_handler, config, idem.namespace_for(record_handler, options.get("namespace"))
     )
     store = None if disabled or not records else idem.store
@@ -111,7 +112,7 @@ def _prepare(
 
 
 def _plan(
-    bound: _Bound[Any, Any], store: Store, source: Source, record: Any, lease: float
+    bound: Operation[Any, Any], store: Store, source: Source, record: Any, lease: float
 ) -> Plan | None:
     return plan_of(
         bound,

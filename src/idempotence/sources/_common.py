@@ -8,10 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import MissingKeyError
-from .._idempotency import _Bound
 from .._keys import digest, is_missing
-from .._protocol import Plan
-from ..stores._base import Store
+from ..engine import Operation, Plan
+from ..stores import Store
 from ._detect import Source
 
 __all__ = [
@@ -80,7 +79,7 @@ def sync_result(value: Any, what: str) -> Any:
 
 
 def plan_of(
-    bound: _Bound[Any, Any],
+    bound: Operation[Any, Any],
     store: Store,
     source: Source,
     payload: Any,
@@ -111,4 +110,4 @@ def plan_of(
     else:  # fingerprint=False or a selector: as for any decorated function
         fingerprint = bound.fingerprint(payload)
     key = bound.key_of(material, payload)
-    return bound.plan_for(key, fingerprint, store, lease())
+    return bound.plan(key, fingerprint, store, lease())

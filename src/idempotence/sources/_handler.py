@@ -40,10 +40,11 @@ from typing import Any
 
 from .._codec import UnencodableError
 from .._config import IdempotencyConfig
-from .._idempotency import Idempotency, _Bound, _disabled
+from .._idempotency import Idempotency
 from .._keys import digest, is_missing
-from .._protocol import Plan
-from .._shells import run_async, run_sync
+from ..engine import Operation, Plan, is_disabled
+from ..engine import arun as run_async
+from ..engine import run as run_sync
 from ..http import HTTPIdempotency, HTTPRequest, HTTPResponse
 from ..http._core import problem
 from ..stores._base import Store
@@ -149,8 +150,9 @@ class _Handler:
         self.idem = idem
         self.fn = fn
         self.name: str = getattr(fn, "__qualname__", type(fn).__qualname__)
-        self.bound: _Bound[Any, Any] = _Bound(
-            fn, config, idem.namespace_for(fn, options.get("namespace"))
+        # The context differs on every delivery: never part of the payload (the event is).
+        self.bound: Operation[Any, Any] = Operation(
+            fn, config, idem.namespace_for(fn, options.get("namespace")), exclude=("context",)
         )
         self.config = config
         self.http = HTTPIdempotency(
@@ -248,7 +250,7 @@ class _Handler:
         )
 
     def passthrough(self) -> bool:
-        if not _disabled():
+        if not is_disabled():
             return False
         warnings.warn(
             f"IDEMPOTENCE_DISABLED is set: {self.name} runs without idempotency",

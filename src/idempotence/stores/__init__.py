@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._base import Clock, Store, decide_claim, fresh_fence
 from ._memory import MemoryStore
-from ._registry import register_scheme, store_from_url
+from ._registry import register_scheme, store_from_url, validate_store_url
 
 if TYPE_CHECKING:
     from ._dynamodb import DynamoDBStore
@@ -38,6 +38,7 @@ __all__ = [
     "fresh_fence",
     "register_scheme",
     "store_from_url",
+    "validate_store_url",
 ]
 
 _LAZY = {
