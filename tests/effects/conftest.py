@@ -1,5 +1,5 @@
 """Backends for the effects tests: every store kind, each on a real service (PostgreSQL,
-Redis db 14, DynamoDB via moto) with names of its own per session."""
+MariaDB/MySQL, Redis db 14, DynamoDB via moto) with names of its own per session."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import pytest
 
 from idempotence.stores import MemoryStore, SQLiteStore, Store
 from tests.conftest import (
+    MYSQL_URL,
     POSTGRES_URL,
+    mysql_admin_or_unavailable,
     postgres_admin_or_unavailable,
     redis_client_or_unavailable,
 )
@@ -26,7 +28,7 @@ RECORDS_TABLE = f"effects_records_{SESSION}"
 STATES_TABLE = f"effects_states_{SESSION}"
 REDIS_PREFIX = f"effects-test:{SESSION}:"
 REGION = "us-east-1"
-STORE_KINDS = ["memory", "sqlite", "postgres", "redis", "dynamodb"]
+STORE_KINDS = ["memory", "sqlite", "postgres", "mysql", "redis", "dynamodb"]
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +41,19 @@ def pg_admin() -> Iterator[Any]:
     ).fetchall()
     for (name,) in rows:
         conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def mysql_admin() -> Iterator[Any]:
+    """An autocommit PyMySQL connection to MariaDB/MySQL; drops this session's tables at
+    the end."""
+    conn = mysql_admin_or_unavailable(MYSQL_URL)
+    yield conn
+    with conn.cursor() as cur:
+        cur.execute("SHOW TABLES LIKE %s", (f"%{SESSION}%",))
+        for (name,) in cur.fetchall():
+            cur.execute(f"DROP TABLE IF EXISTS `{name}`")
     conn.close()
 
 
@@ -72,6 +87,11 @@ def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Sto
         from idempotence.stores._postgres import PostgresStore
 
         return PostgresStore(PG_URL, table=RECORDS_TABLE, pool_size=40)
+    if kind == "mysql":
+        request.getfixturevalue("mysql_admin")
+        from idempotence.stores._mysql import MySQLStore
+
+        return MySQLStore(MYSQL_URL, table=RECORDS_TABLE, pool_size=40)
     if kind == "redis":
         request.getfixturevalue("redis_admin")
         from idempotence.stores._redis import RedisStore

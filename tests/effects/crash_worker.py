@@ -1,6 +1,6 @@
 """Run one idempotent transaction and die at a chosen point (used by the crash tests).
 
-``python -m tests.effects.crash_worker <sqlite|postgres> <db> <records table> <business
+``python -m tests.effects.crash_worker <sqlite|postgres|mysql> <db> <records table> <business
 table> <key> <before-commit|after-commit|none>``
 
 ``before-commit`` kills the process with SIGKILL after the business write and the record's
@@ -32,6 +32,13 @@ def main() -> None:
     if dialect == "sqlite":
         conn: Any = sqlite3.connect(db, timeout=30)
         insert = f'INSERT INTO "{business}" (key, amount) VALUES (?, ?)'
+    elif dialect == "mysql":
+        import pymysql
+
+        from idempotence.stores._mysql import MySQLStore
+
+        conn = pymysql.connect(**MySQLStore.parse_url(db)["connect"])
+        insert = f"INSERT INTO `{business}` (`key`, amount) VALUES (%s, %s)"
     else:
         import psycopg
 
@@ -40,7 +47,11 @@ def main() -> None:
     txi = TransactionalIdempotency(table=records)
     with txi.transaction(conn, key, payload={"amount": 42}) as tx:
         if not tx.replayed:
-            conn.execute(insert, (key, 42))
+            if dialect == "mysql":
+                with conn.cursor() as cur:
+                    cur.execute(insert, (key, 42))
+            else:
+                conn.execute(insert, (key, 42))
             tx.set_result({"charged": 42})
     if crash == "after-commit":
         os._exit(3)

@@ -38,6 +38,7 @@ CAPABILITY = {
     "memory": None,
     "sqlite": SQLConnections,
     "postgres": SQLConnections,
+    "mysql": SQLConnections,
     "redis": AtomicScripts,
     "dynamodb": DynamoDBRecords,
 }

@@ -27,6 +27,7 @@ from idempotence.effects import (
     transactional,
 )
 from idempotence.stores import SQLiteStore, Store
+from tests.conftest import MYSQL_URL
 from tests.effects.conftest import PG_URL, RECORDS_TABLE, SESSION
 
 N = 32
@@ -49,25 +50,36 @@ class DB:
     store: Store
 
     def q(self, sql: str) -> str:
+        if self.dialect == "mysql":
+            return sql.replace("?", "%s").replace('"', "`").replace("key", "`key`")
         return sql.replace("?", "%s") if self.dialect == "postgres" else sql
+
+    def execute(self, conn: Any, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Run ``sql`` (``?`` placeholders, ``"quoted"`` names) on ``conn``; its rows."""
+        if self.dialect == "mysql":  # PyMySQL: through a cursor
+            with conn.cursor() as cur:
+                cur.execute(self.q(sql), params)
+                return list(cur.fetchall())
+        cur = conn.execute(self.q(sql), params)
+        return list(cur.fetchall()) if cur.description is not None else []
 
     def count(self, key: str) -> int:
         conn = self.connect()
         try:
-            row = conn.execute(
-                self.q(f'SELECT count(*) FROM "{self.business}" WHERE key = ?'), (key,)
-            ).fetchone()
-            return int(row[0])
+            rows = self.execute(
+                conn, f'SELECT count(*) FROM "{self.business}" WHERE key = ?', (key,)
+            )
+            return int(rows[0][0])
         finally:
             conn.close()
 
     def insert(self, conn: Any, key: str, amount: int) -> None:
-        conn.execute(
-            self.q(f'INSERT INTO "{self.business}" (key, amount) VALUES (?, ?)'), (key, amount)
+        self.execute(
+            conn, f'INSERT INTO "{self.business}" (key, amount) VALUES (?, ?)', (key, amount)
         )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "mysql"])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DB]:
     business = f"effects_business_{SESSION}"
     if request.param == "sqlite":
@@ -78,6 +90,17 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DB]:
         setup.close()
         store: Store = SQLiteStore(path, table=RECORDS_TABLE)
         yield DB("sqlite", path, business, lambda: sqlite3.connect(path, timeout=30), store)
+    elif request.param == "mysql":
+        import pymysql
+
+        from idempotence.stores._mysql import MySQLStore
+
+        admin = request.getfixturevalue("mysql_admin")
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE TABLE IF NOT EXISTS `{business}` (`key` text, amount int)")
+        options = MySQLStore.parse_url(MYSQL_URL)["connect"]
+        store = MySQLStore(MYSQL_URL, table=RECORDS_TABLE)
+        yield DB("mysql", MYSQL_URL, business, lambda: pymysql.connect(**options), store)
     else:
         import psycopg
 
@@ -272,6 +295,8 @@ def test_nested_in_callers_transaction_commits_with_it(db: DB, key: str) -> None
     try:
         if db.dialect == "sqlite":
             conn.execute("BEGIN IMMEDIATE")
+        elif db.dialect == "mysql":
+            conn.begin()
         else:
             conn.execute("SELECT 1")  # psycopg: an implicit transaction is now open
         with txi.transaction(conn, key) as tx:
@@ -290,7 +315,10 @@ def test_options_that_do_not_apply_are_refused() -> None:
     txi = TransactionalIdempotency()
     with pytest.raises(TypeError, match="connect="):
         txi(lambda conn, x: x)
-    with pytest.raises(TypeError, match="sqlite3 or psycopg"), txi.transaction(object(), "k"):
+    with (
+        pytest.raises(TypeError, match="sqlite3, psycopg 3, PyMySQL or aiomysql"),
+        txi.transaction(object(), "k"),
+    ):
         pass
 
 
@@ -383,3 +411,64 @@ def test_decorator_namespace_has_the_lambda_function_name(
     assert deploy("ledger-a")(order) == "ledger-a"  # a replay
     assert runs == ["ledger-a", "ledger-b"]
     assert db.count(key) == 2
+
+
+# -- async (MariaDB/MySQL through aiomysql: the store's own async connections) -----------------
+async def test_async_mysql_tasks_write_once(mysql_admin: Any, key: str) -> None:
+    from idempotence.stores._mysql import MySQLStore
+
+    business = f"effects_business_{SESSION}"
+    with mysql_admin.cursor() as cur:
+        cur.execute(f"CREATE TABLE IF NOT EXISTS `{business}` (`key` text, amount int)")
+    store = MySQLStore(MYSQL_URL, table=RECORDS_TABLE, pool_size=N)
+    txi = TransactionalIdempotency(store, table=RECORDS_TABLE)
+    runs: list[int] = []
+
+    async def insert(conn: Any, amount: int) -> None:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                f"INSERT INTO `{business}` (`key`, amount) VALUES (%s, %s)", (key, amount)
+            )
+
+    @txi(key="order_id", fingerprint="amount")
+    async def create(conn: Any, order: dict[str, Any]) -> Receipt:
+        runs.append(1)
+        await insert(conn, order["amount"])
+        await asyncio.sleep(0.05)
+        return Receipt(order["order_id"], order["amount"])
+
+    results = await asyncio.gather(*(create({"order_id": key, "amount": 9}) for _ in range(16)))
+    with pytest.raises(KeyReuseError):
+        await create({"order_id": key, "amount": 10})
+    source = store.asql_connection()
+    assert source is not None
+    async with source as conn:
+
+        async def boom() -> None:
+            async with txi.atransaction(conn, key + "-2"):
+                await insert(conn, 1)
+                raise ValueError("boom")
+
+        with pytest.raises(ValueError, match="boom"):
+            await boom()
+        async with txi.atransaction(conn, key + "-3") as tx:
+            tx.set_result([1, 2])
+        async with txi.atransaction(conn, key + "-3") as tx:
+            assert tx.replayed
+            assert tx.result == [1, 2]
+    assert await store.aget(key + "-2") is None  # rolled back with the body's error
+    record = await store.aget(create.key_for({"order_id": key, "amount": 9}))  # type: ignore[attr-defined]
+    assert record is not None
+    assert record.status is Status.COMPLETED  # visible through the store API
+    await store.aclose()
+    assert len(runs) == 1
+    assert results == [Receipt(key, 9)] * 16
+    with mysql_admin.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM `{business}` WHERE `key` = %s", (key,))
+        assert cur.fetchone() == (1,)
+
+
+def test_migration_sql_mysql() -> None:
+    ddl = TransactionalIdempotency(table="app.idem").migration_sql("mysql")
+    assert "CREATE TABLE IF NOT EXISTS `app`.`idem`" in ddl
+    assert "VARBINARY" in ddl

@@ -39,7 +39,11 @@ class Order(str, enum.Enum):
 
 def table_for(store: Store) -> str | None:
     """The session's states table on SQL stores (DynamoDB: the store's own table)."""
-    return STATES_TABLE if type(store).__name__ in {"SQLiteStore", "PostgresStore"} else None
+    return (
+        STATES_TABLE
+        if type(store).__name__ in {"SQLiteStore", "PostgresStore", "MySQLStore"}
+        else None
+    )
 
 
 def guard_for(store: Store) -> StateGuard[str]:
@@ -350,7 +354,7 @@ async def test_asql_transition_32_tasks(pg_orders: str) -> None:
 
 
 def test_sql_transition_rejects_other_connections() -> None:
-    with pytest.raises(TypeError, match="sqlite3 or psycopg"):
+    with pytest.raises(TypeError, match="sqlite3, psycopg 3, PyMySQL or aiomysql"):
         sql_transition(object(), "t", "id", 1, "s", "A", "B")
 
 

@@ -1,7 +1,8 @@
 """Backends of the reliability suite.
 
 Shared services (never stopped here): Redis 127.0.0.1:6379 (db 15, a fresh key prefix per
-test), PostgreSQL ``IDEMPOTENCE_TEST_POSTGRES_URL`` (a fresh table per test, dropped after)
+test), PostgreSQL ``IDEMPOTENCE_TEST_POSTGRES_URL`` and MariaDB ``IDEMPOTENCE_TEST_MYSQL_URL``
+(a fresh table per test, dropped after)
 and the session's moto server (a fresh DynamoDB table per test). The fault tests start
 their own throwaway servers instead (:class:`RedisServer`, :class:`PostgresServer`, a moto
 server of their own), so stopping them disturbs nobody.
@@ -27,9 +28,11 @@ import pytest
 
 from tests import moto_server
 from tests.conftest import (
+    MYSQL_URL,
     POSTGRES_URL,
     REDIS_URL,
     backend_unavailable,
+    mysql_admin_or_unavailable,
     postgres_admin_or_unavailable,
     redis_client_or_unavailable,
 )
@@ -37,7 +40,7 @@ from tests.conftest import (
 dynamodb_endpoint = moto_server.dynamodb_endpoint  # the session fixture
 
 REGION = "us-east-1"
-NETWORKED = ("redis", "postgres", "dynamodb")
+NETWORKED = ("redis", "postgres", "mysql", "dynamodb")
 MULTIPROCESS = ("sqlite", *NETWORKED)
 
 
@@ -79,6 +82,18 @@ def _postgres_table() -> Iterator[str]:
         conn.close()
 
 
+@contextlib.contextmanager
+def _mysql_table() -> Iterator[str]:
+    conn = mysql_admin_or_unavailable(MYSQL_URL)
+    table = f"rel_{uuid.uuid4().hex[:12]}"
+    try:
+        yield table
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS `{table}`")
+        conn.close()
+
+
 @pytest.fixture
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A store URL of the kind ``request.param`` on the shared services, empty for this
@@ -95,6 +110,10 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
         with _postgres_table() as table:
             sep = "&" if "?" in POSTGRES_URL else "?"
             yield f"{POSTGRES_URL}{sep}table={table}"
+    elif kind == "mysql":
+        with _mysql_table() as table:
+            sep = "&" if "?" in MYSQL_URL else "?"
+            yield f"{MYSQL_URL}{sep}table={table}"
     elif kind == "dynamodb":
         from idempotence.stores import DynamoDBStore
 

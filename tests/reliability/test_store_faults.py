@@ -31,6 +31,7 @@ from idempotence._record import Status
 from idempotence.stores import Store
 from tests.reliability import report
 from tests.reliability.conftest import (
+    MYSQL_URL,
     NETWORKED,
     POSTGRES_URL,
     REDIS_URL,
@@ -38,6 +39,7 @@ from tests.reliability.conftest import (
     MotoServer,
     PostgresServer,
     RedisServer,
+    _mysql_table,
     _postgres_table,
     _redis_ready,
 )
@@ -190,6 +192,18 @@ def faulty(request: pytest.FixtureRequest) -> Iterator[tuple[str, Counted, Fault
             POSTGRES_URL,
             proxy.address,
             f"table={table}&connect_timeout=1&pool_timeout=2&operation_timeout={CLIENT_TIMEOUT}",
+        )
+        idem = Idempotency(url, lease=LEASE, ttl=600)
+        cleanup = lambda: tables.__exit__(None, None, None)  # noqa: E731
+    elif kind == "mysql":
+        tables = _mysql_table()
+        table = tables.__enter__()
+        parts = urlsplit(MYSQL_URL)
+        proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 3306)
+        url = _with_netloc(
+            MYSQL_URL,
+            proxy.address,
+            f"table={table}&connect_timeout=1&operation_timeout={CLIENT_TIMEOUT}",
         )
         idem = Idempotency(url, lease=LEASE, ttl=600)
         cleanup = lambda: tables.__exit__(None, None, None)  # noqa: E731

@@ -18,7 +18,7 @@ from idempotence._record import Status
 from tests.reliability import report
 
 LEASE = 1.0
-ALL_STORES = ("memory", "sqlite", "redis", "postgres", "dynamodb")
+ALL_STORES = ("memory", "sqlite", "redis", "postgres", "mysql", "dynamodb")
 
 
 class Boom(Exception):

@@ -24,9 +24,16 @@ from ..stores.capabilities import (
     fresh_fence_sql,
     record_from_row,
 )
-from ._sql import POSTGRES, Dialect, Steps, Stmt
+from ._sql import MYSQL, POSTGRES, Dialect, Steps, Stmt
 
-__all__ = ["Source", "Table", "claim_steps", "complete_steps", "sync_transaction"]
+__all__ = [
+    "Source",
+    "Table",
+    "async_transaction",
+    "claim_steps",
+    "complete_steps",
+    "sync_transaction",
+]
 
 _COLS = ", ".join(RECORD_COLUMNS)
 #: How often a PostgreSQL claim retries when the row it conflicted with was deleted before
@@ -52,9 +59,17 @@ class Table:
         return self.dialect.server_now or self.dialect.placeholder("now")
 
     def stmt(self, template: str, **params: object) -> Stmt:
+        """``template`` with ``{t}`` (the table), ``{K}`` (the key column), ``{COLS}`` (the
+        record columns), ``{NOW}`` and each ``{param}`` spelt in the dialect."""
         if self.dialect.server_now is None:
             params["now"] = float(self.clock())
-        sql = template.replace("{t}", self.name).replace("{NOW}", self.now())
+        key = "`key`" if self.dialect is MYSQL else "key"
+        sql = (
+            template.replace("{t}", self.name)
+            .replace("{NOW}", self.now())
+            .replace("{K}", key)
+            .replace("{COLS}", _COLS.replace("key", key, 1))
+        )
         return Stmt(self.dialect.sql(sql, list(params)), params)
 
 
@@ -63,7 +78,29 @@ def claim_steps(t: Table, key: str, fingerprint: str, lease: float, ttl: float) 
     the claim; on success the row is written (uncommitted) and locked by the transaction."""
     keep = max(ttl, lease)
     for _ in range(_CLAIM_ATTEMPTS):
-        if t.dialect is POSTGRES:
+        if t.dialect is MYSQL:
+            # Insert the key, or lock the existing row exclusively at once (a plain INSERT
+            # failing on the duplicate would take a shared lock, and two claimers upgrading
+            # theirs would deadlock); @idem_dup tells which happened.
+            yield t.stmt("SET @idem_dup = 0")
+            yield t.stmt(
+                "INSERT INTO {t} ({COLS}) VALUES ({key}, 'IN_PROGRESS', {fingerprint}, "
+                "GREATEST(1, FLOOR({NOW} * 1000)), {NOW} + {lease}, {NOW} + {keep}, NULL) "
+                "ON DUPLICATE KEY UPDATE fence = IF(@idem_dup := 1, fence, fence)",
+                key=key,
+                fingerprint=fingerprint,
+                lease=float(lease),
+                keep=float(keep),
+            )
+            rows, _ = yield t.stmt(
+                "SELECT {COLS}, {NOW}, @idem_dup FROM {t} WHERE {K} = {key} FOR UPDATE", key=key
+            )
+            if not rows:
+                continue  # cannot happen while we hold the row; insert again if it does
+            if not int(rows[0][8]):
+                return Claim(acquired=True, record=_row_record(rows[0]), now=float(rows[0][7]))
+            lock = ""  # read above, under the lock
+        elif t.dialect is POSTGRES:
             rows, _ = yield t.stmt(
                 f"INSERT INTO {{t}} ({_COLS}) VALUES ({{key}}, 'IN_PROGRESS', {{fingerprint}}, "
                 f"{fresh_fence_sql('{NOW}')}, {{NOW}} + {{lease}}, {{NOW}} + {{keep}}, "
@@ -78,9 +115,10 @@ def claim_steps(t: Table, key: str, fingerprint: str, lease: float, ttl: float) 
             lock = " FOR UPDATE"
         else:
             lock = ""  # BEGIN IMMEDIATE holds the database's write lock
-        rows, _ = yield t.stmt(
-            f"SELECT {_COLS}, {{NOW}} FROM {{t}} WHERE key = {{key}}{lock}", key=key
-        )
+        if t.dialect is not MYSQL:
+            rows, _ = yield t.stmt(
+                f"SELECT {_COLS}, {{NOW}} FROM {{t}} WHERE key = {{key}}{lock}", key=key
+            )
         if not rows and t.dialect is POSTGRES:
             continue  # deleted since our insert conflicted: insert again
         existing = _row_record(rows[0]) if rows else None
@@ -91,7 +129,7 @@ def claim_steps(t: Table, key: str, fingerprint: str, lease: float, ttl: float) 
             template = (
                 "UPDATE {t} SET status = 'IN_PROGRESS', fingerprint = {fingerprint}, "
                 "fence = {fence}, lease_expires_at = {lease_at}, expires_at = {expires_at}, "
-                "result = NULL WHERE key = {key}"
+                "result = NULL WHERE {K} = {key}"
                 if existing is not None
                 else f"INSERT INTO {{t}} ({_COLS}) VALUES ({{key}}, 'IN_PROGRESS', "
                 "{fingerprint}, {fence}, {lease_at}, {expires_at}, NULL)"
@@ -111,7 +149,7 @@ def claim_steps(t: Table, key: str, fingerprint: str, lease: float, ttl: float) 
 def complete_steps(t: Table, key: str, fence: int, result: bytes, ttl: float) -> Steps[None]:
     _, count = yield t.stmt(
         "UPDATE {t} SET status = 'COMPLETED', result = {result}, expires_at = {NOW} + {ttl} "
-        "WHERE key = {key} AND fence = {fence}",
+        "WHERE {K} = {key} AND fence = {fence}",
         key=key,
         fence=fence,
         result=bytes(result),
@@ -131,6 +169,10 @@ def sync_transaction(conn: Any, dialect: Dialect) -> Iterator[None]:
         with conn.transaction():
             yield
         return
+    if dialect is MYSQL:
+        with _mysql_transaction(conn):
+            yield
+        return
     if conn.in_transaction:
         conn.execute("SAVEPOINT idempotence_tx")
         try:
@@ -148,6 +190,62 @@ def sync_transaction(conn: Any, dialect: Dialect) -> Iterator[None]:
         conn.rollback()
         raise
     conn.commit()
+
+
+_IN_TRANS = 1  # SERVER_STATUS_IN_TRANS of the MySQL protocol
+
+
+@contextlib.contextmanager
+def _mysql_transaction(conn: Any) -> Iterator[None]:
+    """``BEGIN`` ... ``COMMIT`` (``ROLLBACK`` on error) on a PyMySQL connection, or a
+    savepoint when it is already inside a transaction."""
+    from ._sql import execute
+
+    if conn.server_status & _IN_TRANS:
+        execute(conn, Stmt("SAVEPOINT idempotence_tx", {}))
+        try:
+            yield
+        except BaseException:
+            execute(conn, Stmt("ROLLBACK TO SAVEPOINT idempotence_tx", {}))
+            raise
+        execute(conn, Stmt("RELEASE SAVEPOINT idempotence_tx", {}))
+        return
+    conn.begin()
+    try:
+        yield
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
+@contextlib.asynccontextmanager
+async def async_transaction(conn: Any, dialect: Dialect) -> AsyncIterator[None]:
+    """A transaction on an async connection: psycopg's ``conn.transaction()``; for
+    aiomysql, ``BEGIN`` ... ``COMMIT`` (``ROLLBACK`` on error), or a savepoint when the
+    connection is already inside a transaction."""
+    if dialect is not MYSQL:
+        async with conn.transaction():
+            yield
+        return
+    from ._sql import aexecute
+
+    if conn.server_status & _IN_TRANS:
+        await aexecute(conn, Stmt("SAVEPOINT idempotence_tx", {}))
+        try:
+            yield
+        except BaseException:
+            await aexecute(conn, Stmt("ROLLBACK TO SAVEPOINT idempotence_tx", {}))
+            raise
+        await aexecute(conn, Stmt("RELEASE SAVEPOINT idempotence_tx", {}))
+        return
+    await conn.begin()
+    try:
+        yield
+    except BaseException:
+        await conn.rollback()
+        raise
+    await conn.commit()
 
 
 class Source:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _sql
-from ._sql import Dialect, Steps, Stmt, quote_ident
+from ._sql import Dialect, Steps, Stmt
 from ._states import State
 from ._states import text as _text
 
@@ -30,8 +30,9 @@ def _user_cas_steps(
     f, t = _text(from_state), _text(to_state)
     where = "{s} IS NULL" if f is None else "{s} = {expected}"
     sql = f"UPDATE {{t}} SET {{s}} = {{new}} WHERE {{i}} = {{id}} AND {where}"
-    sql = sql.replace("{t}", quote_ident(table)).replace("{i}", quote_ident(id_column))
-    sql = sql.replace("{s}", quote_ident(state_column))
+    quote = dialect.quote  # "name" (standard SQL), `name` (MySQL)
+    sql = sql.replace("{t}", quote(table)).replace("{i}", quote(id_column))
+    sql = sql.replace("{s}", quote(state_column))
     params: dict[str, object] = {"new": t, "id": id_value}
     if f is not None:
         params["expected"] = f

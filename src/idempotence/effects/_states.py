@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from ..stores import MemoryStore
 from ..stores.capabilities import AtomicScripts, SQLConnections
 from . import _sql
-from ._sql import POSTGRES, SQLITE, Dialect, Steps, Stmt, quote_ident
+from ._sql import MYSQL, POSTGRES, SQLITE, Dialect, Steps, Stmt
 
 __all__ = ["Backend", "MemoryStates", "SQLStates", "ScriptStates", "State", "text"]
 
@@ -124,7 +124,11 @@ class MemoryStates(Backend):
 # -- SQL ---------------------------------------------------------------------------------------
 def states_ddl(dialect: Dialect, table: str) -> str:
     """The ``CREATE TABLE IF NOT EXISTS`` of a states table."""
-    t = quote_ident(table.split(".") if dialect is POSTGRES else table)
+    t = dialect.quote(table.split(".") if dialect in (POSTGRES, MYSQL) else table)
+    if dialect is MYSQL:
+        from ..stores._mysql import states_ddl as mysql_states_ddl
+
+        return mysql_states_ddl(t)
     return f"CREATE TABLE IF NOT EXISTS {t} (entity text PRIMARY KEY, state text NOT NULL)" + (
         " WITHOUT ROWID" if dialect is SQLITE else ""
     )
@@ -145,7 +149,8 @@ class SQLStates(Backend):
     def _bind(self, conn: Any) -> None:
         if self.dialect is None:
             dialect = _sql.dialect_of(conn)
-            self.table = quote_ident(self.name.split(".") if dialect is POSTGRES else self.name)
+            qualified = dialect in (POSTGRES, MYSQL)
+            self.table = dialect.quote(self.name.split(".") if qualified else self.name)
             self.dialect = dialect
 
     def _stmt(self, template: str, **params: object) -> Stmt:
@@ -155,6 +160,17 @@ class SQLStates(Backend):
     def _ensure(self) -> Steps[None]:
         if not self._created:
             assert self.dialect is not None
+            if self.dialect is MYSQL:  # only if missing: aiomysql warns "already exists"
+                try:
+                    yield Stmt(f"SELECT 1 FROM {self.table} LIMIT 0", {})
+                    self._created = True
+                    return
+                except Exception as exc:
+                    if _sql.error_code(exc) != 1146:  # ER_NO_SUCH_TABLE
+                        raise
+                yield from _sql.quiet_ddl(states_ddl(self.dialect, self.name))
+                self._created = True
+                return
             try:
                 yield Stmt(states_ddl(self.dialect, self.name), {})
             except Exception as exc:
@@ -166,6 +182,20 @@ class SQLStates(Backend):
         yield from self._ensure()
         if expected is None and new is None:
             raise ValueError("a transition needs a state on at least one side")
+        if expected is None and self.dialect is MYSQL:
+            # No ON CONFLICT DO NOTHING (and INSERT IGNORE would hide other errors too):
+            # a duplicate key is the "already there" answer.
+            try:
+                yield self._stmt(
+                    "INSERT INTO {t} (entity, state) VALUES ({entity}, {new})",
+                    entity=entity,
+                    new=new,
+                )
+            except Exception as exc:
+                if _sql.error_code(exc) != 1062:  # ER_DUP_ENTRY
+                    raise
+                return False
+            return True
         if expected is None:
             stmt = self._stmt(
                 "INSERT INTO {t} (entity, state) VALUES ({entity}, {new}) "
@@ -192,13 +222,20 @@ class SQLStates(Backend):
     def read(self, entity: str) -> Steps[str | None]:
         yield from self._ensure()
         rows, _ = yield self._stmt("SELECT state FROM {t} WHERE entity = {entity}", entity=entity)
-        return str(rows[0][0]) if rows else None
+        if not rows:
+            return None
+        value = rows[0][0]
+        return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
 
     def write(self, entity: str, state: str) -> Steps[None]:
         yield from self._ensure()
+        upsert = (
+            "ON DUPLICATE KEY UPDATE state = VALUES(state)"
+            if self.dialect is MYSQL
+            else "ON CONFLICT (entity) DO UPDATE SET state = excluded.state"
+        )
         yield self._stmt(
-            "INSERT INTO {t} (entity, state) VALUES ({entity}, {state}) "
-            "ON CONFLICT (entity) DO UPDATE SET state = excluded.state",
+            "INSERT INTO {t} (entity, state) VALUES ({entity}, {state}) " + upsert,
             entity=entity,
             state=state,
         )

@@ -58,7 +58,7 @@ from ._outcome import (
     encoder,
     open_transaction,
 )
-from ._sql import POSTGRES, SQLITE, Dialect
+from ._sql import MYSQL, POSTGRES, SQLITE, Dialect
 
 __all__ = [
     "Transaction",
@@ -128,13 +128,18 @@ class TransactionalIdempotency:
             POSTGRES: _records.Table(
                 POSTGRES, quoted_table(table, "postgres"), records_ddl(table, "postgres"), clock
             ),
+            MYSQL: _records.Table(
+                MYSQL, quoted_table(table, "mysql"), records_ddl(table, "mysql"), clock
+            ),
         }
         self._created: set[Dialect] = set()
 
     def migration_sql(self, dialect: str = "postgres") -> str:
-        """The ``CREATE TABLE IF NOT EXISTS`` of the records table (``"postgres"`` or
-        ``"sqlite"``), for migrations run by hand (then pass ``auto_create=False``)."""
-        return self._tables[POSTGRES if dialect == "postgres" else SQLITE].ddl
+        """The ``CREATE TABLE IF NOT EXISTS`` of the records table (``"postgres"``,
+        ``"sqlite"`` or ``"mysql"``), for migrations run by hand (then pass
+        ``auto_create=False``)."""
+        by_name = {"postgres": POSTGRES, "mysql": MYSQL}
+        return self._tables[by_name.get(dialect, SQLITE)].ddl
 
     # -- the context manager ----------------------------------------------------------
     def _prepare(
@@ -163,8 +168,8 @@ class TransactionalIdempotency:
         ttl: float | None = None,
         result_type: Any = None,
     ) -> contextlib.AbstractContextManager[Transaction]:
-        """Run the ``with`` body in one transaction on ``conn`` (a ``sqlite3`` or psycopg 3
-        connection) that claims ``key``, holds your writes and stores the result.
+        """Run the ``with`` body in one transaction on ``conn`` (a ``sqlite3``, psycopg 3 or
+        PyMySQL connection) that claims ``key``, holds your writes and stores the result.
 
         ``payload`` (any canonical-JSON data) is fingerprinted: reusing ``key`` with another
         payload raises :class:`~idempotence.KeyReuseError`. ``result_type`` is the type to
@@ -185,7 +190,8 @@ class TransactionalIdempotency:
         ttl: float | None = None,
         result_type: Any = None,
     ) -> contextlib.AbstractAsyncContextManager[Transaction]:
-        """Async :meth:`transaction` (``async with``) on a psycopg ``AsyncConnection``."""
+        """Async :meth:`transaction` (``async with``) on a psycopg ``AsyncConnection`` or an
+        aiomysql connection."""
         return self._atransaction(conn, key, *self._prepare(conn, key, payload, ttl, result_type))
 
     @contextlib.contextmanager
@@ -223,10 +229,13 @@ class TransactionalIdempotency:
         encode: Callable[[Any], bytes],
         replay: Callable[[Record], Any],
     ) -> AsyncIterator[Transaction]:
-        if t.dialect is not POSTGRES or not inspect.iscoroutinefunction(conn.execute):
+        if t.dialect is MYSQL:
+            if not inspect.iscoroutinefunction(conn.begin):
+                raise TypeError("atransaction needs an aiomysql connection, not a PyMySQL one")
+        elif t.dialect is not POSTGRES or not inspect.iscoroutinefunction(conn.execute):
             raise TypeError("atransaction needs a psycopg AsyncConnection")
         await self._aensure_table(conn, t)
-        async with conn.transaction():
+        async with _records.async_transaction(conn, t.dialect):
             claim = await _sql.arun(
                 conn, _records.claim_steps(t, key, fingerprint, self.config.lease_s, ttl)
             )
@@ -243,6 +252,8 @@ class TransactionalIdempotency:
             return
         if t.dialect is SQLITE:
             conn.execute(t.ddl)
+        elif t.dialect is MYSQL:
+            _sql.run(conn, _mysql_ensure(t, conn.server_status))
         else:
             try:
                 with conn.transaction():  # a savepoint if the caller's transaction is open
@@ -254,6 +265,10 @@ class TransactionalIdempotency:
 
     async def _aensure_table(self, conn: Any, t: _records.Table) -> None:
         if not self.auto_create or t.dialect in self._created:
+            return
+        if t.dialect is MYSQL:
+            await _sql.arun(conn, _mysql_ensure(t, conn.server_status))
+            self._created.add(t.dialect)
             return
         try:
             async with conn.transaction():
@@ -331,7 +346,7 @@ class TransactionalIdempotency:
                 key, fingerprint = prepare(args, kwargs)
                 async with source.asyn() as conn:
                     if key is None:
-                        async with conn.transaction():
+                        async with _records.async_transaction(conn, table_for(conn).dialect):
                             return await fn(conn, *args, **kwargs)
                     async with txi._atransaction(
                         conn, key, table_for(conn), fingerprint, config.ttl_s, encode, bound.replay
@@ -366,6 +381,26 @@ class TransactionalIdempotency:
         wrapper.key_for = key_for
         wrapper.idempotency_config = config
         return typing.cast(Callable[P, R], wrapper)
+
+
+def _mysql_ensure(t: _records.Table, server_status: int) -> _sql.Steps[None]:
+    """Create the MySQL records table if it is missing. DDL commits the open transaction
+    implicitly in MySQL, so inside one a missing table is an error instead."""
+    try:
+        yield _sql.Stmt(f"SELECT 1 FROM {t.name} LIMIT 0", {})
+        if not server_status & 1:  # end the transaction the SELECT opened (no autocommit)
+            yield _sql.Stmt("COMMIT", {})
+        return
+    except Exception as exc:
+        if _sql.error_code(exc) != 1146:  # ER_NO_SUCH_TABLE
+            raise
+    if server_status & 1:  # SERVER_STATUS_IN_TRANS
+        raise RuntimeError(
+            "the idempotency records table does not exist and the connection is inside a "
+            "transaction (MySQL would commit it to create the table): create the table "
+            "first, e.g. with TransactionalIdempotency.migration_sql('mysql')"
+        )
+    yield from _sql.quiet_ddl(t.ddl)
 
 
 def transactional(

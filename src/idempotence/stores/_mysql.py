@@ -9,7 +9,7 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -229,14 +229,37 @@ def _literal(value: object) -> str:
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError("a time or duration is not a finite number")
         return repr(value) + ("" if "e" in repr(value) else "e0")  # a DOUBLE literal
+    if value is None:
+        return "NULL"
     raise TypeError(f"unsupported parameter type {type(value).__name__}")
 
 
+def mysql_sql(conn: Any, query: str, params: Mapping[str, object]) -> str:
+    """``query`` (``%(name)s`` placeholders) with ``params`` in place, for a PyMySQL or
+    aiomysql connection ``conn``: bytes as hex literals, numbers as numbers, ``None`` as
+    NULL, strings escaped by the connection (which honours ``NO_BACKSLASH_ESCAPES``)."""
+    if not params:
+        return query
+    return query % {
+        name: conn.escape(value) if isinstance(value, str) else _literal(value)
+        for name, value in params.items()
+    }
+
+
 def _sql(op: _Op[Any]) -> str:
-    """The op's statement(s) with its parameters in place."""
+    """The op's statement(s) with its parameters in place (the store sends no strings)."""
     if not op.params:
         return op.query
     return op.query % {name: _literal(value) for name, value in op.params.items()}
+
+
+def states_ddl(table: str) -> str:
+    """The states table of :class:`~idempotence.effects.StateGuard` on MariaDB/MySQL
+    (binary strings: compared byte for byte)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} (`entity` VARBINARY(3072) NOT NULL PRIMARY KEY, "
+        "`state` VARBINARY(3072) NOT NULL) ENGINE=InnoDB"
+    )
 
 
 def _execute(conn: Any, op: _Op[_T]) -> _T:
@@ -360,6 +383,9 @@ class MySQLStore(Store):
         self._aidle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Any]] = (
             weakref.WeakKeyDictionary()
         )
+        self._keepers: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, AsyncGenerator[None, None]
+        ] = weakref.WeakKeyDictionary()
 
     @classmethod
     def parse_url(cls, url: str) -> dict[str, Any]:
@@ -459,7 +485,12 @@ class MySQLStore(Store):
         return _Op(self._sql.purge, self._params(), _parse_count)
 
     def _ddl_op(self) -> _Op[None]:
-        return _Op(self._sql.ddl, {}, _parse_none)
+        # Without the "table already exists" note (aiomysql turns notes into Warnings, one
+        # more round trip each).
+        batch = f"SET @idem_notes = @@sql_notes, sql_notes = 0;\n{self._sql.ddl};\n" + (
+            "SET sql_notes = @idem_notes"
+        )
+        return _Op(batch, {}, _parse_none)
 
     # -- connections ----------------------------------------------------------------------
     def _connect_options(self) -> dict[str, Any]:
@@ -515,9 +546,23 @@ class MySQLStore(Store):
                 return
         conn.close()
 
+    async def _loop_idle(self) -> list[Any]:
+        """The idle async connections of the running event loop. A list is created with a
+        keeper (an async generator suspended for the loop's life): ``asyncio.run`` closes
+        the loop's async generators before the loop, so the connections are closed on
+        their own loop instead of being collected after it."""
+        loop = asyncio.get_running_loop()
+        idle = self._aidle.get(loop)
+        if idle is None:
+            idle = self._aidle[loop] = []
+            keeper = _close_with_loop(idle)
+            await keeper.__anext__()
+            self._keepers[loop] = keeper
+        return idle
+
     @asynccontextmanager
     async def _async_conn(self) -> AsyncIterator[Any]:
-        idle = self._aidle.setdefault(asyncio.get_running_loop(), [])
+        idle = await self._loop_idle()
         conn = idle.pop() if idle else None
         if conn is None:
             conn = await self._anew_connection()
@@ -619,8 +664,12 @@ class MySQLStore(Store):
 
     async def aclose(self) -> None:
         """Close the current event loop's idle connections and the idle sync ones."""
-        for conn in self._aidle.pop(asyncio.get_running_loop(), []):
+        loop = asyncio.get_running_loop()
+        for conn in self._aidle.pop(loop, []):
             conn.close()
+        keeper = self._keepers.pop(loop, None)
+        if keeper is not None:
+            await keeper.aclose()
         self.close()
 
     # -- operations: thin shells over the shared statements ------------------------------
@@ -661,6 +710,16 @@ class MySQLStore(Store):
 
     async def adelete(self, key: str) -> bool:
         return await self._arun(self._delete_op(key))
+
+
+async def _close_with_loop(idle: list[Any]) -> AsyncGenerator[None, None]:
+    """Suspended for the life of an event loop; closing it closes the ``idle`` connections."""
+    try:
+        yield
+    finally:
+        while idle:
+            with contextlib.suppress(Exception):
+                idle.pop().close()
 
 
 def _is_timeout(exc: BaseException) -> bool:

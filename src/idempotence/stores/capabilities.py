@@ -7,9 +7,9 @@ here. A store offers a capability by implementing its public methods; the effect
 ``isinstance(store, Capability)`` and use nothing else, so a third-party store gets them by
 implementing the same methods:
 
-- :class:`SQLConnections`: DB-API connections to the store's SQL database (``sqlite3`` or
-  psycopg 3). :class:`~idempotence.stores.SQLiteStore`,
-  :class:`~idempotence.stores.PostgresStore`. Used by
+- :class:`SQLConnections`: DB-API connections to the store's SQL database (``sqlite3``,
+  psycopg 3, or PyMySQL / aiomysql). :class:`~idempotence.stores.SQLiteStore`,
+  :class:`~idempotence.stores.PostgresStore`, :class:`~idempotence.stores.MySQLStore`. Used by
   :class:`~idempotence.effects.StateGuard` and as the ``connect`` source of
   :class:`~idempotence.effects.TransactionalIdempotency`.
 - :class:`AtomicScripts`: run a Lua script atomically on one key.
@@ -19,6 +19,10 @@ implementing the same methods:
   the store's client. :class:`~idempotence.stores.DynamoDBStore`. Used by ``StateGuard`` and
   :func:`~idempotence.effects.dynamodb_transaction`.
 
+- :class:`Maintainable`: list, count and delete records in batches, and statistics, for
+  operators (the ``idempotence`` command line: ``list``, ``stats``, ``purge``). Every
+  built-in store.
+
 The SQL records table (shared by the SQL stores and the transactional effects, so both see
 the same records) is described by :func:`records_ddl`, :func:`quoted_table`,
 :data:`RECORD_COLUMNS`, :func:`record_from_row` and :func:`fresh_fence_sql`.
@@ -26,18 +30,22 @@ the same records) is described by :func:`records_ddl`, :func:`quoted_table`,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from .._record import Record
+from .._record import Record, Status
+from ._maintenance import Progress, StoreStats, namespace_of
 
 __all__ = [
     "RECORD_COLUMNS",
     "AtomicScripts",
     "DynamoDBRecords",
+    "Maintainable",
     "SQLConnections",
+    "StoreStats",
     "fresh_fence_sql",
+    "namespace_of",
     "quoted_table",
     "record_from_row",
     "records_ddl",
@@ -50,14 +58,16 @@ class SQLConnections(Protocol):
 
     def sql_connection(self) -> AbstractContextManager[Any]:
         """A ``with`` block holding a connection to the store's database: a
-        ``sqlite3.Connection`` or a psycopg 3 ``Connection``, in autocommit mode (each
+        ``sqlite3.Connection``, a psycopg 3 ``Connection`` or a PyMySQL ``Connection``, in
+        autocommit mode (each
         statement commits by itself unless the caller opens a transaction: ``BEGIN`` /
         ``conn.transaction()``). The connection is the store's: return it in the state you
         got it (no open transaction) by leaving the block. Errors propagate unchanged."""
         ...
 
     def asql_connection(self) -> AbstractAsyncContextManager[Any] | None:
-        """The same as an ``async with`` block holding a psycopg ``AsyncConnection``, or
+        """The same as an ``async with`` block holding a psycopg ``AsyncConnection`` (or an
+        aiomysql ``Connection``), or
         ``None`` when the store has no async connection source: callers then use
         :meth:`sql_connection` in a worker thread."""
         ...
@@ -123,6 +133,68 @@ class DynamoDBRecords(Protocol):
         ...
 
 
+@runtime_checkable
+class Maintainable(Protocol):
+    """A store whose records can be listed, counted and deleted in bulk, in batches (a
+    round trip per batch, not per record). Filters, the same for every method:
+
+    - ``namespace``: records whose key is ``namespace#...`` (:func:`namespace_of`);
+    - ``status``: ``IN_PROGRESS`` or ``COMPLETED``;
+    - ``older_than``: first created more than that many seconds ago (read from the fence,
+      the store clock in milliseconds at creation);
+    - ``expired``: retention ended and the lease is over too (what a store without native
+      expiry keeps until purged).
+
+    Reads never create a table or file; a missing one raises
+    :class:`~idempotence.StoreError`.
+    """
+
+    def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+        limit: int | None = None,
+        batch_size: int = 1000,
+    ) -> Iterator[Record]:
+        """The stored records matching the filters (expired ones included unless filtered:
+        their ``expires_at`` tells), at most ``limit``, fetched ``batch_size`` at a time.
+        Order is the store's."""
+        ...
+
+    def count(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+    ) -> int:
+        """How many stored records match (what :meth:`purge` would delete now)."""
+        ...
+
+    def purge(
+        self,
+        *,
+        namespace: str | None = None,
+        expired: bool = True,
+        batch_size: int = 1000,
+        progress: Progress | None = None,
+    ) -> int:
+        """Delete the records matching ``namespace`` (all if ``None``) and, if ``expired``
+        (the default), only those whose retention and lease have ended. Deletes in batches
+        of ``batch_size`` (one round trip each), calling ``progress(n)`` after each; returns
+        how many were deleted. ``purge()`` deletes every expired record."""
+        ...
+
+    def stats(self) -> StoreStats:
+        """Counts by status and namespace, expired records still stored, and the oldest
+        live in-progress record."""
+        ...
+
+
 # -- the SQL records table ---------------------------------------------------------------
 #: The columns of the SQL records table, in the order :func:`record_from_row` reads them.
 RECORD_COLUMNS: tuple[str, ...] = (
@@ -135,16 +207,21 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "result",
 )
 
-Dialect = Literal["sqlite", "postgres"]
+Dialect = Literal["sqlite", "postgres", "mysql"]
 
 
 def quoted_table(table: str, dialect: Dialect) -> str:
-    """The records table name as SQL. PostgreSQL takes ``table`` or ``schema.table``
-    (letters, digits, ``_``; else ``ValueError``); SQLite quotes any name verbatim."""
+    """The records table name as SQL. PostgreSQL takes ``table`` or ``schema.table``, MySQL
+    ``table`` or ``database.table`` (letters, digits, ``_``; else ``ValueError``); SQLite
+    quotes any name verbatim."""
     if dialect == "postgres":
         from ._postgres import _table_sql
 
         return _table_sql(table)
+    if dialect == "mysql":
+        from ._mysql import _table_sql as mysql_table_sql
+
+        return mysql_table_sql(table)
     if not table or "\x00" in table:
         raise ValueError(f"invalid table name {table!r}")
     return '"' + table.replace('"', '""') + '"'
@@ -157,6 +234,10 @@ def records_ddl(table: str, dialect: Dialect) -> str:
         from ._postgres import _ddl
 
         return _ddl(table)
+    if dialect == "mysql":
+        from ._mysql import _ddl as mysql_ddl
+
+        return mysql_ddl(table)
     from ._sqlite import sqlite_ddl
 
     return sqlite_ddl(quoted_table(table, "sqlite"))
@@ -164,8 +245,9 @@ def records_ddl(table: str, dialect: Dialect) -> str:
 
 def record_from_row(row: Sequence[Any]) -> Record:
     """The record of a row whose first columns are :data:`RECORD_COLUMNS` (extra columns
-    after them are ignored)."""
-    from ._postgres import _record
+    after them are ignored). Binary key, status and fingerprint values (MySQL's VARBINARY
+    columns) are decoded as UTF-8."""
+    from ._mysql import _record
 
     return _record(tuple(row))
 
