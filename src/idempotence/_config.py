@@ -19,7 +19,7 @@ KeySpec = str | Callable[[Any], Any]
 _FIELDS = (
     "key", "payload", "fingerprint", "ttl", "lease", "heartbeat", "on_in_progress",
     "wait_timeout", "local_cache", "namespace", "scope", "store_errors", "should_store",
-    "on_replay", "required", "serializer", "fail_open", "replay_types",
+    "on_replay", "required", "serializer", "fail_open", "replay_types", "key_hash",
 )  # fmt: skip
 
 
@@ -79,6 +79,12 @@ class IdempotencyConfig:
       rebuilds any other class: a result holding one is refused when it is stored (the key
       is completed as "result not stored"), and a record naming one is a
       :class:`CorruptRecordError`.
+    - ``key_hash``: a function turning selected key (and fingerprint) material into the
+      text that ends the key, replacing the built-in SHA-256 digest of its canonical JSON:
+      the key is then exactly ``namespace#key_hash(material)`` (the ``key=`` spec is not
+      mixed in; ``scope`` cannot be combined with it) and the fingerprint
+      ``key_hash(fingerprint material)``. For keeping another library's key format (see
+      ``idempotence.compat.powertools``); default ``None``.
     """
 
     __slots__ = _FIELDS
@@ -101,6 +107,7 @@ class IdempotencyConfig:
     serializer: Serializer
     fail_open: bool
     replay_types: tuple[type, ...]
+    key_hash: Callable[[Any], str] | None
 
     def __init__(
         self,
@@ -123,6 +130,7 @@ class IdempotencyConfig:
         serializer: Serializer | None = None,
         fail_open: bool = False,
         replay_types: type | Iterable[type] = (),
+        key_hash: Callable[[Any], str] | None = None,
     ) -> None:
         if on_in_progress not in ("raise", "wait"):
             raise ValueError(f"on_in_progress must be 'raise' or 'wait', got {on_in_progress!r}")
@@ -145,6 +153,13 @@ class IdempotencyConfig:
             isinstance(t, type) for t in replay
         ):
             raise TypeError(f"replay_types must be classes (a tuple of them), got {replay!r}")
+        if key_hash is not None and not callable(key_hash):
+            raise TypeError(f"key_hash must be a function (material) -> str, got {key_hash!r}")
+        if key_hash is not None and scope is not None:
+            raise TypeError(
+                "key_hash= and scope= cannot be combined: with key_hash the key is exactly "
+                "namespace#key_hash(material); put the scope in the namespace instead"
+            )
         if serializer is None:
             serializer = JSONSerializer()
         if not hasattr(serializer, "encode") or not hasattr(serializer, "decode"):
@@ -168,6 +183,7 @@ class IdempotencyConfig:
         set_(self, "serializer", serializer)
         set_(self, "fail_open", fail_open)
         set_(self, "replay_types", tuple(replay))
+        set_(self, "key_hash", key_hash)
 
     @property
     def ttl_s(self) -> float:

@@ -229,6 +229,11 @@ class Operation(Generic[P, R]):
         self.cache = LocalCache(config.local_cache) if config.local_cache else None
         # ``namespace#digest([key spec, scope, material])``, the constant head encoded once.
         self._key_digest = list_digest((self.key_spec, config.scope), f"{self.namespace}#")
+        key_hash = config.key_hash
+        if key_hash is not None:  # the key is exactly ``namespace#key_hash(material)``
+            head = f"{self.namespace}#"
+            self._key_digest = lambda material: head + key_hash(material)
+        hash_ = digest if key_hash is None else key_hash
         self._scope_fn: Callable[[Any], Any] | None = None
         if scope_args is not None:
             self._scope_fn = lambda payload: scope_args(payload, self._payload_only(payload))
@@ -240,9 +245,9 @@ class Operation(Generic[P, R]):
             self.fingerprint = _no_fingerprint
         elif self.fingerprint_select is not None:
             select = self.fingerprint_select
-            self.fingerprint = lambda payload: digest(select(payload))
+            self.fingerprint = lambda payload: hash_(select(payload))
         else:
-            self.fingerprint = digest
+            self.fingerprint = hash_
         self._hint: Any = ...
         self.is_async = inspect.iscoroutinefunction(fn)
 
