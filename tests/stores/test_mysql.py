@@ -271,3 +271,60 @@ def test_missing_table_is_created_on_first_use(admin: Any, key: str) -> None:
         store.close()
         with admin.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS `{table}`")
+
+
+def _hold_row_lock(key: str) -> Any:
+    """A separate connection holding an exclusive lock on ``key``'s row (rolled back by
+    the caller)."""
+    conn = mysql_admin_or_unavailable(URL)
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute(f"SELECT fence FROM `{TABLE}` WHERE `key` = %s FOR UPDATE", (key.encode(),))
+    return conn
+
+
+def test_operation_timeout_bounds_a_blocked_operation_sync_and_async(admin: Any, key: str) -> None:
+    store = MySQLStore(URL, table=TABLE, operation_timeout=0.5)
+    claim = store.claim(key, "fp", lease=LEASE, ttl=TTL)
+    holder = _hold_row_lock(key)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="operation_timeout"):
+            store.complete(key, claim.record.fence, b"r", ttl=TTL)
+        assert time.monotonic() - started < 3
+
+        async def acomplete() -> None:
+            try:
+                await store.acomplete(key, claim.record.fence, b"r", ttl=TTL)
+            finally:
+                await store.aclose()
+
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="operation_timeout"):
+            asyncio.run(acomplete())
+        assert time.monotonic() - started < 3
+    finally:
+        holder.rollback()
+        holder.close()
+    # A statement already sent may still complete on the server once the lock is free
+    # (the docstring says so); either way the next call reconnects and the record ends
+    # completed once, with its result.
+    store.complete(key, claim.record.fence, b"r", ttl=TTL)
+    record = store.get(key)
+    assert record is not None
+    assert (record.status, record.result) == (Status.COMPLETED, b"r")
+    store.close()
+
+
+def test_sql_connection_is_not_cut_by_operation_timeout(admin: Any) -> None:
+    store = MySQLStore(URL, table=TABLE, operation_timeout=0.3)
+    try:
+        with store.sql_connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT SLEEP(0.6)")
+            assert cur.fetchone() == (0,)
+        # the store's own operations are bounded again on the same (pooled) connection
+        with store.sql_connection() as conn:
+            assert conn._read_timeout is None
+        assert store._idle[-1]._read_timeout == 0.3
+    finally:
+        store.close()

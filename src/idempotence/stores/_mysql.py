@@ -41,7 +41,7 @@ _URL_OPTIONS = (
 #: rolled the transaction back) and "record has changed since last read" (1020, MariaDB's
 #: snapshot isolation). Neither left anything written.
 _RETRY_ERRORS = frozenset({1213, 1020})
-_ATTEMPTS = 5
+_ATTEMPTS = 8
 _NO_SUCH_TABLE = 1146
 
 
@@ -577,11 +577,22 @@ class MySQLStore(Store):
             conn.close()
 
     # -- capability: SQLConnections (idempotence.stores.capabilities) --------------------
-    def sql_connection(self) -> contextlib.AbstractContextManager[Any]:
+    @contextmanager
+    def sql_connection(self) -> Iterator[Any]:
         """A PyMySQL connection of the store, in autocommit mode; returned to the store on
-        exit (closed if the block raised). See
+        exit (closed if the block raised). ``operation_timeout`` does not apply inside the
+        block (your statements and transactions may take as long as they need; a
+        transaction waiting for a row lock is bounded by the server's
+        ``innodb_lock_wait_timeout``). See
         :class:`~idempotence.stores.capabilities.SQLConnections`."""
-        return self._sync_conn()
+        with self._sync_conn() as conn:
+            # PyMySQL applies these on its next read/write (private, stable since 0.7).
+            saved = conn._read_timeout, conn._write_timeout
+            conn._read_timeout = conn._write_timeout = None
+            try:
+                yield conn
+            finally:
+                conn._read_timeout, conn._write_timeout = saved
 
     def asql_connection(self) -> contextlib.AbstractAsyncContextManager[Any] | None:
         """An aiomysql connection of the store (of the running event loop), in autocommit
