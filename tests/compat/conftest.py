@@ -60,3 +60,13 @@ def function_name(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     name = f"fn-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", name)
     return name
+
+
+@pytest.fixture
+def redis_client() -> Iterator[Any]:
+    """A client on the test Redis (db 15); tests use keys unique to themselves."""
+    from tests.conftest import REDIS_URL, redis_client_or_unavailable
+
+    client = redis_client_or_unavailable(REDIS_URL)
+    yield client
+    client.close()

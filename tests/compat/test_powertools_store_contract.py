@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from idempotence.compat import powertools as ours
 from idempotence.compat.powertools import DynamoDBPersistenceLayer
 from idempotence.testing import ManualClock, StoreContract
 
@@ -31,5 +32,15 @@ class TestDynamoDBLayerCompositeContract(StoreContract):
         layer = DynamoDBPersistenceLayer(
             pt_composite_table, key_attr="pk", sort_key_attr="sk", boto3_client=ddb, clock=clock
         )
+        layer.payload_validation_enabled = True
+        return layer
+
+
+class TestRedisLayerContract(StoreContract):
+    test_concurrent_claims_processes = None
+
+    @pytest.fixture
+    def store(self, clock: ManualClock, redis_client: Any) -> Any:
+        layer = ours.CachePersistenceLayer(client=redis_client, clock=clock)
         layer.payload_validation_enabled = True
         return layer

@@ -60,6 +60,7 @@ __all__ = [
     "BaseIdempotencyModelSerializer",
     "BaseIdempotencySerializer",
     "BasePersistenceLayer",
+    "CachePersistenceLayer",
     "CustomDictSerializer",
     "DataRecord",
     "DataclassSerializer",
@@ -82,6 +83,16 @@ __all__ = [
     "NoOpSerializer",
     "PowertoolsFunctions",
     "PydanticSerializer",
+    "RedisCachePersistenceLayer",
     "idempotent",
     "idempotent_function",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The Redis layers, imported on first use (``redis`` is optional)."""
+    if name in ("CachePersistenceLayer", "RedisCachePersistenceLayer"):
+        from . import _redis
+
+        return getattr(_redis, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
