@@ -8,6 +8,10 @@ stores are imported on first use and need their extra: ``DynamoDBStore``
 What a store offers beyond the six operations (used by :mod:`idempotence.effects`, and
 implementable by third-party stores) is declared by the protocols of
 :mod:`idempotence.stores.capabilities`.
+
+``LargeResultStore(store, "s3://bucket/prefix")`` wraps any store: it compresses large
+results and offloads those too large for the store to S3 (``idempotence[s3]``); a store URL
+gets the same with ``?offload=s3://bucket/prefix``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ._registry import register_scheme, store_from_url, validate_store_url
 if TYPE_CHECKING:
     from ._dynamodb import DynamoDBStore
     from ._mysql import MySQLStore
+    from ._offload import LargeResultStore
     from ._postgres import PostgresStore
     from ._redis import RedisStore
     from ._sqlite import SQLiteStore
@@ -28,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Clock",
     "DynamoDBStore",
+    "LargeResultStore",
     "MemoryStore",
     "MySQLStore",
     "PostgresStore",
@@ -47,6 +53,7 @@ _LAZY = {
     "RedisStore": "idempotence.stores._redis",
     "PostgresStore": "idempotence.stores._postgres",
     "MySQLStore": "idempotence.stores._mysql",
+    "LargeResultStore": "idempotence.stores._offload",
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from ._base import Store
 
@@ -69,9 +69,12 @@ def validate_store_url(url: str) -> None:
     stores, the location, table name and query options are valid (unknown options are
     refused, naming the known ones). Raises ``ValueError``. A scheme added with
     :func:`register_scheme` is only checked for being registered."""
+    url, large = split_large_result_options(url)
     _factory, cls = _target(url)
     if cls is not None:
         cls.parse_url(url)
+    if large:
+        _large_result_kwargs(large)
 
 
 def store_from_url(url: str) -> Store:
@@ -82,8 +85,59 @@ def store_from_url(url: str) -> Store:
     Raises ``ValueError`` for an unknown scheme or an invalid or unknown option, and
     :class:`~idempotence.MissingDependencyError` when the backend's extra is not installed.
     """
+    url, large = split_large_result_options(url)
     factory, _cls = _target(url)
-    return factory(url)
+    store = factory(url)
+    if not large:
+        return store
+    from ._offload import LargeResultStore
+
+    return LargeResultStore(store, **_large_result_kwargs(large))
+
+
+#: Query options of any store URL that wrap the store in a
+#: :class:`~idempotence.stores.LargeResultStore` (see its parameters).
+LARGE_RESULT_OPTIONS = ("offload", "compress_over", "offload_over", "max_offload_bytes")
+
+
+def split_large_result_options(url: str) -> tuple[str, dict[str, str]]:
+    """``(url without the large-result options, those options)``. The rest of the URL is
+    kept byte for byte."""
+    if "?" not in url:
+        return url, {}
+    base, _, rest = url.partition("?")
+    query, hash_, fragment = rest.partition("#")
+    kept: list[str] = []
+    found: dict[str, str] = {}
+    for part in query.split("&"):
+        name, _, _value = part.partition("=")
+        if unquote_plus(name) in LARGE_RESULT_OPTIONS:
+            found.update(parse_qsl(part, keep_blank_values=True))
+        else:
+            kept.append(part)
+    if not found:
+        return url, {}
+    query = "&".join(p for p in kept if p)
+    return base + ("?" + query if query else "") + hash_ + fragment, found
+
+
+def _large_result_kwargs(options: Mapping[str, str]) -> dict[str, Any]:
+    """The :class:`LargeResultStore` keywords of the large-result URL options (checked)."""
+    kwargs: dict[str, Any] = {}
+    offload = options.get("offload")
+    if offload is not None:
+        from ._offload import parse_offload_url
+
+        parse_offload_url(offload)  # ValueError naming the expected form
+        kwargs["offload"] = offload
+    for name in LARGE_RESULT_OPTIONS[1:]:
+        text = options.get(name)
+        if text is None:
+            continue
+        if not text.strip().isdigit():
+            raise ValueError(f"store URL option {name!r} must be a whole number of bytes")
+        kwargs[name] = int(text)
+    return kwargs
 
 
 # -- the shared query parser ---------------------------------------------------------------

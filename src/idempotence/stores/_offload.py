@@ -1,0 +1,481 @@
+"""Large results: compression, and offloading to Amazon S3, around any store.
+
+:class:`LargeResultStore` wraps a store. On ``complete`` it:
+
+1. compresses a result longer than ``compress_over`` bytes (zlib, when that makes it
+   smaller);
+2. if it is still longer than ``offload_over`` (or the wrapped store refuses it with
+   :class:`~idempotence.ResultTooLargeError`), uploads it to S3 and keeps in the record a
+   pointer (bucket, object key, size, SHA-256 of the object);
+3. refuses a result longer than ``max_offload_bytes`` with ``ResultTooLargeError`` before
+   anything is written (the protocol then completes the key as "result not stored").
+
+Reads (``claim`` returning a completed record, ``get``) turn the stored bytes back into the
+encoded result: decompress, or fetch the object (one S3 ``GetObject``), check its size and
+checksum and decompress it. ``delete`` deletes the object too.
+
+Stored bytes are self-describing (the first byte of a plain encoded result is the envelope
+version, 1; a frame of this module starts with 2)::
+
+    \\x02 Z <zlib stream of the encoded result>
+    \\x02 S <JSON pointer: {"bucket", "key", "sha256", "size"}>
+
+so records written before (or without) the wrapper read as they are.
+
+The object key is ``<prefix><sha256 of the idempotency key>/<fence>``: each claim of a key
+has a fence of its own, so a successor's object never overwrites its predecessor's, and a
+late owner whose ``complete`` is refused deletes only the object it uploaded itself.
+Objects whose record is gone without ``delete`` (retention ended, ``purge()``, a backend
+TTL, a take-over of an expired record) are left to an S3 lifecycle expiration rule on the
+prefix (see ``docs/stores.md``, "Large results").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import zlib
+from collections.abc import Callable, Generator
+from typing import Any, Final, NamedTuple
+from urllib.parse import unquote, urlsplit
+
+from .._errors import CorruptRecordError, ResultTooLargeError
+from .._lazy import require
+from .._record import Claim, Record
+from ._base import Store, _to_thread
+
+__all__ = ["LargeResultStore", "parse_offload_url"]
+
+KiB: Final = 1024
+MiB: Final = 1024 * KiB
+
+#: First byte of a frame written by this module (a plain encoded result starts with 1).
+FRAME: Final = 2
+ZLIB: Final = ord("Z")
+S3: Final = ord("S")
+_ZLIB_HEAD: Final = bytes((FRAME, ZLIB))
+_S3_HEAD: Final = bytes((FRAME, S3))
+
+DEFAULT_COMPRESS_OVER: Final = 8 * KiB
+DEFAULT_OFFLOAD_OVER: Final = 256 * KiB
+DEFAULT_MAX_OFFLOAD_BYTES: Final = 100 * MiB
+#: A compressed result is read back up to this many times the store's current
+#: ``max_result_bytes`` (room for records written under a higher limit; beyond it a stream is
+#: refused as corrupt instead of filling memory).
+_INFLATE_FACTOR: Final = 4
+
+_FORGET = (
+    "The function is not run again; forget the key (`.forget(...)` or `idempotence forget`) "
+    "to let it run."
+)
+
+
+class _StoreOp(NamedTuple):
+    """Call ``<wrapped store>.<name>(*args, **kwargs)`` (``a<name>`` when async)."""
+
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+class _S3Op(NamedTuple):
+    """Call ``fn(*args)``: a blocking S3 request (run in a worker thread when async)."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
+_Op = _StoreOp | _S3Op
+_Program = Generator[_Op, Any, Any]
+
+
+def parse_offload_url(url: str) -> tuple[str, str]:
+    """``(bucket, prefix)`` of ``s3://bucket/prefix``; ``ValueError`` when it is not one.
+    The prefix gets a trailing ``/`` when it has none (empty: the bucket's root)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(
+            "offload must be an S3 location 's3://bucket/prefix' (no query or fragment)"
+        )
+    prefix = unquote(parts.path).lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return parts.netloc, prefix
+
+
+def _size_option(name: str, value: Any, *, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative whole number of bytes")
+    return value
+
+
+class LargeResultStore(Store):
+    """A store that compresses large results and offloads very large ones to S3.
+
+    ``store`` is the store that keeps the records (any :class:`Store`). ``offload`` is an S3
+    location ``"s3://bucket/prefix"`` (``None``: compress only). Sizes are in bytes, of the
+    encoded result:
+
+    ``compress_over`` (8 KiB)
+        longer results are zlib-compressed, when that makes them smaller.
+    ``offload_over`` (``None``: 256 KiB, or the store's ``max_result_bytes`` if lower)
+        longer results (after compression) go to S3; so does a result the store refuses
+        with :class:`~idempotence.ResultTooLargeError` (e.g. over DynamoDB's 400 KB item).
+    ``max_offload_bytes`` (100 MiB)
+        longer results are refused (:class:`~idempotence.ResultTooLargeError` from
+        ``complete``; through :class:`~idempotence.Idempotency` the key completes as
+        "result not stored" and the caller and every duplicate get
+        :class:`~idempotence.ResultNotStoredError`; the function never runs twice). It is
+        this store's :attr:`max_result_bytes` when ``offload`` is set.
+
+    ``s3_client`` is a boto3 S3 client to use (the store never closes it); otherwise one is
+    made on first use from ``region``/``endpoint_url`` and the default credential chain
+    (needs boto3: ``pip install 'idempotence[s3]'``). Async methods run the wrapped
+    store's async twins and the S3 requests in a worker thread.
+
+    Requests: a result kept inline costs what the wrapped store costs; an offloaded one
+    adds one ``PutObject`` on ``complete`` and one ``GetObject`` on each replay; ``delete``
+    reads the record first (one more store request) to find its object.
+
+    Permissions: ``s3:PutObject``, ``s3:GetObject`` and ``s3:DeleteObject`` on
+    ``arn:aws:s3:::bucket/prefix*``.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        offload: str | None = None,
+        *,
+        compress_over: int = DEFAULT_COMPRESS_OVER,
+        offload_over: int | None = None,
+        max_offload_bytes: int = DEFAULT_MAX_OFFLOAD_BYTES,
+        s3_client: Any = None,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+    ) -> None:
+        if not isinstance(store, Store):
+            raise TypeError(f"store must be a Store, got {type(store).__name__}")
+        self.store = store
+        self.compress_over: int = _size_option("compress_over", compress_over)
+        self.max_offload_bytes: int = _size_option("max_offload_bytes", max_offload_bytes)
+        given = _size_option("offload_over", offload_over, allow_none=True)
+        self.offload_over: int = (
+            given if given is not None else min(DEFAULT_OFFLOAD_OVER, store.max_result_bytes)
+        )
+        self.bucket: str | None = None
+        self.prefix = ""
+        if offload is not None:
+            self.bucket, self.prefix = parse_offload_url(offload)
+        self._limit = max_offload_bytes if offload is not None else store.max_result_bytes
+        self._client = s3_client
+        self._own_client = s3_client is None
+        self._region = region
+        self._endpoint_url = endpoint_url
+        self._lock = threading.Lock()
+
+    # The interface's limit is this instance's (a wrapped store's or max_offload_bytes).
+    @property
+    def max_result_bytes(self) -> int:  # type: ignore[override]
+        """Largest encoded result kept: ``max_offload_bytes`` when offloading, otherwise
+        the wrapped store's."""
+        return self._limit
+
+    @property
+    def uses_client_clock(self) -> bool:  # type: ignore[override]
+        """The wrapped store's."""
+        return self.store.uses_client_clock
+
+    def __repr__(self) -> str:
+        where = f"s3://{self.bucket}/{self.prefix}" if self.bucket is not None else None
+        return f"LargeResultStore({self.store!r}, offload={where!r})"
+
+    # -- S3 ----------------------------------------------------------------------------
+    def s3_client(self) -> Any:
+        """The boto3 S3 client (made on first use)."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                client = self._client
+                if client is None:
+                    boto3 = require("boto3", "s3")
+                    config = require("botocore.config", "s3").Config(
+                        connect_timeout=3, read_timeout=30, retries={"mode": "standard"}
+                    )
+                    client = self._client = boto3.client(
+                        "s3",
+                        region_name=self._region,
+                        endpoint_url=self._endpoint_url,
+                        config=config,
+                    )
+        return client
+
+    def object_key(self, key: str, fence: int) -> str:
+        """The S3 object key of ``key``'s result written under ``fence``."""
+        return f"{self.prefix}{hashlib.sha256(key.encode('utf-8')).hexdigest()}/{fence}"
+
+    def _put(self, bucket: str, name: str, body: bytes, checksum: str) -> None:
+        self.s3_client().put_object(
+            Bucket=bucket,
+            Key=name,
+            Body=body,
+            ContentType="application/octet-stream",
+            Metadata={"sha256": checksum},
+        )
+
+    def _fetch(self, bucket: str, name: str) -> bytes | None:
+        """The object's bytes, or ``None`` if it does not exist."""
+        client = self.s3_client()
+        try:
+            response = client.get_object(Bucket=bucket, Key=name)
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            if code in {"NoSuchKey", "404", "NotFound"}:
+                return None
+            raise
+        body = response["Body"]
+        try:
+            return bytes(body.read())
+        finally:
+            body.close()
+
+    def _remove(self, bucket: str, name: str) -> None:
+        self.s3_client().delete_object(Bucket=bucket, Key=name)
+
+    # -- frames ------------------------------------------------------------------------
+    def _pack(self, result: bytes) -> bytes:
+        """``result``, compressed when long enough and smaller so."""
+        if len(result) > self.compress_over and not result.startswith(_ZLIB_HEAD):
+            packed = _ZLIB_HEAD + zlib.compress(result, 6)
+            if len(packed) < len(result):
+                return packed
+        return result
+
+    def _inflate(self, data: bytes) -> bytes:
+        limit = self._limit * _INFLATE_FACTOR
+        inflater = zlib.decompressobj()
+        try:
+            out = inflater.decompress(data[2:], limit + 1)
+        except zlib.error as exc:
+            raise CorruptRecordError(f"the compressed stored result is corrupt ({exc})") from exc
+        if len(out) > limit or inflater.unconsumed_tail or not inflater.eof:
+            raise CorruptRecordError(
+                f"the compressed stored result is truncated or inflates beyond {limit} bytes"
+            )
+        return out
+
+    def _resolve(self, record: Record) -> Generator[_Op, Any, Record]:
+        """``record`` with its stored bytes turned back into the encoded result."""
+        data = record.result
+        if not data or data[0] != FRAME:
+            return record
+        if data[1:2] == b"Z":
+            return record._replace(result=self._inflate(data))
+        if data[1:2] != b"S":
+            raise CorruptRecordError(f"stored result has unknown frame {data[1:2]!r}")
+        try:
+            pointer = json.loads(data[2:])
+            bucket, name = str(pointer["bucket"]), str(pointer["key"])
+            checksum, size = str(pointer["sha256"]), int(pointer["size"])
+        except Exception as exc:
+            raise CorruptRecordError(
+                f"the pointer to an offloaded result is unreadable ({type(exc).__name__})"
+            ) from exc
+        body = yield _S3Op(self._fetch, (bucket, name))
+        if body is None:
+            raise CorruptRecordError(
+                f"the offloaded result is missing from S3 bucket {bucket!r} (deleted, or "
+                "expired by a lifecycle rule shorter than the records' ttl). " + _FORGET
+            )
+        if len(body) != size or hashlib.sha256(body).hexdigest() != checksum:
+            raise CorruptRecordError(
+                f"the offloaded result in S3 bucket {bucket!r} does not match the checksum "
+                "its record holds (the object was changed or truncated). " + _FORGET
+            )
+        if body.startswith(_ZLIB_HEAD):
+            body = self._inflate(body)
+        return record._replace(result=body)
+
+    @staticmethod
+    def _pointer(data: bytes | None) -> tuple[str, str] | None:
+        """``(bucket, object key)`` of a stored offload pointer, else ``None``."""
+        if not data or not data.startswith(_S3_HEAD):
+            return None
+        try:
+            pointer = json.loads(data[2:])
+            return str(pointer["bucket"]), str(pointer["key"])
+        except Exception:
+            return None
+
+    # -- the programs shared by the sync and async methods ------------------------------
+    def _claim(self, key: str, fingerprint: str, lease: float, ttl: float) -> _Program:
+        claim: Claim = yield _StoreOp("claim", (key, fingerprint), {"lease": lease, "ttl": ttl})
+        if claim.acquired or not claim.record.result or claim.record.result[0] != FRAME:
+            return claim
+        record = yield from self._resolve(claim.record)
+        return claim._replace(record=record)
+
+    def _get(self, key: str) -> _Program:
+        record: Record | None = yield _StoreOp("get", (key,), {})
+        if record is None:
+            return None
+        return (yield from self._resolve(record))
+
+    def _complete(self, key: str, fence: int, result: bytes, ttl: float) -> _Program:
+        if len(result) > self._limit:
+            raise ResultTooLargeError(
+                f"the encoded result is {len(result)} bytes, more than this store keeps "
+                f"({self._limit} bytes: max_offload_bytes)"
+                if self.bucket is not None
+                else f"the encoded result is {len(result)} bytes, more than this store keeps "
+                f"({self._limit} bytes); pass offload='s3://bucket/prefix' to keep it in S3",
+                key=key,
+            )
+        data = self._pack(result)
+        if self.bucket is None or len(data) <= self.offload_over:
+            try:
+                return (yield _StoreOp("complete", (key, fence, data), {"ttl": ttl}))
+            except ResultTooLargeError:
+                if self.bucket is None:
+                    raise
+        return (yield from self._offload(key, fence, data, ttl))
+
+    def _offload(self, key: str, fence: int, data: bytes, ttl: float) -> _Program:
+        assert self.bucket is not None
+        bucket, name = self.bucket, self.object_key(key, fence)
+        checksum = hashlib.sha256(data).hexdigest()
+        yield _S3Op(self._put, (bucket, name, data, checksum))
+        pointer = json.dumps(
+            {"bucket": bucket, "key": name, "sha256": checksum, "size": len(data)},
+            separators=(",", ":"),
+            sort_keys=True,
+        ).encode("utf-8")
+        # A failure here leaves the object (whether the record was written is unknown);
+        # the lifecycle rule removes it if no record points to it.
+        done = yield _StoreOp("complete", (key, fence, _S3_HEAD + pointer), {"ttl": ttl})
+        if not done:  # fenced out: the object is ours alone (our fence), remove it
+            yield _S3Op(self._remove, (bucket, name))
+        return done
+
+    def _delete(self, key: str) -> _Program:
+        record: Record | None = yield _StoreOp("get", (key,), {})
+        removed = yield _StoreOp("delete", (key,), {})
+        where = self._pointer(record.result if record is not None else None)
+        if where is not None:
+            yield _S3Op(self._remove, where)
+        return removed
+
+    # -- drivers -----------------------------------------------------------------------
+    def _run(self, program: _Program) -> Any:
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = program.send(value) if error is None else program.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            try:
+                if isinstance(op, _StoreOp):
+                    value = getattr(self.store, op.name)(*op.args, **op.kwargs)
+                else:
+                    value = op.fn(*op.args)
+            except Exception as exc:
+                error = exc
+
+    async def _arun(self, program: _Program) -> Any:
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = program.send(value) if error is None else program.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            try:
+                if isinstance(op, _StoreOp):
+                    value = await getattr(self.store, "a" + op.name)(*op.args, **op.kwargs)
+                else:
+                    value = await _to_thread(op.fn, *op.args)
+            except Exception as exc:
+                error = exc
+
+    # -- the interface -----------------------------------------------------------------
+    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        """The wrapped store's claim; a completed record's result is read back (one
+        ``GetObject`` when it was offloaded)."""
+        result: Claim = self._run(self._claim(key, fingerprint, lease, ttl))
+        return result
+
+    def complete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
+        """Compress / offload ``result`` as the class describes, then complete the record
+        (fence-conditional). When the fence was lost, an uploaded object is deleted."""
+        done: bool = self._run(self._complete(key, fence, result, ttl))
+        return done
+
+    def release(self, key: str, fence: int) -> bool:
+        """The wrapped store's release."""
+        return self.store.release(key, fence)
+
+    def renew(self, key: str, fence: int, *, lease: float) -> bool:
+        """The wrapped store's renew."""
+        return self.store.renew(key, fence, lease=lease)
+
+    def get(self, key: str) -> Record | None:
+        """The wrapped store's record, its result read back."""
+        record: Record | None = self._run(self._get(key))
+        return record
+
+    def delete(self, key: str) -> bool:
+        """Forget ``key`` and delete its offloaded object, if any (one more store request
+        first, to read the record)."""
+        removed: bool = self._run(self._delete(key))
+        return removed
+
+    def close(self) -> None:
+        """Close the wrapped store and an S3 client the store made itself (both are made
+        again on next use)."""
+        self.store.close()
+        self._close_client()
+
+    def _close_client(self) -> None:
+        if self._own_client:
+            with self._lock:
+                client, self._client = self._client, None
+            if client is not None:
+                client.close()
+
+    async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        """Async :meth:`claim`."""
+        result: Claim = await self._arun(self._claim(key, fingerprint, lease, ttl))
+        return result
+
+    async def acomplete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
+        """Async :meth:`complete`."""
+        done: bool = await self._arun(self._complete(key, fence, result, ttl))
+        return done
+
+    async def arelease(self, key: str, fence: int) -> bool:
+        """Async :meth:`release`."""
+        return await self.store.arelease(key, fence)
+
+    async def arenew(self, key: str, fence: int, *, lease: float) -> bool:
+        """Async :meth:`renew`."""
+        return await self.store.arenew(key, fence, lease=lease)
+
+    async def aget(self, key: str) -> Record | None:
+        """Async :meth:`get`."""
+        record: Record | None = await self._arun(self._get(key))
+        return record
+
+    async def adelete(self, key: str) -> bool:
+        """Async :meth:`delete`."""
+        removed: bool = await self._arun(self._delete(key))
+        return removed
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        await self.store.aclose()
+        self._close_client()

@@ -1,0 +1,557 @@
+"""LargeResultStore: compression and S3 offload of large results around every store
+(memory, SQLite, Redis, PostgreSQL, DynamoDB), against S3 and DynamoDB on moto's server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from idempotence import (
+    CorruptRecordError,
+    Idempotency,
+    MissingDependencyError,
+    ResultNotStoredError,
+    ResultTooLargeError,
+)
+from idempotence.stores import LargeResultStore, MemoryStore, Store, store_from_url
+from idempotence.stores._registry import validate_store_url
+from tests import moto_server
+from tests.http.conftest import make_store, postgres_admin, redis_ok
+
+pytest.importorskip("boto3")
+
+dynamodb_endpoint = moto_server.dynamodb_endpoint  # the session fixture
+__all__ = ["dynamodb_endpoint", "postgres_admin", "redis_ok"]  # fixtures used by name
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "large_results"
+KINDS = ["memory", "sqlite", "redis", "postgres", "dynamodb"]
+OFFLOAD_OVER = 64 * 1024  # the non-DynamoDB stores keep 64 MiB: offload sooner in tests
+
+
+class S3Sends:
+    """Counts the S3 requests a boto3 client sends (botocore ``before-send``)."""
+
+    def __init__(self) -> None:
+        self.operations: list[str] = []
+
+    def __call__(self, request: Any, **kwargs: Any) -> None:
+        self.operations.append(request.method)
+
+    def take(self) -> list[str]:
+        taken, self.operations = self.operations, []
+        return taken
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(dynamodb_endpoint: str) -> str:
+    import boto3
+
+    bucket = f"idem-offload-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=dynamodb_endpoint).create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture
+def s3(dynamodb_endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=dynamodb_endpoint)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"results-{uuid.uuid4().hex[:8]}/"
+
+
+def make_inner(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if kind == "dynamodb":
+        from idempotence.stores import DynamoDBStore
+
+        endpoint = request.getfixturevalue("dynamodb_endpoint")
+        table = DynamoDBStore(
+            f"idem-offload-{uuid.uuid4().hex[:10]}", region="us-east-1", endpoint_url=endpoint
+        )
+        table.create_table()
+        return table
+    return make_store(kind, request, tmp_path)
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def inner(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made = make_inner(kind, request, tmp_path)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def store(kind: str, inner: Store, s3: Any, s3_bucket: str, prefix: str) -> LargeResultStore:
+    # DynamoDB keeps the default offload_over (256 KiB, under its 400 KB item).
+    over = None if kind == "dynamodb" else OFFLOAD_OVER
+    return LargeResultStore(inner, f"s3://{s3_bucket}/{prefix}", offload_over=over, s3_client=s3)
+
+
+def objects(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return {o["Key"]: o["Size"] for o in listed.get("Contents", [])}
+
+
+def random_text(n: int) -> str:
+    """``n`` characters that compress to about 3/4 of their size (base64 of random bytes)."""
+    import base64
+
+    return base64.b64encode(secrets.token_bytes(n * 3 // 4 + 3)).decode()[:n]
+
+
+# -- round trips ------------------------------------------------------------------------
+def test_a_1mb_result_round_trips_through_s3(
+    store: LargeResultStore, inner: Store, s3: Any, s3_bucket: str, prefix: str
+) -> None:
+    idem = Idempotency(store)
+    calls: list[str] = []
+
+    @idem
+    def report(order: str) -> dict[str, str]:
+        calls.append(order)
+        return {"order": order, "blob": random_text(1_000_000)}
+
+    first = report("o-1")
+    assert report("o-1") == first
+    assert calls == ["o-1"]
+    key = report.key_for("o-1")
+    raw = inner.get(key)
+    assert raw is not None
+    assert raw.result is not None
+    assert raw.result.startswith(b"\x02S")  # a pointer, not the result
+    pointer = json.loads(raw.result[2:])
+    assert pointer["bucket"] == s3_bucket
+    assert pointer["key"] == store.object_key(key, raw.fence)
+    assert pointer["key"].startswith(prefix)
+    assert objects(s3, s3_bucket, prefix) == {pointer["key"]: pointer["size"]}
+    assert 700_000 < pointer["size"] < 1_000_000  # compressed before the upload
+
+
+def test_a_1mb_result_round_trips_async(
+    store: LargeResultStore, s3: Any, s3_bucket: str, prefix: str
+) -> None:
+    idem = Idempotency(store)
+    calls: list[str] = []
+
+    @idem
+    async def report(order: str) -> dict[str, str]:
+        calls.append(order)
+        return {"order": order, "blob": random_text(1_000_000)}
+
+    async def main() -> None:
+        first = await report("o-2")
+        assert await report("o-2") == first
+        assert calls == ["o-2"]
+        assert len(objects(s3, s3_bucket, prefix)) == 1
+        assert await store.adelete(report.key_for("o-2"))
+        assert objects(s3, s3_bucket, prefix) == {}
+        await store.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_compressible_20kb_result_is_compressed_not_offloaded(
+    store: LargeResultStore, inner: Store, s3: Any, s3_bucket: str, prefix: str
+) -> None:
+    idem = Idempotency(store)
+    calls: list[int] = []
+
+    @idem
+    def rows(n: int) -> list[dict[str, object]]:
+        calls.append(n)
+        return [{"row": i, "label": "item"} for i in range(n)]
+
+    result = rows(800)
+    assert 20_000 < len(json.dumps(result)) < 40_000
+    assert rows(800) == result
+    assert calls == [800]
+    raw = inner.get(rows.key_for(800))
+    assert raw is not None
+    assert raw.result is not None
+    assert raw.result.startswith(b"\x02Z")
+    assert len(raw.result) < 10_000
+    assert zlib.decompress(raw.result[2:]) == store.get(rows.key_for(800)).result  # type: ignore[union-attr]
+    assert objects(s3, s3_bucket, prefix) == {}
+
+
+def test_small_results_and_old_records_are_kept_as_they_are(
+    store: LargeResultStore, inner: Store
+) -> None:
+    key = f"plain-{uuid.uuid4().hex}"
+    claim = store.claim(key, "fp", lease=30, ttl=60)
+    assert store.complete(key, claim.record.fence, b"\x01Vsmall", ttl=60)
+    assert inner.get(key).result == b"\x01Vsmall"  # type: ignore[union-attr]
+    # A record written without the wrapper (before it was configured) reads unchanged.
+    old = f"old-{uuid.uuid4().hex}"
+    fence = inner.claim(old, "fp", lease=30, ttl=60).record.fence
+    body = b"\x01V" + b'"x"' * 10_000
+    assert inner.complete(old, fence, body, ttl=60)
+    assert store.get(old).result == body  # type: ignore[union-attr]
+    again = store.claim(old, "fp", lease=30, ttl=60)
+    assert not again.acquired
+    assert again.record.result == body
+
+
+# -- requests ---------------------------------------------------------------------------
+def test_replay_of_an_offloaded_result_is_one_store_request_and_one_get(
+    kind: str, store: LargeResultStore, inner: Store, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = f"count-{uuid.uuid4().hex}"
+    fence = store.claim(key, "fp", lease=30, ttl=60).record.fence
+    result = b"\x01V" + random_text(1_000_000).encode()
+    s3_sends = S3Sends()
+    s3.meta.events.register("before-send.s3", s3_sends)
+    store_calls: list[str] = []
+    for name in ("claim", "complete", "get", "delete", "release", "renew"):
+        method = getattr(inner, name)
+
+        def spy(*args: Any, _name: str = name, _m: Any = method, **kwargs: Any) -> Any:
+            store_calls.append(_name)
+            return _m(*args, **kwargs)
+
+        monkeypatch.setattr(inner, name, spy)
+    sent: list[str] = []
+    if kind == "dynamodb":  # the requests the DynamoDB client actually sends
+        client = inner._sync_client()  # type: ignore[attr-defined]
+        client.meta.events.register(
+            "before-send.dynamodb",
+            lambda request, **kw: sent.append(request.headers["X-Amz-Target"].decode()),
+        )
+    assert store.complete(key, fence, result, ttl=60)
+    assert (store_calls, s3_sends.take()) == (["complete"], ["PUT"])
+    store_calls.clear()
+    sent.clear()
+
+    replay = store.claim(key, "fp", lease=30, ttl=60)
+    assert not replay.acquired
+    assert replay.record.result == result
+    assert (store_calls, s3_sends.take()) == (["claim"], ["GET"])
+    if kind == "dynamodb":
+        assert [s.rsplit(".", 1)[-1] for s in sent] == ["UpdateItem"]
+    store_calls.clear()
+
+    # A small result costs no S3 request at all.
+    small = f"small-{uuid.uuid4().hex}"
+    fence = store.claim(small, "fp", lease=30, ttl=60).record.fence
+    assert store.complete(small, fence, b"\x01V" + b"1" * 20_000, ttl=60)
+    assert not store.claim(small, "fp", lease=30, ttl=60).acquired
+    assert s3_sends.take() == []
+
+
+# -- forget / delete ------------------------------------------------------------------------
+def test_forget_deletes_the_object(
+    store: LargeResultStore, s3: Any, s3_bucket: str, prefix: str
+) -> None:
+    idem = Idempotency(store)
+    calls: list[str] = []
+
+    @idem
+    def report(order: str) -> str:
+        calls.append(order)
+        return random_text(500_000)
+
+    report("o-3")
+    assert len(objects(s3, s3_bucket, prefix)) == 1
+    assert report.forget("o-3")
+    assert objects(s3, s3_bucket, prefix) == {}
+    report("o-3")  # runs again after forget
+    assert calls == ["o-3", "o-3"]
+    assert len(objects(s3, s3_bucket, prefix)) == 1
+    assert store.delete(report.key_for("o-3"))
+    assert objects(s3, s3_bucket, prefix) == {}
+    assert not store.delete(report.key_for("o-3"))
+
+
+def test_a_fenced_out_complete_removes_only_its_own_object(
+    store: LargeResultStore, s3: Any, s3_bucket: str, prefix: str
+) -> None:
+    key = f"fence-{uuid.uuid4().hex}"
+    first = store.claim(key, "fp", lease=0.2, ttl=60).record.fence
+    time.sleep(0.4)
+    second = store.claim(key, "fp", lease=30, ttl=60)
+    assert second.acquired
+    assert second.record.fence == first + 1
+    big = b"\x01V" + random_text(400_000).encode()
+    assert store.complete(key, second.record.fence, big, ttl=60)
+    assert not store.complete(key, first, b"\x01V" + random_text(400_000).encode(), ttl=60)
+    assert list(objects(s3, s3_bucket, prefix)) == [store.object_key(key, second.record.fence)]
+    assert store.get(key).result == big  # type: ignore[union-attr]
+
+
+# -- damage ---------------------------------------------------------------------------------
+def test_a_checksum_mismatch_or_a_missing_object_is_corrupt(
+    store: LargeResultStore, s3: Any, s3_bucket: str, prefix: str
+) -> None:
+    idem = Idempotency(store)
+    calls: list[str] = []
+
+    @idem
+    def report(order: str) -> str:
+        calls.append(order)
+        return random_text(500_000)
+
+    report("o-4")
+    (name,) = objects(s3, s3_bucket, prefix)
+    body = s3.get_object(Bucket=s3_bucket, Key=name)["Body"].read()
+    s3.put_object(Bucket=s3_bucket, Key=name, Body=body[:-1] + bytes([body[-1] ^ 1]))
+    with pytest.raises(CorruptRecordError, match="checksum") as caught:
+        report("o-4")
+    assert "forget the key" in str(caught.value)
+    s3.delete_object(Bucket=s3_bucket, Key=name)
+    with pytest.raises(CorruptRecordError, match="missing from S3") as caught:
+        report("o-4")
+    assert "forget the key" in str(caught.value)
+    assert calls == ["o-4"]  # never run again
+    assert report.forget("o-4")  # the way out the message names
+    report("o-4")
+    assert calls == ["o-4", "o-4"]
+
+
+def test_a_corrupt_compressed_record_is_corrupt(store: LargeResultStore, inner: Store) -> None:
+    key = f"zbad-{uuid.uuid4().hex}"
+    fence = inner.claim(key, "fp", lease=30, ttl=60).record.fence
+    assert inner.complete(key, fence, b"\x02Z" + b"not zlib" * 10, ttl=60)
+    with pytest.raises(CorruptRecordError, match="compressed"):
+        store.get(key)
+
+
+def test_a_stream_inflating_beyond_the_limit_is_corrupt(s3: Any, s3_bucket: str) -> None:
+    inner = MemoryStore()
+    store = LargeResultStore(inner, f"s3://{s3_bucket}/bomb/", max_offload_bytes=2**20)
+    key = "bomb"
+    fence = inner.claim(key, "fp", lease=30, ttl=60).record.fence
+    # 5 MiB of zeros: more than 4 x max_offload_bytes, a stream the store never wrote.
+    assert inner.complete(key, fence, b"\x02Z" + zlib.compress(bytes(5 * 2**20)), ttl=60)
+    with pytest.raises(CorruptRecordError, match="inflates beyond 4194304 bytes"):
+        store.get(key)
+
+
+# -- too large ------------------------------------------------------------------------------
+def test_a_result_over_max_offload_bytes_is_not_stored_and_never_runs_twice(
+    kind: str, inner: Store, s3: Any, s3_bucket: str, prefix: str
+) -> None:
+    store = LargeResultStore(
+        inner,
+        f"s3://{s3_bucket}/{prefix}",
+        offload_over=OFFLOAD_OVER,
+        max_offload_bytes=300_000,
+        s3_client=s3,
+    )
+    assert store.max_result_bytes == 300_000
+    idem = Idempotency(store)
+    calls: list[str] = []
+
+    @idem
+    def report(order: str) -> str:
+        calls.append(order)
+        return random_text(400_000)
+
+    with pytest.raises(ResultNotStoredError, match="300000 bytes") as caught:
+        report("o-5")
+    assert isinstance(caught.value.result, str)
+    assert len(caught.value.result) == 400_000
+    with pytest.raises(ResultNotStoredError, match="not run again"):
+        report("o-5")
+    assert calls == ["o-5"]
+    assert objects(s3, s3_bucket, prefix) == {}
+    # Straight to the store: refused before anything is written or uploaded.
+    key = f"big-{uuid.uuid4().hex}"
+    fence = store.claim(key, "fp", lease=30, ttl=60).record.fence
+    with pytest.raises(ResultTooLargeError, match="max_offload_bytes"):
+        store.complete(key, fence, b"\x01V" + b"x" * 300_000, ttl=60)
+    assert store.get(key).status.value == "IN_PROGRESS"  # type: ignore[union-attr]
+    assert objects(s3, s3_bucket, prefix) == {}
+
+
+def test_without_offload_a_result_the_store_refuses_is_not_stored(
+    dynamodb_endpoint: str, s3: Any
+) -> None:
+    from idempotence.stores import DynamoDBStore
+
+    inner = DynamoDBStore(
+        f"idem-offload-{uuid.uuid4().hex[:10]}", region="us-east-1", endpoint_url=dynamodb_endpoint
+    )
+    inner.create_table()
+    store = LargeResultStore(inner)  # compression only
+    idem = Idempotency(store)
+    calls: list[int] = []
+
+    @idem
+    def report(n: int) -> str:
+        calls.append(n)
+        return random_text(n)
+
+    with pytest.raises(ResultNotStoredError):
+        report(600_000)  # over DynamoDB's 400 KB item even compressed
+    with pytest.raises(ResultNotStoredError):
+        report(600_000)
+    assert calls == [600_000]
+    inner.close()
+
+
+def test_a_result_the_store_refuses_is_offloaded(
+    dynamodb_endpoint: str, s3: Any, s3_bucket: str, prefix: str
+) -> None:
+    """A result under offload_over that the store still refuses (DynamoDB item limit) goes
+    to S3 instead of being lost."""
+    from idempotence.stores import DynamoDBStore
+
+    inner = DynamoDBStore(
+        f"idem-offload-{uuid.uuid4().hex[:10]}", region="us-east-1", endpoint_url=dynamodb_endpoint
+    )
+    inner.create_table()
+    store = LargeResultStore(
+        inner, f"s3://{s3_bucket}/{prefix}", offload_over=10 * 2**20, s3_client=s3
+    )
+    key = f"refused-{uuid.uuid4().hex}"
+    fence = store.claim(key, "fp", lease=30, ttl=60).record.fence
+    result = b"\x01V" + random_text(600_000).encode()
+    assert store.complete(key, fence, result, ttl=60)
+    assert store.get(key).result == result  # type: ignore[union-attr]
+    assert len(objects(s3, s3_bucket, prefix)) == 1
+    inner.close()
+
+
+# -- configuration --------------------------------------------------------------------------
+def test_store_url_options_wrap_the_store(
+    tmp_path: Path, s3_bucket: str, dynamodb_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", dynamodb_endpoint)  # the SDK's own variable
+    url = (
+        f"sqlite:///{tmp_path}/idem.db?offload=s3://{s3_bucket}/url/&compress_over=1024"
+        "&offload_over=65536&max_offload_bytes=5000000"
+    )
+    validate_store_url(url)
+    store = store_from_url(url)
+    assert isinstance(store, LargeResultStore)
+    assert (store.bucket, store.prefix, store.compress_over) == (s3_bucket, "url/", 1024)
+    assert (store.offload_over, store.max_result_bytes) == (65536, 5_000_000)
+    idem = Idempotency(url)
+    calls: list[int] = []
+
+    @idem
+    def report(n: int) -> str:
+        calls.append(n)
+        return random_text(n)
+
+    assert report(300_000) == report(300_000)
+    assert calls == [300_000]
+    raw = store.store.get(report.key_for(300_000))
+    assert raw is not None
+    assert raw.result is not None
+    assert raw.result.startswith(b"\x02S")
+    idem.store.close()
+    store.close()
+    plain = store_from_url(f"sqlite:///{tmp_path}/idem.db?timeout=5")
+    assert not isinstance(plain, LargeResultStore)
+    compress_only = store_from_url("memory://?compress_over=100")
+    assert isinstance(compress_only, LargeResultStore)
+    assert compress_only.bucket is None
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("memory://?offload=https://bucket/p", "s3://bucket/prefix"),
+        ("memory://?offload=s3://", "s3://bucket/prefix"),
+        ("memory://?compress_over=lots", "whole number"),
+        ("memory://?max_offload_bytes=-1", "whole number"),
+        ("memory://?offload=s3://b/p&nope=1", "unknown option 'nope'"),
+    ],
+)
+def test_bad_store_url_options_are_refused(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate_store_url(url)
+    with pytest.raises(ValueError, match=message):
+        store_from_url(url)
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(TypeError, match="must be a Store"):
+        LargeResultStore("memory://")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="compress_over"):
+        LargeResultStore(MemoryStore(), compress_over=-1)
+    with pytest.raises(ValueError, match="s3://bucket/prefix"):
+        LargeResultStore(MemoryStore(), "s3://bucket/p?x=1")
+
+
+def test_without_boto3_the_error_names_the_extra(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 -> ImportError
+    store = LargeResultStore(MemoryStore(), f"s3://{s3_bucket}/x/", offload_over=10)
+    key = "k"
+    fence = store.claim(key, "fp", lease=30, ttl=60).record.fence
+    with pytest.raises(MissingDependencyError, match=r"idempotence\[s3\]"):
+        store.complete(key, fence, b"\x01V" + b"y" * 100, ttl=60)
+
+
+# -- docs: the example and the lifecycle rule -----------------------------------------------
+def test_the_example_app_runs(
+    dynamodb_endpoint: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/large_results/app.py, as docs/stores.md shows it, on moto."""
+    from idempotence.stores import DynamoDBStore
+
+    table = f"idem-offload-{uuid.uuid4().hex[:10]}"
+    DynamoDBStore(table, region="us-east-1", endpoint_url=dynamodb_endpoint).create_table()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dynamodb_endpoint)
+    monkeypatch.setenv("IDEMPOTENCY_TABLE", table)
+    monkeypatch.setenv("IDEMPOTENCY_OFFLOAD", f"s3://{s3_bucket}/example/")
+    namespace: dict[str, Any] = {"__name__": "large_results_app"}
+    exec(
+        compile((EXAMPLE / "app.py").read_text(), "examples/large_results/app.py", "exec"),
+        namespace,
+    )
+    report = namespace["build_report"]
+    rows = report("r-1", 30_000)  # ~1.5 MB of JSON: compressed, then offloaded
+    assert report("r-1", 30_000) == rows
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=dynamodb_endpoint)
+    assert len(objects(s3, s3_bucket, "example/")) == 1
+    namespace["store"].close()
+
+
+def test_the_lifecycle_rule_is_accepted_by_s3(s3: Any, s3_bucket: str) -> None:
+    """examples/large_results/lifecycle.json, as docs/stores.md shows it."""
+    rules = json.loads((EXAMPLE / "lifecycle.json").read_text())
+    s3.put_bucket_lifecycle_configuration(Bucket=s3_bucket, LifecycleConfiguration=rules)
+    got = s3.get_bucket_lifecycle_configuration(Bucket=s3_bucket)["Rules"]
+    assert got[0]["Expiration"] == {"Days": 2}
+    assert got[0]["Filter"] == {"Prefix": "results/"}
+    assert got[0]["Status"] == "Enabled"
+
+
+def test_the_bucket_template_passes_cfn_lint() -> None:
+    """examples/large_results/template.yaml, as docs/stores.md shows it."""
+    tool = shutil.which("cfn-lint", path=str(Path(sys.executable).parent))
+    if tool is None:
+        pytest.skip("cfn-lint is not installed (pip install cfn-lint)")
+    path = EXAMPLE / "template.yaml"
+    result = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = path.read_text()
+    assert "ExpirationInDays: 2" in text
+    assert "Default: results/" in text
