@@ -328,3 +328,17 @@ def test_sql_connection_is_not_cut_by_operation_timeout(admin: Any) -> None:
         assert store._idle[-1]._read_timeout == 0.3
     finally:
         store.close()
+
+
+def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from idempotence import MissingDependencyError
+
+    store = MySQLStore(URL, table=TABLE)  # building it imports no driver
+    monkeypatch.setitem(sys.modules, "pymysql", None)
+    monkeypatch.setitem(sys.modules, "aiomysql", None)
+    with pytest.raises(MissingDependencyError, match=r"idempotence\[mysql\]"):
+        store.get("k")
+    with pytest.raises(MissingDependencyError, match=r"idempotence\[mysql\]"):
+        asyncio.run(store.aget("k"))
