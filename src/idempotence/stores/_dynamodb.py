@@ -40,7 +40,7 @@ import time
 import uuid
 import weakref
 import zlib
-from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from decimal import Decimal
@@ -51,6 +51,7 @@ from .._errors import CorruptRecordError, ResultTooLargeError, StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
 from ._base import Clock, Store, forget_closed_loops, fresh_fence, system_clock
+from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, batches, matches, stats_of
 from ._registry import merge_option, url_query
 
 if TYPE_CHECKING:
@@ -246,6 +247,8 @@ class DynamoDBStore(Store):
 
     max_result_bytes: ClassVar[int] = 4 * 1024 * 1024
     uses_client_clock: ClassVar[bool] = True
+    #: The attribute the table's Time to Live must be enabled on (epoch seconds).
+    ttl_attribute: ClassVar[str] = _EXPIRATION
     #: Seconds the physical TTL (``expiration``) outlives the logical retention, so a fence
     #: survives a while after the record stops being readable.
     expiration_grace: ClassVar[int] = 3600
@@ -595,6 +598,164 @@ class DynamoDBStore(Store):
     async def acall(self, method: str, request: Mapping[str, Any]) -> Any:
         """Async :meth:`call` (aiobotocore, or the given sync client in a thread)."""
         return await self._arun(_one(_Call(method, dict(request))))
+
+    # -- capability: Maintainable (idempotence.stores.capabilities) ----------------------
+    def _scan_items(
+        self, namespace: str | None, status: Status | None, batch_size: int
+    ) -> Iterator[dict[str, Any]]:
+        """The table's items (``Scan`` pages of at most ``batch_size``, filtered on the
+        server by namespace prefix, status and sort key value)."""
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        conditions: list[str] = []
+        if namespace is not None:
+            names["#k"] = self.key_attr
+            values[":head"] = {"S": namespace + "#"}
+            conditions.append("begins_with(#k, :head)")
+        if status is not None:
+            names["#st"] = _STATUS
+            values[":st"] = {"S": status.value}
+            conditions.append("#st = :st")
+        if self.sort_key_attr is not None:
+            names["#sk"] = self.sort_key_attr
+            values[":sk"] = {"S": self.sort_key_value}
+            conditions.append("#sk = :sk")
+        request: dict[str, Any] = {"TableName": self.table, "Limit": batch_size}
+        if conditions:
+            request.update(
+                FilterExpression=" AND ".join(conditions),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        while True:
+            page = self.call("scan", request)
+            yield from page.get("Items", [])
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return
+            request["ExclusiveStartKey"] = start
+
+    def _records(
+        self, namespace: str | None, status: Status | None, batch_size: int
+    ) -> Iterator[Record]:
+        for item in self._scan_items(namespace, status, batch_size):
+            try:
+                yield self._record(item)
+            except CorruptRecordError:
+                continue  # not a record: another user of the table (effects state items)
+
+    def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+        limit: int | None = None,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> Iterator[Record]:
+        """The matching records: a paginated ``Scan`` (namespace and status filtered on the
+        server). Items past their ``expiration`` that DynamoDB's TTL has not deleted yet are
+        included. See :class:`~idempotence.stores.capabilities.Maintainable`."""
+        now = self.clock()
+        found = 0
+        for record in self._records(namespace, status, batch_size):
+            if limit is not None and found >= limit:
+                return
+            if matches(
+                record,
+                now,
+                namespace=namespace,
+                status=status,
+                older_than=older_than,
+                expired=expired,
+            ):
+                found += 1
+                yield record
+
+    def count(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+    ) -> int:
+        """How many records match (a scan)."""
+        return sum(
+            1
+            for _ in self.scan(
+                namespace=namespace, status=status, older_than=older_than, expired=expired
+            )
+        )
+
+    def purge(
+        self,
+        *,
+        namespace: str | None = None,
+        expired: bool = True,
+        batch_size: int = DEFAULT_BATCH,
+        progress: Progress | None = None,
+    ) -> int:
+        """Delete the matching records, found by a paginated ``Scan``. With
+        ``expired=False`` they go 25 per ``BatchWriteItem`` (unprocessed items are sent
+        again). With ``expired`` (the default) each deletion must still find the record
+        purgeable, so a record claimed again since the scan is kept: 25 conditional
+        deletes per ``TransactWriteItems``, and item by item for a batch whose transaction
+        is cancelled. DynamoDB's TTL deletes expired items by itself (within days), so this
+        is only needed to reclaim space sooner. Returns how many were deleted."""
+        now = self.clock()
+        total = 0
+        chosen = (
+            self.item_key(r.key)
+            for r in self._records(namespace, None, batch_size)
+            if matches(r, now, namespace=namespace, expired=expired)
+        )
+        for keys in batches(chosen, 25):
+            deleted = self._delete_conditionally(keys, now) if expired else self._delete(keys)
+            total += deleted
+            if deleted and progress is not None:
+                progress(deleted)
+        return total
+
+    def _delete(self, keys: list[dict[str, Any]]) -> int:
+        requests = [{"DeleteRequest": {"Key": key}} for key in keys]
+        for attempt in range(10):
+            reply = self.call("batch_write_item", {"RequestItems": {self.table: requests}})
+            requests = reply.get("UnprocessedItems", {}).get(self.table, [])
+            if not requests:
+                return len(keys)
+            time.sleep(min(2.0, 0.05 * 2**attempt))
+        raise StoreError(
+            f"DynamoDB kept {len(requests)} deletions unprocessed (throttled): retry the purge"
+        )
+
+    def _delete_conditionally(self, keys: list[dict[str, Any]], now: float) -> int:
+        condition = {
+            "ConditionExpression": "#e <= :now AND #l <= :now",
+            "ExpressionAttributeNames": {"#e": _EXPIRES, "#l": _LEASE},
+            "ExpressionAttributeValues": {":now": _num(now)},
+        }
+        writes = [{"Delete": {"TableName": self.table, "Key": k, **condition}} for k in keys]
+        try:
+            self.call("transact_write_items", {"TransactItems": writes})
+            return len(keys)
+        except Exception as exc:
+            if _error_code(exc) != "TransactionCanceledException":
+                raise
+        deleted = 0
+        for write in writes:  # some changed since the scan: keep those
+            try:
+                self.call("delete_item", write["Delete"])
+                deleted += 1
+            except Exception as exc:
+                if not _is_conditional_failure(exc):
+                    raise
+        return deleted
+
+    def stats(self) -> StoreStats:
+        """Counts by status and namespace (one scan)."""
+        return stats_of(self.scan(), self.clock())
 
     # Owned: the caller's fence, in progress, and not past retention (effective retention of
     # an in-progress item is the later of expires_at and the lease).

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from .._record import Claim, Record, Status
 from ._base import Clock, Store, _new, decide_claim, system_clock
+from ._maintenance import Progress, StoreStats, matches, stats_of
 from ._registry import url_query
 
 __all__ = ["MemoryStore"]
@@ -111,6 +113,78 @@ class MemoryStore(Store):
 
     def __len__(self) -> int:
         return len(self._records)
+
+    # -- capability: Maintainable (idempotence.stores.capabilities) ----------------------
+    def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+        limit: int | None = None,
+        batch_size: int = 1000,
+    ) -> Iterator[Record]:
+        """The records matching the filters (a snapshot taken under the lock). See
+        :class:`~idempotence.stores.capabilities.Maintainable`."""
+        with self._lock:
+            now, records = self.clock(), list(self._records.values())
+        found = 0
+        for record in records:
+            if limit is not None and found >= limit:
+                return
+            if matches(
+                record,
+                now,
+                namespace=namespace,
+                status=status,
+                older_than=older_than,
+                expired=expired,
+            ):
+                found += 1
+                yield record
+
+    def count(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+    ) -> int:
+        """How many records match the filters."""
+        return sum(
+            1
+            for _ in self.scan(
+                namespace=namespace, status=status, older_than=older_than, expired=expired
+            )
+        )
+
+    def purge(
+        self,
+        *,
+        namespace: str | None = None,
+        expired: bool = True,
+        batch_size: int = 1000,
+        progress: Progress | None = None,
+    ) -> int:
+        """Delete the matching records (all at once: the dict has no round trips)."""
+        with self._lock:
+            now = self.clock()
+            doomed = [
+                key
+                for key, record in self._records.items()
+                if matches(record, now, namespace=namespace, expired=expired)
+            ]
+            for key in doomed:
+                del self._records[key]
+        if progress is not None and doomed:
+            progress(len(doomed))
+        return len(doomed)
+
+    def stats(self) -> StoreStats:
+        """Counts by status and namespace (one pass over a snapshot)."""
+        return stats_of(self.scan(), self.clock())
 
     # The dict never blocks: the async twins run inline instead of in a worker thread.
     async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:

@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import threading
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -21,6 +22,7 @@ from .._lazy import require
 from .._record import Claim, Record, Status
 from .._timers import Timers
 from ._base import Clock, Store
+from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, Sweeper, stats_of
 from ._registry import merge_option, option_bool, option_number, url_query
 
 if TYPE_CHECKING:
@@ -881,15 +883,153 @@ class PostgresStore(Store):
             if not self._tolerable_ddl_race(exc):
                 raise
 
-    def purge(self) -> int:
-        """Delete rows whose retention has ended and whose lease is over too (so an expired
-        row that still fences a paused invocation is kept while that lease is live).
-        Returns how many were deleted. One statement; scans the table."""
-        return self._run(self._purge_op())
+    # -- capability: Maintainable (idempotence.stores.capabilities) ----------------------
+    _sweeper: Sweeper | None = None
+
+    @contextmanager
+    def _maintenance_conn(self) -> Iterator[tuple[Connection[Any], float]]:
+        """A connection and the store's clock now; a missing table is a StoreError (the
+        maintenance methods never create it)."""
+        errors = require("psycopg", "postgres").errors
+        try:
+            with self._sync_conn() as conn:
+                if self.clock is not None:
+                    now = float(self.clock())
+                else:
+                    row = conn.execute(f"SELECT {_SERVER_NOW}").fetchone()
+                    assert row is not None
+                    now = float(row[0])
+                yield conn, now
+        except errors.UndefinedTable as exc:
+            raise StoreError(
+                f"PostgreSQL store: the table {self.table!r} does not exist; nothing was "
+                "created. Create it with `idempotence create-table` or "
+                "PostgresStore(...).create_table()"
+            ) from exc
+
+    def _where(
+        self,
+        now: float,
+        namespace: str | None,
+        status: Status | None,
+        older_than: float | None,
+        expired: bool,
+    ) -> tuple[str, dict[str, object]]:
+        conditions: list[str] = ["true"]
+        params: dict[str, object] = {}
+        if namespace is not None:
+            head = namespace + "#"
+            conditions.append(
+                "left(key, %(head_len)s) = %(head)s "
+                "AND strpos(substr(key, %(head_len)s + 1), '#') = 0"
+            )
+            params.update(head=head, head_len=len(head))
+        if status is not None:
+            conditions.append("status = %(status)s")
+            params["status"] = status.value
+        if older_than is not None:
+            conditions.append("fence <= %(born_ms)s::float8")
+            params["born_ms"] = (now - older_than) * 1000
+        if expired:
+            conditions.append(
+                "expires_at <= %(now)s::float8 AND lease_expires_at <= %(now)s::float8"
+            )
+        params["now"] = now
+        return " AND ".join(conditions), params
+
+    def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+        limit: int | None = None,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> Iterator[Record]:
+        """The matching records in key order, ``batch_size`` per query (keyset paging on
+        the primary key). See :class:`~idempotence.stores.capabilities.Maintainable`."""
+        table = _table_sql(self.table)
+        with self._maintenance_conn() as (conn, now):
+            where, params = self._where(now, namespace, status, older_than, expired)
+            after: str | None = None
+            left = limit
+            while left is None or left > 0:
+                size = batch_size if left is None else min(batch_size, left)
+                page = "" if after is None else " AND key > %(after)s"
+                rows = conn.execute(
+                    f"SELECT {_COLS} FROM {table} WHERE {where}{page} ORDER BY key LIMIT %(size)s",
+                    {**params, "after": after, "size": size},
+                ).fetchall()
+                for row in rows:
+                    yield _record(row)
+                if len(rows) < size:
+                    return
+                after = rows[-1][0]
+                left = None if left is None else left - len(rows)
+
+    def count(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+    ) -> int:
+        """How many records match (one query)."""
+        with self._maintenance_conn() as (conn, now):
+            where, params = self._where(now, namespace, status, older_than, expired)
+            row = conn.execute(
+                f"SELECT count(*) FROM {_table_sql(self.table)} WHERE {where}", params
+            ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    def purge(
+        self,
+        *,
+        namespace: str | None = None,
+        expired: bool = True,
+        batch_size: int = DEFAULT_BATCH,
+        progress: Progress | None = None,
+    ) -> int:
+        """Delete the matching rows, ``batch_size`` per statement (``DELETE ... WHERE key
+        IN (SELECT key ... LIMIT n)``, each its own transaction). With the defaults, rows
+        whose retention has ended and whose lease is over too (an expired row that still
+        fences a paused invocation is kept while that lease is live). Returns how many
+        were deleted."""
+        table = _table_sql(self.table)
+        total = 0
+        with self._maintenance_conn() as (conn, now):
+            where, params = self._where(now, namespace, None, None, expired)
+            while True:
+                deleted = conn.execute(
+                    f"DELETE FROM {table} WHERE key IN "
+                    f"(SELECT key FROM {table} WHERE {where} LIMIT %(size)s)",
+                    {**params, "size": batch_size},
+                ).rowcount
+                total += deleted
+                if deleted and progress is not None:
+                    progress(deleted)
+                if deleted < batch_size:
+                    return total
 
     async def apurge(self) -> int:
-        """Async :meth:`purge`."""
+        """Async purge of the expired rows (one statement on the async connection)."""
         return await self._arun(self._purge_op())
+
+    def stats(self) -> StoreStats:
+        """Counts by status and namespace (one pass over the records)."""
+        records = list(self.scan())
+        with self._maintenance_conn() as (_conn, now):
+            return stats_of(records, now)
+
+    def start_sweep(self, every: float) -> Sweeper:
+        """Opt in to removing expired rows in this process: a claim made ``every`` seconds
+        or more after the last sweep starts :meth:`purge` in a background thread (the
+        claim does not wait for it). Returns the sweeper (``runs``, ``deleted``)."""
+        self._sweeper = Sweeper(every, self.purge, self.clock or time.time)
+        return self._sweeper
 
     def close(self) -> None:
         """Close the sync pool this store created. Async pools belong to their event loop:
@@ -912,6 +1052,8 @@ class PostgresStore(Store):
 
     # -- operations: thin shells over the shared statements ------------------------------
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        if self._sweeper is not None:
+            self._sweeper.maybe()
         return self._run(self._claim_op(key, fingerprint, lease, ttl))
 
     def complete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:

@@ -2,30 +2,36 @@
 
 Needs ``redis`` (``pip install 'idempotence[redis]'``), imported when a store is built, so
 importing this module never fails. Redis 5.0 or later (scripts that read ``TIME`` and then
-write rely on effects replication, the default since 5.0).
+write rely on effects replication, the default since 5.0). Redis Cluster
+(``redis+cluster://``) through redis-py's ``RedisCluster``: every script declares its one
+key, so it runs on the master owning that key's slot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._errors import StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
 from ._base import Clock, Store, forget_closed_loops
-from ._registry import merge_option, url_query
+from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, batches, matches, stats_of
+from ._registry import merge_option, option_number, url_query
 
 if TYPE_CHECKING:
     from redis import Redis
     from redis.asyncio import Redis as AsyncRedis
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    from redis.cluster import RedisCluster
 
 __all__ = ["RedisStore"]
 
@@ -71,6 +77,11 @@ _REDIS_URL_OPTIONS = frozenset(
         "ssl_ciphers",
     ]
 )
+
+#: URL schemes of a Redis Cluster (``limits`` spells them the same way).
+_CLUSTER_SCHEMES = frozenset(["redis+cluster", "rediss+cluster"])
+#: MOVED / ASK redirections followed by one call with ``wait_replicas`` before giving up.
+_MAX_REDIRECTS = 5
 
 # -- scripts -----------------------------------------------------------------------------
 # Every script touches exactly one key, KEYS[1] (the record's hash), so it is valid on Redis
@@ -191,12 +202,44 @@ def _connect_failure(exc: Exception) -> StoreError | None:
         )
     elif "not known" in low or "name resolution" in low or "nodename nor servname" in low:
         why = "unknown host: the URL's host name does not resolve; check its spelling and DNS"
+    elif "cluster cannot be connected" in low:
+        why = (
+            "no startup node of the cluster answered: check the URL's hosts and ports and "
+            "that the cluster is running"
+        )
     elif "timeout connecting" in low:
         why = "no answer within socket_connect_timeout: check the host, the port and firewalls"
     else:
         return None
     detail = " ".join(str(exc).split())
     return StoreError(f"cannot connect to Redis: {why} ({type(exc).__name__}: {detail})")
+
+
+def _cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The startup nodes ``(host, port)`` of a ``redis+cluster://`` URL (port 6379 when
+    left out; IPv6 hosts in brackets). ``ValueError`` when there is none or one is
+    malformed (the URL is not echoed: it may hold a password)."""
+    hosts = urlsplit(url).netloc.rpartition("@")[2]
+    nodes = []
+    for item in hosts.split(","):
+        parts = urlsplit("redis://" + item.strip())
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            port = 0
+        if not parts.hostname or not 0 < port < 65536:
+            raise ValueError(
+                "a redis+cluster:// URL lists its startup nodes as host:port, separated by "
+                "commas (IPv6 hosts in brackets: [::1]:7000)"
+            )
+        nodes.append((parts.hostname, port))
+    return nodes
+
+
+def _cluster_errors(redis: Any) -> type[Exception]:
+    """``RedisClusterException``: what a cluster client raises when no startup node
+    answers (it is not a ``RedisError``)."""
+    return redis.exceptions.RedisClusterException  # type: ignore[no-any-return]
 
 
 def _redis_knows(name: str) -> bool:
@@ -230,13 +273,62 @@ SCRIPTS = {
 
 @dataclass(frozen=True)
 class _Call(Generic[_T]):
-    """One operation, transport-agnostic: a script, its one key, its ARGV and a parser of
-    the reply. The sync and async paths run the same ``_Call``."""
+    """One operation, transport-agnostic: a script, its one key, its ARGV, a parser of
+    the reply and ``wrote(result)``: whether the script changed the key (``None``: it never
+    does), which decides whether ``wait_replicas`` must be acknowledged. The sync and async
+    paths run the same ``_Call``."""
 
     script: _Script
     key: str
     args: tuple[str | bytes, ...]
     parse: Callable[[Any], _T]
+    wrote: Callable[[_T], bool] | None = None
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Commands to send on ONE connection, pipelined (one round trip): to the master
+    owning ``key``'s slot, or to ``node`` (host, port) after an ``ASK`` redirection."""
+
+    key: str
+    node: tuple[str, int] | None
+    commands: tuple[tuple[Any, ...], ...]
+
+
+class _Refresh:
+    """Reload the cluster's slot map (after a ``MOVED`` reply or a lost connection)."""
+
+
+#: A call with ``wait_replicas``, sans-I/O: yields what to send, receives the replies (a
+#: list, errors as exception objects) or ``None`` after a refresh; returns the result.
+_Waited = Generator["_Batch | _Refresh", "list[Any] | None", _T]
+
+
+def _always(_result: Any) -> bool:
+    return True
+
+
+def _acquired(claim: Claim) -> bool:
+    return claim.acquired
+
+
+def _truth(flag: bool) -> bool:
+    return flag
+
+
+# Delete a record if it still matches what the purge selected it for: ARGV[1] = now,
+# ARGV[2] = "1" to delete only if retention and lease have ended. Non-record keys are kept.
+_PURGE = _Script("""
+local f = redis.call('HMGET', KEYS[1], 'status', 'fence', 'expires_at', 'lease_expires_at')
+if not f[1] or not f[2] then return 0 end
+if ARGV[2] == '1' then
+  local now = tonumber(ARGV[1])
+  if tonumber(f[3]) > now or tonumber(f[4]) > now then return 0 end
+end
+return redis.call('UNLINK', KEYS[1])
+""")
+
+_GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\^"})
 
 
 @functools.lru_cache(maxsize=64)
@@ -333,6 +425,20 @@ class RedisStore(Store):
 
     ``max_result_bytes`` is 64 MiB: below Redis's 512 MB string limit, and a completed
     record's result travels in every replaying claim, so keep results small.
+
+    Redis Cluster: ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://`` for
+    TLS) builds ``redis.cluster.RedisCluster`` / ``redis.asyncio.cluster.RedisCluster``
+    clients over those startup nodes (an injected ``client`` / ``async_client`` may be one
+    too). Each script runs on the master owning its key's slot, and that master's ``TIME``
+    decides the record's lease and retention. Cluster clients do not retry a command after
+    a lost connection either (the slot map is reloaded; the next call follows a failover).
+
+    Durability: ``wait_replicas=N`` (URL ``?wait_replicas=N``) sends ``WAIT N timeout``
+    after each write script, pipelined on the same connection (one round trip, two
+    commands); a write that fewer than ``N`` replicas acknowledge within ``wait_timeout``
+    seconds (default 1) raises :class:`~idempotence.StoreError` (the primary applied it, the
+    replicas may not have: it counts as failed). Redis replication stays asynchronous:
+    ``WAIT`` makes losing an acknowledged write in a failover unlikely, not impossible.
     """
 
     max_result_bytes = 64 * 1024 * 1024
@@ -342,22 +448,41 @@ class RedisStore(Store):
         self,
         url: str | None = None,
         *,
-        client: Redis | None = None,
-        async_client: AsyncRedis | None = None,
+        client: Redis | RedisCluster | None = None,
+        async_client: AsyncRedis | AsyncRedisCluster | None = None,
         prefix: str = "idempotence:",
         clock: Clock | None = None,
         socket_timeout: float | None = 5.0,
         socket_connect_timeout: float | None = 5.0,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
         **options: Any,
     ) -> None:
         self._redis = require("redis", "redis")
         require("redis.asyncio", "redis")  # binds self._redis.asyncio
+        require("redis.asyncio.cluster", "redis")
         if url is None and client is None and async_client is None:
             url = "redis://localhost:6379/0"
+        self.cluster = False
         if url is not None:  # our options in the URL are read exactly as from_url reads them
             parsed = self.parse_url(url)
             url = parsed["url"]
             prefix = merge_option("prefix", prefix, "idempotence:", parsed["prefix"])
+            wait_replicas = merge_option("wait_replicas", wait_replicas, 0, parsed["wait_replicas"])
+            wait_timeout = merge_option("wait_timeout", wait_timeout, 1.0, parsed["wait_timeout"])
+            self.cluster = urlsplit(url).scheme.lower() in _CLUSTER_SCHEMES
+            if self.cluster and "db" in options:
+                raise ValueError("Redis Cluster has only database 0: drop the db option")
+        if not (isinstance(wait_replicas, int) and wait_replicas >= 0):
+            raise ValueError("wait_replicas must be a whole number of replicas (0: no WAIT)")
+        if not (0 < wait_timeout < float("inf")):
+            raise ValueError("wait_timeout must be a positive number of seconds")
+        #: Replicas that must acknowledge each write (``WAIT``); 0: none (no ``WAIT``).
+        self.wait_replicas = wait_replicas
+        #: Seconds each ``WAIT`` may block.
+        self.wait_timeout = float(wait_timeout)
+        if wait_replicas and socket_timeout is not None and wait_timeout >= socket_timeout:
+            raise ValueError("wait_timeout must be shorter than socket_timeout")
         if options.get("decode_responses"):
             raise ValueError("RedisStore needs decode_responses=False: results are bytes")
         for given in (client, async_client):
@@ -377,8 +502,14 @@ class RedisStore(Store):
             "socket_connect_timeout": socket_connect_timeout,
             **options,
         }
-        self._injected_client = client
-        self._injected_async_client = async_client
+        self._injected_client: Any = client  # a Redis or a RedisCluster
+        self._injected_async_client: Any = async_client
+        #: Whether the store talks to a Redis Cluster (a cluster URL or client).
+        self.cluster = (
+            self.cluster
+            or isinstance(client, self._redis.cluster.RedisCluster)
+            or isinstance(async_client, self._redis.asyncio.cluster.RedisCluster)
+        )
         self._client: Redis | None = None
         self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient]
         self._loop_clients = weakref.WeakKeyDictionary()
@@ -387,18 +518,36 @@ class RedisStore(Store):
     @classmethod
     def parse_url(cls, url: str) -> dict[str, Any]:
         """The constructor arguments of ``redis://[user:password@]host:port/db`` or
-        ``rediss://`` (TLS), checked without connecting. Query options: ``prefix`` (key
-        prefix, default ``idempotence:``) and redis-py's (e.g. ``socket_timeout=2``), which
-        stay in the URL; any other is refused with ``ValueError``."""
+        ``rediss://`` (TLS), or of a cluster ``redis+cluster://[user:password@]host:port[,
+        host:port...]`` (``rediss+cluster://``: TLS; database 0 only), checked without
+        connecting. Query options: ``prefix`` (key prefix, default ``idempotence:``),
+        ``wait_replicas`` and ``wait_timeout`` (see the class) and redis-py's (e.g.
+        ``socket_timeout=2``), which stay in the URL; any other is refused with
+        ``ValueError``."""
         parts = urlsplit(url)
-        if parts.scheme.lower() not in {"redis", "rediss", "unix"}:
-            raise ValueError("a Redis store URL starts with redis://, rediss:// or unix://")
-        options = url_query(url, ("prefix", *sorted(_REDIS_URL_OPTIONS)), extra=_redis_knows)
+        scheme = parts.scheme.lower()
+        if scheme not in {"redis", "rediss", "unix", *_CLUSTER_SCHEMES}:
+            raise ValueError(
+                "a Redis store URL starts with redis://, rediss://, unix://, "
+                "redis+cluster:// or rediss+cluster://"
+            )
+        ours = ("prefix", "wait_replicas", "wait_timeout")
+        options = url_query(url, (*ours, *sorted(_REDIS_URL_OPTIONS)), extra=_redis_knows)
+        if scheme in _CLUSTER_SCHEMES:
+            _cluster_nodes(url)  # checked now, without connecting
+            if "db" in options or parts.path.strip("/") not in {"", "0"}:
+                raise ValueError("Redis Cluster has only database 0: drop the /db and db=")
+        wait_replicas = options.get("wait_replicas", "0")
+        if not wait_replicas.isdigit():
+            raise ValueError("store URL option 'wait_replicas' must be a whole number >= 0")
+        wait_timeout = option_number(options, "wait_timeout", 1.0)
         query = parse_qsl(parts.query, keep_blank_values=True)
-        rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+        rest = urlencode([(k, v) for k, v in query if k not in ours])
         return {
             "url": urlunsplit(parts._replace(query=rest)),
             "prefix": options.get("prefix", "idempotence:"),
+            "wait_replicas": int(wait_replicas),
+            "wait_timeout": wait_timeout,
         }
 
     @classmethod
@@ -409,8 +558,8 @@ class RedisStore(Store):
 
     # -- clients ------------------------------------------------------------------------
     def _sync_client(self) -> Redis:
-        if self._injected_client is not None:
-            return self._injected_client
+        if self._injected_client is not None:  # a RedisCluster has the same commands
+            return cast("Redis", self._injected_client)
         if self.url is None:
             raise RuntimeError(
                 "this RedisStore was given only async_client=: pass client= or a URL "
@@ -418,14 +567,42 @@ class RedisStore(Store):
             )
         with self._lock:
             if self._client is None:
-                client: Redis = self._redis.Redis.from_url(self.url, **self._options)
+                if self.cluster:
+                    cluster = self._redis.cluster
+                    nodes, kwargs = self._cluster_options(self._redis.retry.Retry)
+                    client: Redis = cluster.RedisCluster(
+                        startup_nodes=[cluster.ClusterNode(h, p) for h, p in nodes], **kwargs
+                    )
+                else:
+                    client = self._redis.Redis.from_url(self.url, **self._options)
                 self._client = client
             return self._client
+
+    def _cluster_options(self, retry: Any) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+        """Startup nodes and ``RedisCluster`` keyword arguments of the cluster URL: its
+        credentials and query options (typed by redis-py's URL parser), TLS for
+        ``rediss+cluster``, the store's options, and no cluster-level retries unless
+        ``retry=`` is given (a command that lost its connection may have run: the caller
+        fails closed)."""
+        assert self.url is not None
+        parts = urlsplit(self.url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        one_node = urlunsplit(
+            ("redis", (userinfo + "@" if userinfo else "") + "node", "/0", parts.query, "")
+        )
+        from_url: dict[str, Any] = dict(self._redis.connection.parse_url(one_node))
+        for name in ("host", "port", "db"):
+            from_url.pop(name, None)
+        if parts.scheme.lower() == "rediss+cluster":
+            from_url["ssl"] = True
+        # As redis-py's from_url: the URL's options win over keyword arguments.
+        kwargs = {"retry": retry(self._redis.backoff.NoBackoff(), 0), **self._options}
+        return _cluster_nodes(self.url), {**kwargs, **from_url}
 
     async def _async_client(self) -> AsyncRedis | None:
         """This loop's async client (built on first use), or None: use the sync client."""
         if self._injected_async_client is not None:
-            return self._injected_async_client
+            return cast("AsyncRedis", self._injected_async_client)
         if self.url is None:
             return None
         loop = asyncio.get_running_loop()
@@ -434,10 +611,32 @@ class RedisStore(Store):
             if entry is not None:
                 return entry.client
             forget_closed_loops(self._loop_clients)
-            client: AsyncRedis = self._redis.asyncio.Redis.from_url(self.url, **self._options)
+            if self.cluster:
+                client: AsyncRedis = self._async_cluster_client()
+            else:
+                client = self._redis.asyncio.Redis.from_url(self.url, **self._options)
             entry = self._loop_clients[loop] = _LoopClient(client, _close_with_loop(client))
         await entry.closer.__anext__()  # runs to its `yield` now; the loop tracks it
         return client
+
+    def _async_cluster_client(self) -> Any:
+        """A ``redis.asyncio.cluster.RedisCluster`` of the cluster URL (not yet connected).
+        An option it does not take (it has a fixed parameter list, unlike the sync client)
+        is refused with ``ValueError`` naming it, never dropped."""
+        import inspect
+
+        cluster = self._redis.asyncio.cluster
+        nodes, kwargs = self._cluster_options(self._redis.asyncio.retry.Retry)
+        accepted = inspect.signature(cluster.RedisCluster).parameters
+        refused = sorted(name for name in kwargs if name not in accepted)
+        if refused:
+            raise ValueError(
+                f"redis.asyncio.cluster.RedisCluster does not take the option(s) {refused}: "
+                "remove them from the store URL / arguments for async use"
+            )
+        return cluster.RedisCluster(
+            startup_nodes=[cluster.ClusterNode(h, p) for h, p in nodes], **kwargs
+        )
 
     def close(self) -> None:
         """Close the sync client the store built (it is rebuilt on next use) and forget
@@ -461,14 +660,16 @@ class RedisStore(Store):
 
     # -- running a call -----------------------------------------------------------------
     def _run(self, call: _Call[_T]) -> _T:
-        client = self._sync_client()
         key, args, script = call.key, call.args, call.script
         try:
+            client = self._sync_client()
+            if self.wait_replicas and call.wrote is not None:
+                return self._drive(client, self._waited(call))
             try:
                 reply = client.evalsha(script.sha, 1, key, *args)
             except self._redis.exceptions.NoScriptError:
                 reply = client.eval(script.source, 1, key, *args)
-        except self._redis.exceptions.ConnectionError as exc:
+        except (self._redis.exceptions.ConnectionError, _cluster_errors(self._redis)) as exc:
             failure = _connect_failure(exc)
             if failure is None:
                 raise
@@ -481,27 +682,280 @@ class RedisStore(Store):
             return await asyncio.to_thread(self._run, call)
         key, args, script = call.key, call.args, call.script
         try:
+            if isinstance(client, self._redis.asyncio.cluster.RedisCluster):
+                # Locked and a no-op once done. redis-py 8.1's lazy initialisation inside a
+                # command lets concurrent first commands fail with "Connection closed by
+                # server" (64 concurrent claims on a fresh client: several fail).
+                await client.initialize()
+            if self.wait_replicas and call.wrote is not None:
+                return await self._adrive(client, self._waited(call))
             try:
                 reply = await client.evalsha(script.sha, 1, key, *args)
             except self._redis.exceptions.NoScriptError:
                 reply = await client.eval(script.source, 1, key, *args)
-        except self._redis.exceptions.ConnectionError as exc:
+        except (self._redis.exceptions.ConnectionError, _cluster_errors(self._redis)) as exc:
             failure = _connect_failure(exc)
             if failure is None:
                 raise
             raise failure from exc
         return call.parse(reply)
 
+    # -- WAIT: the script and WAIT pipelined on one connection of the key's master --------
+    def _waited(self, call: _Call[_T]) -> _Waited[_T]:
+        """The steps of ``call`` with ``wait_replicas`` (sans-I/O, run by :meth:`_drive`
+        and :meth:`_adrive`): ``EVALSHA`` (``EVAL`` after ``NOSCRIPT``) and ``WAIT`` in one
+        pipeline on one connection, since ``WAIT`` counts the writes of its own connection.
+        ``MOVED`` reloads the slot map and ``ASK`` resends to the named node behind
+        ``ASKING``: both mean the script did not run, so resending is safe. A write that
+        fewer than ``wait_replicas`` replicas acknowledged raises ``StoreError``."""
+        errors = self._redis.exceptions
+        wait = ("WAIT", self.wait_replicas, max(1, round(self.wait_timeout * 1000)))
+        use_eval = False
+        node: tuple[str, int] | None = None
+        for _ in range(_MAX_REDIRECTS):
+            script = ("EVAL", call.script.source) if use_eval else ("EVALSHA", call.script.sha)
+            asking: tuple[tuple[Any, ...], ...] = (("ASKING",),) if node is not None else ()
+            replies = yield _Batch(
+                call.key, node, (*asking, (*script, 1, call.key, *call.args), wait)
+            )
+            assert replies is not None
+            reply, acked = replies[-2], replies[-1]
+            if isinstance(reply, errors.NoScriptError) and not use_eval:
+                use_eval = True
+            elif isinstance(reply, errors.MovedError):
+                node = None
+                yield _Refresh()
+            elif isinstance(reply, errors.AskError):
+                node = (str(reply.host), int(reply.port))
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                result = call.parse(reply)
+                if isinstance(acked, BaseException):
+                    raise acked
+                assert call.wrote is not None
+                if call.wrote(result) and int(acked) < self.wait_replicas:
+                    raise StoreError(
+                        f"Redis applied the write on the primary, but only {int(acked)} of "
+                        f"the {self.wait_replicas} replica(s) asked for (wait_replicas) "
+                        f"acknowledged it within {self.wait_timeout:g} s: a failover could "
+                        "lose it, so it counts as failed. Check the replicas (INFO "
+                        "replication), or raise wait_timeout / lower wait_replicas."
+                    )
+                return result
+        raise StoreError(
+            "Redis Cluster kept redirecting the command (slots being migrated or a failover "
+            "in progress); retry later"
+        )
+
+    def _drive(self, client: Any, steps: _Waited[_T]) -> _T:
+        """Run :meth:`_waited`'s steps on the sync client."""
+        replies: list[Any] | None = None
+        try:
+            while True:
+                step = steps.send(replies)
+                if isinstance(step, _Refresh):
+                    client.nodes_manager.initialize()
+                    replies = None
+                else:
+                    replies = self._send_batch(client, step)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def _adrive(self, client: Any, steps: _Waited[_T]) -> _T:
+        """Run :meth:`_waited`'s steps on an async client."""
+        replies: list[Any] | None = None
+        try:
+            while True:
+                step = steps.send(replies)
+                if isinstance(step, _Refresh):
+                    await client.nodes_manager.initialize()
+                    replies = None
+                else:
+                    replies = await self._asend_batch(client, step)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def _send_batch(self, client: Any, batch: _Batch) -> list[Any]:
+        """Pipeline ``batch`` on one connection: of ``client`` itself, or of the cluster
+        node it names. A lost connection reloads the cluster's slot map and propagates."""
+        is_cluster = isinstance(client, self._redis.cluster.RedisCluster)
+        target = client
+        if is_cluster:
+            node = (
+                client.get_node(*batch.node)
+                if batch.node is not None
+                else client.get_node_from_key(batch.key)
+            )
+            if node is None:
+                raise StoreError("Redis Cluster redirected to a node it does not list; retry")
+            target = client.get_redis_connection(node)
+        pipe = target.pipeline(transaction=False)
+        for command in batch.commands:
+            pipe.execute_command(*command)
+        try:
+            return list(pipe.execute(raise_on_error=False))
+        except (self._redis.exceptions.ConnectionError, self._redis.exceptions.TimeoutError):
+            if is_cluster:
+                with contextlib.suppress(Exception):
+                    client.nodes_manager.initialize()
+            raise
+
+    async def _asend_batch(self, client: Any, batch: _Batch) -> list[Any]:
+        """Async :meth:`_send_batch`."""
+        cluster = self._redis.asyncio.cluster
+        if not isinstance(client, cluster.RedisCluster):
+            pipe = client.pipeline(transaction=False)
+            for command in batch.commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute(raise_on_error=False))
+        node = (
+            client.get_node(*batch.node)
+            if batch.node is not None
+            else client.get_node_from_key(batch.key)
+        )
+        if node is None:
+            raise StoreError("Redis Cluster redirected to a node it does not list; retry")
+        commands = [cluster.PipelineCommand(i, *c) for i, c in enumerate(batch.commands)]
+        lost = (self._redis.exceptions.ConnectionError, self._redis.exceptions.TimeoutError)
+        try:
+            await node.execute_pipeline(commands)
+            for command in commands:
+                if isinstance(command.result, lost):
+                    raise command.result
+        except lost:
+            with contextlib.suppress(Exception):
+                await client.nodes_manager.initialize()
+            raise
+        return [command.result for command in commands]
+
     # -- capability: AtomicScripts (idempotence.stores.capabilities) --------------------
     def run_script(self, script: str, key: str, args: Sequence[str | bytes]) -> Any:
         """Run the Lua ``script`` atomically on ``key`` (the full Redis key) with ``ARGV =
         args`` through the store's client (``EVALSHA``, ``EVAL`` after ``NOSCRIPT``); the
         raw reply. See :class:`~idempotence.stores.capabilities.AtomicScripts`."""
-        return self._run(_Call(_script(script), key, tuple(args), _raw))
+        return self._run(_Call(_script(script), key, tuple(args), _raw, _always))
 
     async def arun_script(self, script: str, key: str, args: Sequence[str | bytes]) -> Any:
         """Async :meth:`run_script` (the loop's client, or the sync one in a thread)."""
-        return await self._arun(_Call(_script(script), key, tuple(args), _raw))
+        return await self._arun(_Call(_script(script), key, tuple(args), _raw, _always))
+
+    # -- capability: Maintainable (idempotence.stores.capabilities) ----------------------
+    def _maintenance_now(self) -> float:
+        if self.clock is not None:
+            return float(self.clock())
+        seconds, micros = self._sync_client().time()
+        return int(seconds) + int(micros) / 1e6
+
+    def _scan_batches(self, namespace: str | None, batch_size: int) -> Iterator[list[Any]]:
+        """The store's hash keys (under the prefix, and ``namespace#`` if given), in lists
+        of at most ``batch_size`` (``SCAN ... MATCH ... COUNT ... TYPE hash``)."""
+        head = self.prefix + ("" if namespace is None else namespace + "#")
+        pattern = head.translate(_GLOB_SPECIAL) + "*"
+        keys = self._sync_client().scan_iter(match=pattern, count=batch_size, _type="hash")
+        return batches(keys, batch_size)
+
+    def _fetch(self, keys: list[Any]) -> list[Record]:
+        """The records of ``keys`` (full Redis keys), one pipelined round trip; keys that
+        vanished or hold no record are left out."""
+        pipe = self._sync_client().pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        records = []
+        for key, fields in zip(keys, pipe.execute(), strict=True):
+            flat = [x for pair in fields.items() for x in pair] if fields else []
+            try:
+                record = _record(_text(key)[len(self.prefix) :], flat)
+            except (KeyError, ValueError):
+                record = None  # not a record (another user of the prefix)
+            if record is not None:
+                records.append(record)
+        return records
+
+    def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+        limit: int | None = None,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> Iterator[Record]:
+        """The matching records: ``SCAN`` over the prefix (and namespace), each batch of
+        keys read with one pipelined round trip of ``HGETALL``. Records Redis already
+        expired are gone. See :class:`~idempotence.stores.capabilities.Maintainable`."""
+        now = self._maintenance_now()
+        found = 0
+        for keys in self._scan_batches(namespace, batch_size):
+            for record in self._fetch(keys):
+                if limit is not None and found >= limit:
+                    return
+                if matches(
+                    record,
+                    now,
+                    namespace=namespace,
+                    status=status,
+                    older_than=older_than,
+                    expired=expired,
+                ):
+                    found += 1
+                    yield record
+
+    def count(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+    ) -> int:
+        """How many records match (a scan)."""
+        return sum(
+            1
+            for _ in self.scan(
+                namespace=namespace, status=status, older_than=older_than, expired=expired
+            )
+        )
+
+    def purge(
+        self,
+        *,
+        namespace: str | None = None,
+        expired: bool = True,
+        batch_size: int = DEFAULT_BATCH,
+        progress: Progress | None = None,
+    ) -> int:
+        """Delete the matching records: ``SCAN`` in batches of ``batch_size`` keys, each
+        batch deleted by one pipelined round trip of a per-key script that re-checks the
+        key atomically (``UNLINK`` only if it still holds a record and, with ``expired``,
+        its retention and lease have ended). Redis itself deletes records once their
+        retention and lease end, so ``purge()`` rarely finds any. Returns how many were
+        deleted."""
+        client = self._sync_client()
+        now = self._maintenance_now()
+        client.script_load(_PURGE.source)
+        flag = "1" if expired else "0"
+        total = 0
+        for keys in self._scan_batches(namespace, batch_size):
+            if namespace is not None:  # exact namespace: no further '#' after it
+                head = len(self.prefix) + len(namespace) + 1
+                keys = [k for k in keys if "#" not in _text(k)[head:]]
+            if not keys:
+                continue
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.evalsha(_PURGE.sha, 1, key, repr(now), flag)
+            deleted = sum(int(n) for n in pipe.execute())
+            total += deleted
+            if deleted and progress is not None:
+                progress(deleted)
+        return total
+
+    def stats(self) -> StoreStats:
+        """Counts by status and namespace (one scan)."""
+        now = self._maintenance_now()
+        return stats_of(self.scan(), now)
 
     # -- calls (shared by the sync and async methods) ------------------------------------
     def _now(self) -> str:
@@ -509,25 +963,25 @@ class RedisStore(Store):
 
     def _claim(self, key: str, fingerprint: str, lease: float, ttl: float) -> _Call[Claim]:
         args = (self._now(), fingerprint, repr(float(lease)), repr(float(ttl)))
-        return _Call(SCRIPTS["claim"], self.prefix + key, args, _claim_parser(key))
+        return _Call(SCRIPTS["claim"], self.prefix + key, args, _claim_parser(key), _acquired)
 
     def _complete(self, key: str, fence: int, result: bytes, ttl: float) -> _Call[bool]:
         args = (self._now(), str(int(fence)), bytes(result), repr(float(ttl)))
-        return _Call(SCRIPTS["complete"], self.prefix + key, args, _flag)
+        return _Call(SCRIPTS["complete"], self.prefix + key, args, _flag, _truth)
 
     def _release(self, key: str, fence: int) -> _Call[bool]:
         args = (self._now(), str(int(fence)))
-        return _Call(SCRIPTS["release"], self.prefix + key, args, _flag)
+        return _Call(SCRIPTS["release"], self.prefix + key, args, _flag, _truth)
 
     def _renew(self, key: str, fence: int, lease: float) -> _Call[bool]:
         args = (self._now(), str(int(fence)), repr(float(lease)))
-        return _Call(SCRIPTS["renew"], self.prefix + key, args, _flag)
+        return _Call(SCRIPTS["renew"], self.prefix + key, args, _flag, _truth)
 
     def _get(self, key: str) -> _Call[Record | None]:
         return _Call(SCRIPTS["get"], self.prefix + key, (self._now(),), lambda r: _record(key, r))
 
     def _delete(self, key: str) -> _Call[bool]:
-        return _Call(SCRIPTS["delete"], self.prefix + key, (), _flag)
+        return _Call(SCRIPTS["delete"], self.prefix + key, (), _flag, _truth)
 
     # -- operations ---------------------------------------------------------------------
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:

@@ -10,10 +10,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
+from .._errors import StoreError
 from .._record import Claim, Record, Status
 from ._base import Clock, Store, decide_claim, system_clock
+from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, Sweeper, stats_of
 from ._registry import merge_option, option_number, url_query
 
 __all__ = ["SQLiteStore"]
@@ -66,6 +68,11 @@ class SQLiteStore(Store):
     """
 
     max_result_bytes = 256 * 1024 * 1024
+    #: Create the file and the table on first use. ``False`` (set on the instance, as the
+    #: command line does for its reads) makes a missing file or table a
+    #: :class:`~idempotence.StoreError` instead; :meth:`create_table` still creates them.
+    auto_create = True
+    _sweeper: Sweeper | None = None
 
     def __init__(
         self,
@@ -120,6 +127,8 @@ class SQLiteStore(Store):
         pid = os.getpid()
         if conn is not None and getattr(self._local, "pid", None) == pid:
             return conn
+        if not self.auto_create:
+            return self._existing_conn(pid)
         conn = sqlite3.connect(
             self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
@@ -144,6 +153,41 @@ class SQLiteStore(Store):
             self._connections.append(conn)
         return conn
 
+    def _existing_conn(self, pid: int) -> sqlite3.Connection:
+        """A connection to the existing file and table (nothing created or converted)."""
+        missing = (
+            f"SQLite store: the {{}} does not exist (table {self.table!r}); nothing was "
+            "created. Check the path, or create it with `idempotence create-table` or "
+            "SQLiteStore(...).create_table()"
+        )
+        if not os.path.isfile(self.path):
+            raise StoreError(missing.format("database file"))
+        uri = "file:" + quote(os.path.abspath(self.path)) + "?mode=rw"
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        found = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (self.table,)
+        ).fetchone()
+        if found is None:
+            conn.close()
+            raise StoreError(missing.format("records table"))
+        self._local.conn, self._local.pid = conn, pid
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def create_table(self) -> None:
+        """Create the database file (WAL mode) and the records table if they do not exist
+        (the same statement the store runs on first use). Idempotent."""
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(sqlite_ddl(self.table))
+        finally:
+            conn.close()
+
     def close(self) -> None:
         with self._lock:
             connections, self._connections = self._connections, []
@@ -164,6 +208,8 @@ class SQLiteStore(Store):
 
     # -- operations ---------------------------------------------------------------------
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        if self._sweeper is not None:
+            self._sweeper.maybe()
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -235,15 +281,109 @@ class SQLiteStore(Store):
         cursor = self._conn().execute(f"DELETE FROM {self.table} WHERE key = ?", (key,))
         return cursor.rowcount == 1
 
-    def purge(self) -> int:
-        """Delete rows whose retention has ended. Returns how many were deleted.
+    # -- capability: Maintainable (idempotence.stores.capabilities) ----------------------
+    def _where(
+        self,
+        now: float,
+        namespace: str | None,
+        status: Status | None,
+        older_than: float | None,
+        expired: bool,
+    ) -> tuple[str, list[object]]:
+        conditions, params = ["1 = 1"], []
+        if namespace is not None:
+            head = namespace + "#"
+            conditions.append("substr(key, 1, ?) = ? AND instr(substr(key, ?), '#') = 0")
+            params += [len(head), head, len(head) + 1]
+        if status is not None:
+            conditions.append("status = ?")
+            params.append(status.value)
+        if older_than is not None:
+            conditions.append("fence <= ?")
+            params.append((now - older_than) * 1000)
+        if expired:
+            conditions.append("expires_at <= ? AND lease_expires_at <= ?")
+            params += [now, now]
+        return " AND ".join(conditions), params
 
-        Rows are only deleted once a lease could no longer be held either, so an expired row
-        that still fences a paused invocation is kept while that lease is live.
-        """
-        now = self.clock()
-        cursor = self._conn().execute(
-            f"DELETE FROM {self.table} WHERE expires_at <= ? AND lease_expires_at <= ?",
-            (now, now),
-        )
-        return cursor.rowcount
+    def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+        limit: int | None = None,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> Iterator[Record]:
+        """The matching records in key order, ``batch_size`` per query (keyset paging).
+        See :class:`~idempotence.stores.capabilities.Maintainable`."""
+        conn, now = self._conn(), self.clock()
+        where, params = self._where(now, namespace, status, older_than, expired)
+        after, left = "", limit
+        while left is None or left > 0:
+            size = batch_size if left is None else min(batch_size, left)
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM {self.table} WHERE {where} AND key > ? "
+                "ORDER BY key LIMIT ?",
+                (*params, after, size),
+            ).fetchall()
+            for row in rows:
+                record = _row_to_record(row)
+                assert record is not None
+                yield record
+            if len(rows) < size:
+                return
+            after = str(rows[-1][0])
+            left = None if left is None else left - len(rows)
+
+    def count(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+    ) -> int:
+        """How many records match (one query)."""
+        where, params = self._where(self.clock(), namespace, status, older_than, expired)
+        row = self._conn().execute(f"SELECT count(*) FROM {self.table} WHERE {where}", params)
+        return int(row.fetchone()[0])
+
+    def purge(
+        self,
+        *,
+        namespace: str | None = None,
+        expired: bool = True,
+        batch_size: int = DEFAULT_BATCH,
+        progress: Progress | None = None,
+    ) -> int:
+        """Delete the matching rows, ``batch_size`` per statement (each its own short
+        transaction, so claims interleave). With the defaults, rows whose retention has
+        ended and whose lease is over too (an expired row that still fences a paused
+        invocation is kept while that lease is live). Returns how many were deleted."""
+        conn = self._conn()
+        where, params = self._where(self.clock(), namespace, None, None, expired)
+        total = 0
+        while True:
+            deleted = conn.execute(
+                f"DELETE FROM {self.table} WHERE key IN "
+                f"(SELECT key FROM {self.table} WHERE {where} LIMIT ?)",
+                (*params, batch_size),
+            ).rowcount
+            total += deleted
+            if deleted and progress is not None:
+                progress(deleted)
+            if deleted < batch_size:
+                return total
+
+    def stats(self) -> StoreStats:
+        """Counts by status and namespace (one pass over the records)."""
+        return stats_of(self.scan(), self.clock())
+
+    def start_sweep(self, every: float) -> Sweeper:
+        """Opt in to removing expired rows in this process: a claim made ``every`` seconds
+        or more after the last sweep starts :meth:`purge` in a background thread (the
+        claim does not wait for it). Returns the sweeper (``runs``, ``deleted``)."""
+        self._sweeper = Sweeper(every, self.purge, self.clock)
+        return self._sweeper

@@ -1,0 +1,178 @@
+"""Shared pieces of the :class:`~idempotence.stores.capabilities.Maintainable` capability:
+the namespace of a key, the record filter every store applies (natively or after reading),
+the statistics of a set of records, and the in-process sweep of expired records."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._record import Record, Status
+
+_log = logging.getLogger("idempotence.stores")
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "Progress",
+    "StoreStats",
+    "Sweeper",
+    "created_at",
+    "is_purgeable",
+    "matches",
+    "namespace_of",
+    "stats_of",
+]
+
+#: Records deleted per round trip by ``purge`` (DynamoDB: 25 per ``BatchWriteItem``).
+DEFAULT_BATCH = 1000
+
+#: Called after each batch of a purge with the number of records the batch deleted.
+Progress = Callable[[int], None]
+
+#: Fences at or above this are creation times in milliseconds (2001-09-09 onwards).
+_MS_FENCE = 10**12
+
+
+def namespace_of(key: str) -> str:
+    """The namespace of a stored key: the text before its last ``#`` (keys are
+    ``namespace#digest``); the whole key if it has no ``#``."""
+    head, sep, _ = key.rpartition("#")
+    return head if sep else key
+
+
+def created_at(record: Record) -> float | None:
+    """When the record was first created (epoch seconds), read from its fence: a record
+    created from nothing takes the store clock in milliseconds, and each take-over adds 1.
+    ``None`` for a fence that is not a time (written before fences were clock-based)."""
+    return record.fence / 1000 if record.fence >= _MS_FENCE else None
+
+
+def is_purgeable(record: Record, now: float) -> bool:
+    """Retention has ended and the lease is over too: deleting the record cannot hand a
+    live owner's fence to someone else."""
+    return now >= record.expires_at and now >= record.lease_expires_at
+
+
+def matches(
+    record: Record,
+    now: float,
+    *,
+    namespace: str | None = None,
+    status: Status | None = None,
+    older_than: float | None = None,
+    expired: bool = False,
+) -> bool:
+    """The filter of ``scan``/``purge``: in ``namespace``, with ``status``, first created
+    more than ``older_than`` seconds before ``now`` (a record whose fence is not a time
+    counts as old), and purgeable at ``now`` if ``expired``."""
+    if namespace is not None and namespace_of(record.key) != namespace:
+        return False
+    if status is not None and record.status is not status:
+        return False
+    if older_than is not None and record.fence > (now - older_than) * 1000:
+        return False
+    return not expired or is_purgeable(record, now)
+
+
+@dataclass
+class StoreStats:
+    """Counts of a store's records. ``expired`` counts records past retention that are
+    still stored (stores without native expiry keep them until purged)."""
+
+    total: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    by_namespace: dict[str, int] = field(default_factory=dict)
+    expired: int = 0
+    #: First-creation time (epoch seconds) of the oldest live in-progress record.
+    oldest_in_progress: float | None = None
+    oldest_in_progress_key: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the statistics."""
+        return {
+            "total": self.total,
+            "by_status": dict(sorted(self.by_status.items())),
+            "by_namespace": dict(sorted(self.by_namespace.items())),
+            "expired": self.expired,
+            "oldest_in_progress": self.oldest_in_progress,
+            "oldest_in_progress_key": self.oldest_in_progress_key,
+        }
+
+
+def stats_of(records: Iterable[Record], now: float) -> StoreStats:
+    """The statistics of ``records`` at ``now`` (one pass)."""
+    stats = StoreStats()
+    for record in records:
+        stats.total += 1
+        status = record.status.value
+        stats.by_status[status] = stats.by_status.get(status, 0) + 1
+        ns = namespace_of(record.key)
+        stats.by_namespace[ns] = stats.by_namespace.get(ns, 0) + 1
+        if record.is_expired(now):
+            stats.expired += 1
+        elif record.status is Status.IN_PROGRESS:
+            born = created_at(record)
+            if born is not None and (
+                stats.oldest_in_progress is None or born < stats.oldest_in_progress
+            ):
+                stats.oldest_in_progress, stats.oldest_in_progress_key = born, record.key
+    return stats
+
+
+def batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` in lists of at most ``size``."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class Sweeper:
+    """The opt-in in-process sweep of stores without native expiry: every ``every``
+    seconds, :meth:`maybe` (called by the store on each claim) runs ``purge`` (the store's
+    batched purge of expired records) in a daemon thread, one at a time. A failed sweep is
+    retried at the next interval; the claim that triggered it is never delayed or failed."""
+
+    def __init__(self, every: float, purge: Callable[[], int], clock: Callable[[], float]) -> None:
+        if not every > 0:
+            raise ValueError("sweep_every must be a positive number of seconds")
+        self.every = every
+        self._purge = purge
+        self._clock = clock
+        self._next = clock() + every
+        self._lock = threading.Lock()
+        self._running = False
+        #: Sweeps run and records they deleted (for tests and metrics).
+        self.runs = 0
+        self.deleted = 0
+
+    def maybe(self) -> threading.Thread | None:
+        """Start a sweep if one is due and none is running; the thread started, or None."""
+        if self._clock() < self._next:
+            return None
+        with self._lock:
+            if self._running or self._clock() < self._next:
+                return None
+            self._running = True
+            self._next = self._clock() + self.every
+        thread = threading.Thread(target=self._sweep, name="idempotence-sweep", daemon=True)
+        thread.start()
+        return thread
+
+    def _sweep(self) -> None:
+        try:
+            self.deleted += self._purge()
+            self.runs += 1
+        except Exception as exc:  # retried at the next interval
+            _log.warning(
+                "idempotence: expired-record sweep failed (%s); retrying later", type(exc).__name__
+            )
+        finally:
+            self._running = False
