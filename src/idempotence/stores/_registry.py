@@ -21,6 +21,8 @@ _SCHEMES: dict[str, StoreFactory | str] = {
     "dynamodb": "idempotence.stores._dynamodb:DynamoDBStore",
     "redis": "idempotence.stores._redis:RedisStore",
     "rediss": "idempotence.stores._redis:RedisStore",
+    "redis+cluster": "idempotence.stores._redis:RedisStore",
+    "rediss+cluster": "idempotence.stores._redis:RedisStore",
     "postgres": "idempotence.stores._postgres:PostgresStore",
     "postgresql": "idempotence.stores._postgres:PostgresStore",
     "mysql": "idempotence.stores._mysql:MySQLStore",
