@@ -15,7 +15,7 @@ import functools
 import hashlib
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Callable, Generator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -24,6 +24,7 @@ from .._errors import StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
 from ._base import Clock, Store, forget_closed_loops
+from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, batches, matches, stats_of
 from ._registry import merge_option, option_number, url_query
 
 if TYPE_CHECKING:
@@ -313,6 +314,21 @@ def _acquired(claim: Claim) -> bool:
 
 def _truth(flag: bool) -> bool:
     return flag
+
+
+# Delete a record if it still matches what the purge selected it for: ARGV[1] = now,
+# ARGV[2] = "1" to delete only if retention and lease have ended. Non-record keys are kept.
+_PURGE = _Script("""
+local f = redis.call('HMGET', KEYS[1], 'status', 'fence', 'expires_at', 'lease_expires_at')
+if not f[1] or not f[2] then return 0 end
+if ARGV[2] == '1' then
+  local now = tonumber(ARGV[1])
+  if tonumber(f[3]) > now or tonumber(f[4]) > now then return 0 end
+end
+return redis.call('UNLINK', KEYS[1])
+""")
+
+_GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\^"})
 
 
 @functools.lru_cache(maxsize=64)
@@ -823,6 +839,123 @@ class RedisStore(Store):
     async def arun_script(self, script: str, key: str, args: Sequence[str | bytes]) -> Any:
         """Async :meth:`run_script` (the loop's client, or the sync one in a thread)."""
         return await self._arun(_Call(_script(script), key, tuple(args), _raw, _always))
+
+    # -- capability: Maintainable (idempotence.stores.capabilities) ----------------------
+    def _maintenance_now(self) -> float:
+        if self.clock is not None:
+            return float(self.clock())
+        seconds, micros = self._sync_client().time()
+        return int(seconds) + int(micros) / 1e6
+
+    def _scan_batches(self, namespace: str | None, batch_size: int) -> Iterator[list[Any]]:
+        """The store's hash keys (under the prefix, and ``namespace#`` if given), in lists
+        of at most ``batch_size`` (``SCAN ... MATCH ... COUNT ... TYPE hash``)."""
+        head = self.prefix + ("" if namespace is None else namespace + "#")
+        pattern = head.translate(_GLOB_SPECIAL) + "*"
+        keys = self._sync_client().scan_iter(match=pattern, count=batch_size, _type="hash")
+        return batches(keys, batch_size)
+
+    def _fetch(self, keys: list[Any]) -> list[Record]:
+        """The records of ``keys`` (full Redis keys), one pipelined round trip; keys that
+        vanished or hold no record are left out."""
+        pipe = self._sync_client().pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        records = []
+        for key, fields in zip(keys, pipe.execute(), strict=True):
+            flat = [x for pair in fields.items() for x in pair] if fields else []
+            try:
+                record = _record(_text(key)[len(self.prefix) :], flat)
+            except (KeyError, ValueError):
+                record = None  # not a record (another user of the prefix)
+            if record is not None:
+                records.append(record)
+        return records
+
+    def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+        limit: int | None = None,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> Iterator[Record]:
+        """The matching records: ``SCAN`` over the prefix (and namespace), each batch of
+        keys read with one pipelined round trip of ``HGETALL``. Records Redis already
+        expired are gone. See :class:`~idempotence.stores.capabilities.Maintainable`."""
+        now = self._maintenance_now()
+        found = 0
+        for keys in self._scan_batches(namespace, batch_size):
+            for record in self._fetch(keys):
+                if limit is not None and found >= limit:
+                    return
+                if matches(
+                    record,
+                    now,
+                    namespace=namespace,
+                    status=status,
+                    older_than=older_than,
+                    expired=expired,
+                ):
+                    found += 1
+                    yield record
+
+    def count(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+    ) -> int:
+        """How many records match (a scan)."""
+        return sum(
+            1
+            for _ in self.scan(
+                namespace=namespace, status=status, older_than=older_than, expired=expired
+            )
+        )
+
+    def purge(
+        self,
+        *,
+        namespace: str | None = None,
+        expired: bool = True,
+        batch_size: int = DEFAULT_BATCH,
+        progress: Progress | None = None,
+    ) -> int:
+        """Delete the matching records: ``SCAN`` in batches of ``batch_size`` keys, each
+        batch deleted by one pipelined round trip of a per-key script that re-checks the
+        key atomically (``UNLINK`` only if it still holds a record and, with ``expired``,
+        its retention and lease have ended). Redis itself deletes records once their
+        retention and lease end, so ``purge()`` rarely finds any. Returns how many were
+        deleted."""
+        client = self._sync_client()
+        now = self._maintenance_now()
+        client.script_load(_PURGE.source)
+        flag = "1" if expired else "0"
+        total = 0
+        for keys in self._scan_batches(namespace, batch_size):
+            if namespace is not None:  # exact namespace: no further '#' after it
+                head = len(self.prefix) + len(namespace) + 1
+                keys = [k for k in keys if "#" not in _text(k)[head:]]
+            if not keys:
+                continue
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.evalsha(_PURGE.sha, 1, key, repr(now), flag)
+            deleted = sum(int(n) for n in pipe.execute())
+            total += deleted
+            if deleted and progress is not None:
+                progress(deleted)
+        return total
+
+    def stats(self) -> StoreStats:
+        """Counts by status and namespace (one scan)."""
+        now = self._maintenance_now()
+        return stats_of(self.scan(), now)
 
     # -- calls (shared by the sync and async methods) ------------------------------------
     def _now(self) -> str:
