@@ -106,7 +106,7 @@ def test_every_public_module_has_a_reference_page() -> None:
         "idempotence.http",
         "idempotence.http.fastapi",
         "idempotence.http.django",
-        "idempotence.sources",
+        "idempotence.aws_lambda",
         "idempotence.effects",
         "idempotence.testing",
     }

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import functools
-import os
 import typing
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
-from . import _log
 from ._config import IdempotencyConfig
 from ._errors import MissingKeyError
 from ._record import Record
-from .engine import (
-    Operation,
-    arun,
-    default_namespace,
-    is_disabled,
-    name_of,
-    run,
-)
-from .stores import Store, store_from_url, validate_store_url
+from .engine import IdempotencyBase, Operation, arun, default_store_url, is_disabled, name_of, run
 
 __all__ = [
     "Idempotency",
@@ -40,34 +30,6 @@ H = TypeVar("H", bound=Callable[..., Any])
 #: the context (request id, remaining time) differs on every delivery, so it never enters
 #: the payload (the event does).
 _LAMBDA_PARAMETERS = ["event", "context"]
-
-
-_lambda_default_warned = False
-
-
-def default_store_url() -> str:
-    """``IDEMPOTENCE_STORE`` if set; else a SQLite file (``/tmp`` on AWS Lambda, where the
-    code directory is read-only; ``.idempotence.db`` in the working directory elsewhere).
-
-    On AWS Lambda the ``/tmp`` file is private to one execution environment, so it does not
-    protect against duplicates handled by another instance: the first time this fallback is
-    chosen in a process (once per cold start), a warning naming ``IDEMPOTENCE_STORE`` is
-    logged on the ``idempotence`` logger."""
-    global _lambda_default_warned
-    url = os.environ.get("IDEMPOTENCE_STORE")
-    if url:
-        return url
-    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
-        if not _lambda_default_warned:
-            _lambda_default_warned = True
-            _log.warning(
-                "IDEMPOTENCE_STORE is not set: on AWS Lambda idempotence falls back to a "
-                "SQLite file in /tmp, private to this execution environment, so duplicates "
-                "delivered to another instance run again. Set IDEMPOTENCE_STORE to a shared "
-                "store, e.g. dynamodb://my-table (or redis://..., postgresql://...)."
-            )
-        return "sqlite:////tmp/idempotence.db"
-    return "sqlite:///.idempotence.db"
 
 
 class IdempotentFunction(Protocol[P, R_co]):
@@ -102,7 +64,7 @@ class IdempotentFunction(Protocol[P, R_co]):
         ...
 
 
-class Idempotency:
+class Idempotency(IdempotencyBase):
     """Makes functions idempotent over one store.
 
     ``store`` is a :class:`~idempotence.stores.Store`, a store URL (see
@@ -123,22 +85,6 @@ class Idempotency:
         @idem
         async def send_email(msg: dict) -> None: ...
     """
-
-    def __init__(self, store: Store | str | None = None, /, **options: Any) -> None:
-        self.config = IdempotencyConfig(**options)
-        self._store: Store | None = store if isinstance(store, Store) else None
-        self._store_url = store if isinstance(store, str) else None
-        if store is not None and not isinstance(store, (Store, str)):
-            raise TypeError(f"store must be a Store or a URL string, got {type(store).__name__}")
-        if self._store_url is not None:
-            validate_store_url(self._store_url)  # scheme, table, options; no I/O
-
-    @property
-    def store(self) -> Store:
-        """The store (built from the URL on first access)."""
-        if self._store is None:
-            self._store = store_from_url(self._store_url or default_store_url())
-        return self._store
 
     @overload
     def __call__(self, fn: Callable[P, R], /) -> IdempotentFunction[P, R]: ...
@@ -179,7 +125,7 @@ class Idempotency:
         ``replay_headers``, ``replay_set_cookie``, ``max_body_bytes`` (see
         :class:`~idempotence.http.HTTPIdempotency`). See ``docs/lambda.md``.
         """
-        from .sources._handler import decorate_handler
+        from .aws_lambda._handler import decorate_handler
 
         if fn is None:
             return lambda f: decorate_handler(self, f, options)
@@ -208,7 +154,7 @@ class Idempotency:
         are replayed, not run. The lease is ``context``'s remaining time plus
         ``lease_margin`` unless ``lease=`` is given. Other ``options`` as for decorators.
         """
-        from .sources._batch import process_batch
+        from .aws_lambda._batch import process_batch
 
         return process_batch(self, event, record_handler, context=context, **options)
 
@@ -222,24 +168,9 @@ class Idempotency:
     ) -> dict[str, list[dict[str, str]]]:
         """The ``async`` twin of :meth:`process_batch`: ``await record_handler(record)``,
         records one after the other (in order, so FIFO semantics hold)."""
-        from .sources._batch import aprocess_batch
+        from .aws_lambda._batch import aprocess_batch
 
         return await aprocess_batch(self, event, record_handler, context=context, **options)
-
-    def namespace_for(self, fn: Callable[..., Any], override: str | None) -> str:
-        """The key namespace of ``fn``: ``override`` (a decorator's ``namespace=``) as
-        given; otherwise ``module.qualname``, behind ``{AWS_LAMBDA_FUNCTION_NAME}:`` when
-        that variable is set (read now: at decoration, or at each ``process_batch`` call),
-        behind this instance's ``namespace`` and a dot if it has one.
-
-        Functions with no name of their own raise ``TypeError`` asking for ``namespace=``:
-        lambdas (every one is ``<lambda>``), ``functools.partial`` objects (their bound
-        arguments are not part of any name) and callable instances (every instance of a
-        class would share one name).
-        """
-        if override is not None:
-            return override
-        return default_namespace(fn, self.config.namespace)
 
     def _decorate(self, fn: Callable[P, R], options: dict[str, Any]) -> IdempotentFunction[P, R]:
         import inspect

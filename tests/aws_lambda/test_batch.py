@@ -13,7 +13,7 @@ import pytest
 from idempotence import Idempotency
 from idempotence.stores import MemoryStore
 from idempotence.testing import ManualClock
-from tests.sources.events import FakeContext, load, redeliver, sqs_message
+from tests.aws_lambda.events import FakeContext, load, redeliver, sqs_message
 
 
 @pytest.fixture
@@ -182,5 +182,5 @@ def test_lease_from_context(store: MemoryStore, idem: Idempotency) -> None:
 
 def test_empty_batch_and_unsupported_sources(idem: Idempotency) -> None:
     assert idem.process_batch({"Records": []}, print) == {"batchItemFailures": []}
-    with pytest.raises(ValueError, match="SQS, Kinesis and DynamoDB Streams"):
+    with pytest.raises(ValueError, match="SQS, Kinesis, DynamoDB Streams and Kafka"):
         idem.process_batch(load("sns"), print)

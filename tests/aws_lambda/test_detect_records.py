@@ -8,9 +8,9 @@ import pytest
 
 from idempotence import MissingKeyError
 from idempotence._keys import digest
-from idempotence.sources import Source, detect, item_identifier, record_content, record_id
-from idempotence.sources._records import event_content, event_key_material
-from tests.sources.events import load, redeliver
+from idempotence.aws_lambda import Source, detect, item_identifier, record_content, record_id
+from idempotence.aws_lambda._sources import event_content, event_key_material
+from tests.aws_lambda.events import load, redeliver
 
 SAMPLES = {
     "apigw_rest": Source.API_GATEWAY_REST,

@@ -14,7 +14,7 @@ import pytest
 
 from idempotence import Idempotency
 from idempotence.stores import MemoryStore, SQLiteStore, Store
-from tests.sources.events import FakeContext, load
+from tests.aws_lambda.events import FakeContext, load
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -106,7 +106,7 @@ def test_plain_function_of_two_functions_each_run(
     assert runs == {"notify-email": 1, "notify-sms": 1}
     assert email.key_for(sns_fanout) == email_again.key_for(sns_fanout)
     assert email.key_for(sns_fanout) != sms.key_for(sns_fanout)
-    assert email.key_for(sns_fanout).startswith("notify-email:tests.sources.")
+    assert email.key_for(sns_fanout).startswith("notify-email:tests.aws_lambda.")
 
 
 def test_outside_lambda_the_namespace_is_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,7 +117,7 @@ def test_outside_lambda_the_namespace_is_unchanged(monkeypatch: pytest.MonkeyPat
         return x
 
     assert f.key_for(1).startswith(
-        "svc.tests.sources.test_function_namespace."
+        "svc.tests.aws_lambda.test_function_namespace."
         "test_outside_lambda_the_namespace_is_unchanged.<locals>.f#"
     )
 

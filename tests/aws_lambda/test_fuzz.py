@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from idempotence import Idempotency, IdempotencyError
-from idempotence.sources import HTTP_SOURCES, detect
+from idempotence.aws_lambda import HTTP_SOURCES, detect
 from idempotence.stores import MemoryStore
-from tests.sources.events import FakeContext, load
+from tests.aws_lambda.events import FakeContext, load
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -13,7 +13,7 @@ import pytest
 from idempotence import AlreadyInProgressError, Idempotency, KeyReuseError, MissingKeyError
 from idempotence.stores import MemoryStore
 from idempotence.testing import ManualClock
-from tests.sources.events import FakeContext, load, redeliver
+from tests.aws_lambda.events import FakeContext, load, redeliver
 
 HTTP_SAMPLES = ["apigw_rest", "apigw_http", "alb", "function_url"]
 
@@ -415,8 +415,8 @@ def test_principals_scope_keys(idem: Idempotency, name: str) -> None:
 
 
 def test_rest_cognito_claims_scope_keys(idem: Idempotency) -> None:
-    from idempotence.sources._detect import Source
-    from idempotence.sources._http import principal
+    from idempotence.aws_lambda._sources import Source
+    from idempotence.aws_lambda._http import principal
 
     event = load("apigw_rest")
     event["requestContext"]["authorizer"] = {"claims": {"sub": "cognito-sub-1"}}

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from idempotence import Idempotency
-from idempotence.sources import Source
-from idempotence.sources._http import principal
+from idempotence.aws_lambda import Source
+from idempotence.aws_lambda._http import principal
 from idempotence.stores import MemoryStore
 from idempotence.testing import ManualClock
-from tests.sources.events import FakeContext, load
+from tests.aws_lambda.events import FakeContext, load
 
 HTTP_SAMPLES = ["apigw_rest", "apigw_http", "alb", "function_url"]
 PROBLEM = "application/problem+json"

@@ -15,8 +15,8 @@ from idempotence import Idempotency
 from idempotence.stores import Store
 from tests import moto_server
 from tests.http.conftest import make_store, postgres_admin, redis_ok
-from tests.sources.events import FakeContext, load
-from tests.sources.test_lambda_http import anonymous, headers_of, is_problem, set_header
+from tests.aws_lambda.events import FakeContext, load
+from tests.aws_lambda.test_lambda_http import anonymous, headers_of, is_problem, set_header
 
 dynamodb_endpoint = moto_server.dynamodb_endpoint  # the session fixture
 __all__ = ["dynamodb_endpoint", "postgres_admin", "redis_ok"]  # fixtures used by name

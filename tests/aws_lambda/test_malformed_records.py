@@ -13,7 +13,7 @@ import pytest
 from idempotence import Idempotency, IdempotencyError, InvalidKeyError, MissingKeyError
 from idempotence.stores import MemoryStore
 from idempotence.testing import ManualClock
-from tests.sources.events import FakeContext, load
+from tests.aws_lambda.events import FakeContext, load
 
 SECRET = "card-4111-1111-1111-1111"
 

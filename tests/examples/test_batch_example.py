@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-EVENT = json.loads((ROOT / "tests" / "sources" / "events" / "sqs.json").read_text())
+EVENT = json.loads((ROOT / "tests" / "aws_lambda" / "events" / "sqs.json").read_text())
 
 
 @pytest.fixture

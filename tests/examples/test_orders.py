@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests import moto_server
-from tests.sources.events import FakeContext, load
+from tests.aws_lambda.events import FakeContext, load
 
 pytest.importorskip("boto3")
 import boto3

@@ -17,6 +17,7 @@ def test_exported_members() -> None:
         "PROBLEM_TYPES",
         "REPLAYED_HEADER",
         "WSGIIdempotencyMiddleware",
+        "event_principal",
         "parse_idempotency_key",
         "problem",
         "request_scope",

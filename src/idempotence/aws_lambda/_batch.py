@@ -1,10 +1,11 @@
-"""Batch processing: each record of an SQS, Kinesis or DynamoDB Streams batch idempotent on
-its own id, with a partial batch response.
+"""Batch processing: each record of an SQS, Kinesis, DynamoDB Streams or Kafka (Amazon MSK,
+self-managed) batch idempotent on its own id, with a partial batch response.
 
 The decisions (which records failed, where a FIFO batch stops, what is reported) live in
 one generator, :func:`_steps`, which yields the records to run and receives each outcome;
-:func:`process_batch` and :func:`aprocess_batch` only drive it, running each record through
-the core protocol with :func:`~idempotence._shells.run_sync` or ``run_async``.
+:func:`process_batch` and :func:`aprocess_batch` only drive it (with
+:func:`~idempotence.engine.drive` / :func:`~idempotence.engine.adrive`), running each
+record through the engine with :func:`~idempotence.engine.run` or ``arun``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,7 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._idempotency import Idempotency
-from ..engine import Operation, Plan, is_disabled
-from ..engine import arun as run_async
-from ..engine import run as run_sync
+from ..engine import IdempotencyBase, Operation, Plan, adrive, arun, drive, is_disabled, run
 from ..stores import Store
 from ._common import (
     DEFAULT_LEASE_MARGIN,
@@ -29,15 +27,24 @@ from ._common import (
     plan_of,
     sync_result,
 )
-from ._detect import Source, detect
-from ._records import BATCH_SOURCES, is_fifo, item_identifier, record_content, record_id
+from ._sources import (
+    BATCH_SOURCES,
+    Source,
+    detect,
+    is_fifo,
+    item_identifier,
+    record_content,
+    record_id,
+    records_of,
+)
 
 __all__ = ["BatchResponse", "aprocess_batch", "process_batch"]
 
 log = logging.getLogger("idempotence")
 
-#: ``{"batchItemFailures": [{"itemIdentifier": "..."}]}``, Lambda's partial batch response.
-BatchResponse = dict[str, list[dict[str, str]]]
+#: ``{"batchItemFailures": [{"itemIdentifier": ...}]}``, Lambda's partial batch response
+#: (the identifier is a string, or for Kafka ``{"partition": ..., "offset": ...}``).
+BatchResponse = dict[str, list[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +52,7 @@ class _Item:
     """One record to process: its failure identifier, and either its plan (``None``: run
     without idempotency) or the error that kept it from being planned."""
 
-    identifier: str
+    identifier: Any
     record: Any
     plan: Plan | None
     error: Exception | None = None
@@ -61,7 +68,7 @@ class _Batch:
 
 
 def _prepare(
-    idem: Idempotency,
+    idem: IdempotencyBase,
     event: Any,
     record_handler: Callable[..., Any],
     context: Any,
@@ -74,12 +81,12 @@ def _prepare(
         source = Source.SQS  # an empty batch: nothing to run, nothing to report
     if source not in BATCH_SOURCES:
         raise ValueError(
-            f"process_batch handles SQS, Kinesis and DynamoDB Streams events, not "
+            f"process_batch handles SQS, Kinesis, DynamoDB Streams and Kafka events, not "
             f"{source.value}; decorate the handler with @idem.handler instead"
         )
-    records: list[Any] = event["Records"]
+    records = records_of(source, event)
     if stop_on_failure is None:
-        stop_on_failure = source is Source.SQS and bool(records) and is_fifo(records[0])
+        stop_on_failure = is_fifo(source, records)
     options = dict(options)
     options.setdefault("heartbeat", False)
     config = idem.config.replace(**options)
@@ -130,7 +137,7 @@ def _steps(batch: _Batch) -> Generator[_Item, Exception | None, BatchResponse]:
     """Yield each record to run and receive its outcome (``None`` or the exception);
     return the partial batch response. A failed record is reported; with
     ``stop_on_failure`` (SQS FIFO) so is every later record, which is not run."""
-    failed: list[str] = []
+    failed: list[Any] = []
     items = batch.items
     for index, item in enumerate(items):
         error = item.error
@@ -152,7 +159,7 @@ def _steps(batch: _Batch) -> Generator[_Item, Exception | None, BatchResponse]:
 
 
 def process_batch(
-    idem: Idempotency,
+    idem: IdempotencyBase,
     event: Any,
     record_handler: Callable[[Any], Any],
     *,
@@ -168,32 +175,33 @@ def process_batch(
             "idem.aprocess_batch(event, handler, context=context)) so each record runs"
         )
     batch = _prepare(idem, event, record_handler, context, lease_margin, stop_on_failure, options)
-    steps = _steps(batch)
-    outcome: Exception | None = None
 
     def body(record: Any) -> Any:
         return sync_result(record_handler(record), "the record handler given to process_batch")
 
-    while True:
-        try:
-            item = steps.send(outcome)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        outcome = None
+    def step(item: _Item) -> Exception | None:
+        """Run one record; its failure is the outcome ``_steps`` receives."""
         try:
             if item.plan is None or batch.store is None:
                 body(item.record)
             else:
-                call = functools.partial(body, item.record)
-                run_sync(item.plan, batch.store, call, heartbeat=batch.heartbeat)
+                run(
+                    item.plan,
+                    batch.store,
+                    functools.partial(body, item.record),
+                    heartbeat=batch.heartbeat,
+                )
         except AwaitableResultError:
             raise  # a programming error, not a record failure; the claim was released
         except Exception as exc:
-            outcome = exc
+            return exc
+        return None
+
+    return drive(_steps(batch), step)
 
 
 async def aprocess_batch(
-    idem: Idempotency,
+    idem: IdempotencyBase,
     event: Any,
     record_handler: Callable[[Any], Awaitable[Any]],
     *,
@@ -204,19 +212,16 @@ async def aprocess_batch(
 ) -> BatchResponse:
     """See :meth:`idempotence.Idempotency.aprocess_batch`."""
     batch = _prepare(idem, event, record_handler, context, lease_margin, stop_on_failure, options)
-    steps = _steps(batch)
-    outcome: Exception | None = None
-    while True:
-        try:
-            item = steps.send(outcome)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        outcome = None
+
+    async def step(item: _Item) -> Exception | None:
         try:
             if item.plan is None or batch.store is None:
                 await record_handler(item.record)
             else:
-                abody = functools.partial(record_handler, item.record)
-                await run_async(item.plan, batch.store, abody, heartbeat=batch.heartbeat)
+                body = functools.partial(record_handler, item.record)
+                await arun(item.plan, batch.store, body, heartbeat=batch.heartbeat)
         except Exception as exc:
-            outcome = exc
+            return exc
+        return None
+
+    return await adrive(_steps(batch), step)

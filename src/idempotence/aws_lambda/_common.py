@@ -11,7 +11,7 @@ from .._errors import MissingKeyError
 from .._keys import digest, is_missing
 from ..engine import Operation, Plan
 from ..stores import Store
-from ._detect import Source
+from ._sources import Source
 
 __all__ = [
     "DEFAULT_LEASE_MARGIN",

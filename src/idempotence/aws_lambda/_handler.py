@@ -1,7 +1,7 @@
 """``@idem.handler``: idempotent AWS Lambda handlers, with keys chosen by the event source.
 
 One decorated ``handler(event, context)`` (sync or ``async def``) per function. Each
-invocation detects its event's source (:func:`~idempotence.sources.detect`) and:
+invocation detects its event's source (:func:`~idempotence.aws_lambda.detect`) and:
 
 - **HTTP** (API Gateway REST/HTTP APIs, ALB, function URLs): converts the event to an
   :class:`~idempotence.http.HTTPRequest` and delegates to
@@ -11,7 +11,7 @@ invocation detects its event's source (:func:`~idempotence.sources.detect`) and:
   adapters'. Refusals come back as proxy results, never as exceptions; so does an event
   that cannot be read (malformed, a bad base64 body, a ``key=`` that fails on it: 400).
   Keys are scoped to the caller by default: the authorizer's verified principal
-  (:func:`~idempotence.sources._http.principal`), else the engine's keyed hash of the
+  (:func:`~idempotence.aws_lambda._http.principal`), else the engine's keyed hash of the
   credentials the request carries (``credential_headers``, ``credential_cookies``,
   ``scope_secret``; see :func:`idempotence.http.request_scope`). A result that is not a
   proxy response is returned as it is but completes its key as "not stored": a retry gets
@@ -40,16 +40,11 @@ from typing import Any
 
 from .._codec import UnencodableError
 from .._config import IdempotencyConfig
-from .._idempotency import Idempotency
 from .._keys import digest, is_missing
-from ..engine import Operation, Plan, is_disabled
-from ..engine import arun as run_async
-from ..engine import run as run_sync
-from ..http import HTTPIdempotency, HTTPRequest, HTTPResponse
-from ..http._core import problem
-from ..stores._base import Store
+from ..engine import IdempotencyBase, Operation, Plan, arun, is_disabled, run
+from ..http import HTTPIdempotency, HTTPRequest, HTTPResponse, problem
+from ..stores import Store
 from ._common import DEFAULT_LEASE_MARGIN, lease_for, plan_of, sync_result
-from ._detect import HTTP_SOURCES, Source, detect
 from ._http import (
     SHAPE_HEADER,
     MalformedEventError,
@@ -59,7 +54,7 @@ from ._http import (
     to_request,
     to_response,
 )
-from ._records import event_content, event_key_material
+from ._sources import HTTP_SOURCES, Source, detect, event_content, event_key_material
 
 __all__ = ["Handler", "decorate_handler"]
 
@@ -87,10 +82,10 @@ _HTTP_OPTIONS = frozenset(
 _CONVERSION_ERRORS = (TypeError, ValueError, RecursionError, OverflowError)
 
 
-class _Configured(Idempotency):
+class _Configured(IdempotencyBase):
     """``parent``'s store with the handler's own options."""
 
-    def __init__(self, parent: Idempotency, config: IdempotencyConfig) -> None:
+    def __init__(self, parent: IdempotencyBase, config: IdempotencyConfig) -> None:
         self._parent = parent
         self.config = config
 
@@ -136,7 +131,7 @@ class _Handler:
     """Per decorated handler: options, selectors and the HTTP engine. Decides, runs no I/O
     except through the shells."""
 
-    def __init__(self, idem: Idempotency, fn: Callable[..., Any], options: dict[str, Any]):
+    def __init__(self, idem: IdempotencyBase, fn: Callable[..., Any], options: dict[str, Any]):
         options = dict(options)
         self.lease_margin = float(options.pop("lease_margin", DEFAULT_LEASE_MARGIN))
         required: bool | None = options.pop("required", None)
@@ -288,7 +283,7 @@ def _result(
     return to_proxy_result(source, response, event)
 
 
-def decorate_handler(idem: Idempotency, fn: Handler, options: dict[str, Any]) -> Handler:
+def decorate_handler(idem: IdempotencyBase, fn: Handler, options: dict[str, Any]) -> Handler:
     """Make ``fn(event, context)`` idempotent (see the module docstring). Raises
     ``TypeError`` for a function that cannot be called as ``fn(event, context)``."""
     _check_signature(fn)
@@ -321,13 +316,13 @@ def decorate_handler(idem: Idempotency, fn: Handler, options: dict[str, Any]) ->
             plan = h.plan(source, event, context)
             if plan is None:
                 return await afn(event, context)
-            return await run_async(
+            return await arun(
                 plan, idem.store, lambda: afn(event, context), heartbeat=h.config.heartbeat
             )
 
     else:
 
-        def run(event: Any, context: Any) -> Any:
+        def invoke(event: Any, context: Any) -> Any:
             return sync_result(fn(event, context), f"the handler {h.name}")
 
         @functools.wraps(fn)
@@ -344,7 +339,7 @@ def decorate_handler(idem: Idempotency, fn: Handler, options: dict[str, Any]) ->
                 first: list[tuple[HTTPResponse, Any]] = []
 
                 def call() -> HTTPResponse:
-                    result = run(event, context)
+                    result = invoke(event, context)
                     response = h.response(source, result)
                     first.append((response, result))
                     return response
@@ -354,8 +349,8 @@ def decorate_handler(idem: Idempotency, fn: Handler, options: dict[str, Any]) ->
             plan = h.plan(source, event, context)
             if plan is None:
                 return fn(event, context)
-            return run_sync(
-                plan, idem.store, lambda: run(event, context), heartbeat=h.config.heartbeat
+            return run(
+                plan, idem.store, lambda: invoke(event, context), heartbeat=h.config.heartbeat
             )
 
     wrapper.idempotency_config = h.config

@@ -18,15 +18,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from .._keys import digest
-from ..http import HTTPRequest, HTTPResponse
-from ._detect import Source
-from ._records import _get
+from ..http import HTTPRequest, HTTPResponse, event_principal
+from ._sources import Source, _get
 
 __all__ = [
     "SHAPE_HEADER",
@@ -48,71 +46,12 @@ class MalformedEventError(ValueError):
     field, never its value."""
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _authorizer_context(context: Any, drop: Iterable[str] = ()) -> str | None:
-    """``"authorizer-context:<digest>"`` of a verified authorizer context without a
-    principal, or ``None`` when it is empty (or cannot be canonicalised)."""
-    if not isinstance(context, Mapping):
-        return None
-    dropped = set(drop)
-    kept = {k: v for k, v in context.items() if k not in dropped}
-    if not kept:
-        return None
-    try:
-        return f"authorizer-context:{digest(kept)}"
-    except ValueError:  # InvalidKeyError: not JSON-representable; no scope from it
-        return None
-
-
 def principal(source: Source, event: Any) -> str | None:
-    """The authenticated caller, from what API Gateway or the function URL verified and put
-    in ``requestContext`` (never from client-sent headers, never by decoding a token).
-    First match wins:
-
-    1. Cognito / JWT ``sub``: REST ``authorizer.claims.sub``; HTTP API and function URLs
-       ``authorizer.jwt.claims.sub``;
-    2. Lambda authorizer principal: REST ``authorizer.principalId``; HTTP API
-       ``authorizer.lambda.principalId`` (or ``.sub``);
-    3. IAM: REST ``identity.userArn`` / ``identity.caller`` / ``identity.cognitoIdentityId``;
-       HTTP API and function URLs ``authorizer.iam.userArn`` / ``.callerId`` / ``.userId``
-       / ``.cognitoIdentity.identityId``;
-    4. an authorizer context without any of these (a Lambda authorizer returning only a
-       context, JWT claims without ``sub``): ``"authorizer-context:<digest>"``, the
-       canonical hash of the whole context (REST: without ``integrationLatency``, which
-       changes per request);
-    5. ``None`` (ALB never has an authorizer).
-    """
+    """The authenticated caller of an HTTP ``event`` of ``source`` (see
+    :func:`idempotence.http.event_principal`); ``None`` for ALB."""
     if source is Source.ALB:
         return None
-    auth = _get(event, "requestContext", "authorizer")
-    if source is Source.API_GATEWAY_REST:
-        candidates: tuple[tuple[Any, ...], ...] = (
-            (auth, "claims", "sub"),
-            (auth, "principalId"),
-            (event, "requestContext", "identity", "userArn"),
-            (event, "requestContext", "identity", "caller"),
-            (event, "requestContext", "identity", "cognitoIdentityId"),
-        )
-    else:
-        candidates = (
-            (auth, "jwt", "claims", "sub"),
-            (auth, "lambda", "principalId"),
-            (auth, "lambda", "sub"),
-            (auth, "iam", "userArn"),
-            (auth, "iam", "callerId"),
-            (auth, "iam", "userId"),
-            (auth, "iam", "cognitoIdentity", "identityId"),
-        )
-    for root, *path in candidates:
-        found = _text(_get(root, *path))
-        if found is not None:
-            return found
-    if source is Source.API_GATEWAY_REST:
-        return _authorizer_context(auth, ("integrationLatency", "principalId"))
-    return _authorizer_context(_get(auth, "lambda")) or _authorizer_context(_get(auth, "jwt"))
+    return event_principal(event, rest=source is Source.API_GATEWAY_REST)
 
 
 def _checked(value: Any, what: str) -> str:

@@ -11,6 +11,7 @@ See ``docs/http.md``.
 from __future__ import annotations
 
 from ._asgi import IdempotencyMiddleware
+from ._aws import event_principal
 from ._core import (
     DEFAULT_CREDENTIAL_HEADERS,
     HOP_BY_HOP_HEADERS,
@@ -37,6 +38,7 @@ __all__ = [
     "HTTPResponse",
     "IdempotencyMiddleware",
     "WSGIIdempotencyMiddleware",
+    "event_principal",
     "parse_idempotency_key",
     "problem",
     "request_scope",

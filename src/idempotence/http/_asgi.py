@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from ._aws import event_principal
 from ._base import MiddlewareBase
 from ._core import HTTPRequest, HTTPResponse, _Streamed
 
@@ -47,18 +48,14 @@ def _principal(scope: Scope) -> str | None:
     """The verified caller: an authenticated ``scope["user"]`` (see :func:`_user`), else
     the API Gateway authorizer identity when the app runs behind Mangum
     (``scope["aws.event"]``), as the Lambda adapter reads it
-    (:func:`idempotence.sources._http.principal`); else ``None``."""
+    (:func:`~idempotence.http.event_principal`); else ``None``."""
     user = _user(scope)
     if user is not None:
         return user
     event = scope.get("aws.event")
     if not isinstance(event, dict):
         return None
-    # Imported here: the Lambda sources import this package.
-    from ..sources._detect import detect
-    from ..sources._http import principal
-
-    return principal(detect(event), event)
+    return event_principal(event)
 
 
 class IdempotencyMiddleware(MiddlewareBase[ASGIApp]):

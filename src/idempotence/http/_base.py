@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any, Generic, Literal, TypeVar
 
-from .._idempotency import Idempotency
-from ..stores._base import Store
+from ..engine import IdempotencyBase
+from ..stores import Store
 from ._core import DEFAULT_CREDENTIAL_HEADERS, HTTPIdempotency, HTTPRequest, HTTPResponse
 
 AppT = TypeVar("AppT")
@@ -23,7 +23,7 @@ class MiddlewareBase(Generic[AppT]):
     def __init__(
         self,
         app: AppT,
-        idempotency: HTTPIdempotency | Idempotency | Store | str | None = None,
+        idempotency: HTTPIdempotency | IdempotencyBase | Store | str | None = None,
         *,
         methods: Collection[str] = ("POST", "PATCH"),
         header: str = "Idempotency-Key",

@@ -52,13 +52,12 @@ from .._errors import (
     KeyReuseError,
     StoreError,
 )
-from .._idempotency import Idempotency
 from .._keys import check_namespace, digest, loads_exact
 from .._record import Record
-from ..engine import LocalCache, Plan, is_disabled, not_stored
+from ..engine import IdempotencyBase, LocalCache, Plan, is_disabled, not_stored
 from ..engine import arun as run_async
 from ..engine import run as run_sync
-from ..stores._base import Store
+from ..stores import Store
 
 __all__ = [
     "DEFAULT_CREDENTIAL_HEADERS",
@@ -428,7 +427,7 @@ class HTTPIdempotency:
 
     def __init__(
         self,
-        idempotency: Idempotency | Store | str | None = None,
+        idempotency: IdempotencyBase | Store | str | None = None,
         *,
         methods: Collection[str] = ("POST", "PATCH"),
         header: str = "Idempotency-Key",
@@ -446,10 +445,10 @@ class HTTPIdempotency:
         retry_after: float = 1,
         max_request_bytes: int = 10 * 1024 * 1024,
     ) -> None:
-        if isinstance(idempotency, Idempotency):
-            self.idempotency = idempotency
+        if isinstance(idempotency, IdempotencyBase):
+            self.idempotency: IdempotencyBase = idempotency
         else:
-            self.idempotency = Idempotency(idempotency)
+            self.idempotency = IdempotencyBase(idempotency)
         config = self.idempotency.config
         self.methods = frozenset(m.upper() for m in methods)
         if not header or not header.isascii():
