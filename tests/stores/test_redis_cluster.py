@@ -393,3 +393,23 @@ def test_injected_cluster_clients(cluster_url: str) -> None:
     finally:
         store.close()
         client.close()
+
+
+# -- maintenance (scan / count / purge) spans every master -----------------------------------
+def test_maintenance_scans_and_purges_every_master(cluster_url: str, admin: Any) -> None:
+    prefix = f"{PREFIX}maint-{uuid.uuid4().hex[:8]}:"
+    store = RedisStore(cluster_url, prefix=prefix)
+    try:
+        keys = [f"ns#{uuid.uuid4().hex}" for _ in range(24)]
+        for i, key in enumerate(keys):
+            fence = store.claim(key, "fp", lease=LEASE, ttl=TTL).record.fence
+            if i % 2:
+                assert store.complete(key, fence, b"r", ttl=TTL)
+        assert len({admin.get_node_from_key(prefix + key).port for key in keys}) == 3
+        assert store.count() == store.count(namespace="ns") == 24
+        assert store.stats().by_status == {"IN_PROGRESS": 12, "COMPLETED": 12}
+        assert store.purge(expired=True) == 0  # nothing has ended yet
+        assert store.purge(expired=False) == 24  # before: cluster pipelines refused EVALSHA
+        assert store.count() == 0
+    finally:
+        store.close()

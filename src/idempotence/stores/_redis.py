@@ -943,10 +943,15 @@ class RedisStore(Store):
                 keys = [k for k in keys if "#" not in _text(k)[head:]]
             if not keys:
                 continue
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.evalsha(_PURGE.sha, 1, key, repr(now), flag)
-            deleted = sum(int(n) for n in pipe.execute())
+            if isinstance(client, self._redis.cluster.RedisCluster):
+                # redis-py's cluster pipelines refuse EVALSHA: one script call per key.
+                args = (repr(now), flag)
+                deleted = sum(self._run(_Call(_PURGE, _text(k), args, int)) for k in keys)
+            else:
+                pipe = client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.evalsha(_PURGE.sha, 1, key, repr(now), flag)
+                deleted = sum(int(n) for n in pipe.execute())
             total += deleted
             if deleted and progress is not None:
                 progress(deleted)
