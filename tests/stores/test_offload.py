@@ -148,9 +148,37 @@ def test_a_1mb_result_round_trips_through_s3(
     assert 700_000 < pointer["size"] < 1_000_000  # compressed before the upload
 
 
+@pytest.mark.parametrize("client", ["aiobotocore", "boto3-in-a-thread"])
 def test_a_1mb_result_round_trips_async(
-    store: LargeResultStore, s3: Any, s3_bucket: str, prefix: str
+    client: str,
+    inner: Store,
+    s3: Any,
+    s3_bucket: str,
+    prefix: str,
+    dynamodb_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if client == "aiobotocore":
+        pytest.importorskip("aiobotocore")
+        store = LargeResultStore(
+            inner, f"s3://{s3_bucket}/{prefix}", offload_over=OFFLOAD_OVER,
+            endpoint_url=dynamodb_endpoint, region="us-east-1",
+        )  # fmt: skip
+    else:
+        monkeypatch.setattr("idempotence.stores._offload._HAS_AIOBOTOCORE", False)
+        store = LargeResultStore(
+            inner, f"s3://{s3_bucket}/{prefix}", offload_over=OFFLOAD_OVER,
+            endpoint_url=dynamodb_endpoint, region="us-east-1",
+        )  # fmt: skip
+    from idempotence.stores._base import _to_thread as to_thread
+
+    threaded: list[str] = []
+
+    async def spy(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        threaded.append(fn.__name__)
+        return await to_thread(fn, *args, **kwargs)
+
+    monkeypatch.setattr("idempotence.stores._offload._to_thread", spy)
     idem = Idempotency(store)
     calls: list[str] = []
 
@@ -169,6 +197,11 @@ def test_a_1mb_result_round_trips_async(
         await store.aclose()
 
     asyncio.run(main())
+    # aiobotocore: no S3 request ran in a worker thread; otherwise all three did.
+    s3_threaded = [name for name in threaded if name in {"_put", "_fetch", "_remove"}]
+    assert s3_threaded == ([] if client == "aiobotocore" else ["_put", "_fetch", "_remove"])
+    store.close()
+    assert objects(s3, s3_bucket, prefix) == {}
 
 
 def test_a_compressible_20kb_result_is_compressed_not_offloaded(
@@ -281,6 +314,27 @@ def test_forget_deletes_the_object(
     assert store.delete(report.key_for("o-3"))
     assert objects(s3, s3_bucket, prefix) == {}
     assert not store.delete(report.key_for("o-3"))
+
+
+def test_a_purge_can_delete_the_object_of_a_raw_record(
+    store: LargeResultStore, inner: Store, s3: Any, s3_bucket: str, prefix: str
+) -> None:
+    """What a purge of expired records (which bypasses ``delete``) calls per record."""
+    key = f"purge-{uuid.uuid4().hex}"
+    fence = store.claim(key, "fp", lease=30, ttl=60).record.fence
+    assert store.complete(key, fence, b"\x01V" + random_text(400_000).encode(), ttl=60)
+    raw = inner.get(key)
+    assert raw is not None
+    assert store.offloaded_object(raw) == (s3_bucket, store.object_key(key, fence))
+    assert store.offloaded_object(store.get(key)) is None  # type: ignore[arg-type]
+    assert store.delete_offloaded(raw)
+    assert objects(s3, s3_bucket, prefix) == {}
+    assert store.delete_offloaded(raw)  # already gone: not an error
+    assert inner.delete(key)
+    small = f"small-{uuid.uuid4().hex}"
+    fence = store.claim(small, "fp", lease=30, ttl=60).record.fence
+    assert store.complete(small, fence, b"\x01V" + b"1" * 20_000, ttl=60)
+    assert not store.delete_offloaded(inner.get(small))  # type: ignore[arg-type]
 
 
 def test_a_fenced_out_complete_removes_only_its_own_object(

@@ -32,18 +32,23 @@ prefix (see ``docs/stores.md``, "Large results").
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import importlib.util
 import json
+import os
 import threading
+import weakref
 import zlib
-from collections.abc import Callable, Generator
+from collections.abc import AsyncGenerator, Generator
+from contextlib import AsyncExitStack
 from typing import Any, Final, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from .._errors import CorruptRecordError, ResultTooLargeError
 from .._lazy import require
 from .._record import Claim, Record
-from ._base import Store, _to_thread
+from ._base import Store, _to_thread, forget_closed_loops
 
 __all__ = ["LargeResultStore", "parse_offload_url"]
 
@@ -80,9 +85,11 @@ class _StoreOp(NamedTuple):
 
 
 class _S3Op(NamedTuple):
-    """Call ``fn(*args)``: a blocking S3 request (run in a worker thread when async)."""
+    """One S3 request: ``_<action>(*args)`` (sync, boto3), ``_a<action>(*args)`` (async,
+    aiobotocore) or the sync one in a worker thread (async without aiobotocore, or with a
+    given boto3 client). Actions: ``put``, ``fetch``, ``remove``."""
 
-    fn: Callable[..., Any]
+    action: str
     args: tuple[Any, ...]
 
 
@@ -102,6 +109,16 @@ def parse_offload_url(url: str) -> tuple[str, str]:
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     return parts.netloc, prefix
+
+
+def _is_missing(exc: Exception) -> bool:
+    """The S3 error of an object that does not exist (``NoSuchKey``)."""
+    response = getattr(exc, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return code in {"NoSuchKey", "404", "NotFound"}
+
+
+_HAS_AIOBOTOCORE: Final = importlib.util.find_spec("aiobotocore") is not None
 
 
 def _size_option(name: str, value: Any, *, allow_none: bool = False) -> Any:
@@ -134,7 +151,10 @@ class LargeResultStore(Store):
     ``s3_client`` is a boto3 S3 client to use (the store never closes it); otherwise one is
     made on first use from ``region``/``endpoint_url`` and the default credential chain
     (needs boto3: ``pip install 'idempotence[s3]'``). Async methods run the wrapped
-    store's async twins and the S3 requests in a worker thread.
+    store's async twins, and the S3 requests on an aiobotocore client per event loop when
+    aiobotocore is installed (``idempotence[dynamodb-async]``) and no ``s3_client`` was
+    given, otherwise the boto3 requests in a worker thread. Sync and async run the same
+    request programs.
 
     Requests: a result kept inline costs what the wrapped store costs; an offloaded one
     adds one ``PutObject`` on ``complete`` and one ``GetObject`` on each replay; ``delete``
@@ -172,6 +192,11 @@ class LargeResultStore(Store):
         self._limit = max_offload_bytes if offload is not None else store.max_result_bytes
         self._client = s3_client
         self._own_client = s3_client is None
+        self._client_pid = os.getpid()
+        self._session: Any = None
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
         self._region = region
         self._endpoint_url = endpoint_url
         self._lock = threading.Lock()
@@ -194,23 +219,93 @@ class LargeResultStore(Store):
 
     # -- S3 ----------------------------------------------------------------------------
     def s3_client(self) -> Any:
-        """The boto3 S3 client (made on first use)."""
-        client = self._client
-        if client is None:
-            with self._lock:
-                client = self._client
-                if client is None:
-                    boto3 = require("boto3", "s3")
-                    config = require("botocore.config", "s3").Config(
-                        connect_timeout=3, read_timeout=30, retries={"mode": "standard"}
-                    )
-                    client = self._client = boto3.client(
-                        "s3",
-                        region_name=self._region,
-                        endpoint_url=self._endpoint_url,
-                        config=config,
-                    )
+        """The boto3 S3 client: the given one, or one made on first use (again after a
+        fork)."""
+        if not self._own_client:
+            return self._client
+        with self._lock:
+            if self._client is None or self._client_pid != os.getpid():
+                boto3 = require("boto3", "s3")
+                session = boto3.session.Session()  # own session: nothing shared, fork-safe
+                self._client = session.client(
+                    "s3",
+                    region_name=self._region,
+                    endpoint_url=self._endpoint_url,
+                    config=self._config(aio=False),
+                )
+                self._client_pid = os.getpid()
+            return self._client
+
+    def _config(self, *, aio: bool) -> Any:
+        if aio:
+            config_class = require("aiobotocore.config", "s3").AioConfig
+        else:
+            config_class = require("botocore.config", "s3").Config
+        return config_class(
+            connect_timeout=3,
+            read_timeout=30,
+            retries={"total_max_attempts": 3, "mode": "standard"},
+            max_pool_connections=32,
+        )
+
+    # Async: one aiobotocore client per running event loop (as DynamoDBStore), closed with
+    # the loop; without aiobotocore, or with a given boto3 client, the sync requests run in
+    # a worker thread.
+    async def _as3(self, op: _S3Op) -> Any:
+        if not self._own_client or not _HAS_AIOBOTOCORE:
+            return await _to_thread(getattr(self, "_" + op.action), *op.args)
+        client = await self._async_client()
+        return await getattr(self, "_a" + op.action)(client, *op.args)
+
+    async def _open_async_client(self) -> tuple[Any, AsyncGenerator[None, None]]:
+        from ._dynamodb import _close_with_loop
+
+        with self._lock:
+            if self._session is None:
+                self._session = require("aiobotocore.session", "s3").get_session()
+            session = self._session
+        stack = AsyncExitStack()
+        client = await stack.enter_async_context(
+            session.create_client(
+                "s3",
+                region_name=self._region,
+                endpoint_url=self._endpoint_url,
+                config=self._config(aio=True),
+            )
+        )
+        keeper = _close_with_loop(stack)
+        await keeper.__anext__()  # registers with the running loop's async-generator hooks
+        return client, keeper
+
+    async def _async_client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            forget_closed_loops(self._async_clients)
+            task = self._async_clients.get(loop)
+            if task is None:
+                task = loop.create_task(self._open_async_client())
+                self._async_clients[loop] = task
+        try:
+            client, _ = await asyncio.shield(task)
+        except BaseException:
+            if task.done():  # opening failed: forget it so the next call tries again
+                with self._lock:
+                    if self._async_clients.get(loop) is task:
+                        del self._async_clients[loop]
+            raise
         return client
+
+    async def _aclose_async_client(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            task = self._async_clients.pop(loop, None)
+        if task is not None:
+            try:
+                _, keeper = await task
+            except Exception:  # it never opened: nothing to close
+                pass
+            else:
+                await keeper.aclose()
 
     def object_key(self, key: str, fence: int) -> str:
         """The S3 object key of ``key``'s result written under ``fence``."""
@@ -227,12 +322,10 @@ class LargeResultStore(Store):
 
     def _fetch(self, bucket: str, name: str) -> bytes | None:
         """The object's bytes, or ``None`` if it does not exist."""
-        client = self.s3_client()
         try:
-            response = client.get_object(Bucket=bucket, Key=name)
+            response = self.s3_client().get_object(Bucket=bucket, Key=name)
         except Exception as exc:
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
-            if code in {"NoSuchKey", "404", "NotFound"}:
+            if _is_missing(exc):
                 return None
             raise
         body = response["Body"]
@@ -243,6 +336,28 @@ class LargeResultStore(Store):
 
     def _remove(self, bucket: str, name: str) -> None:
         self.s3_client().delete_object(Bucket=bucket, Key=name)
+
+    async def _aput(self, client: Any, bucket: str, name: str, body: bytes, checksum: str) -> None:
+        await client.put_object(
+            Bucket=bucket,
+            Key=name,
+            Body=body,
+            ContentType="application/octet-stream",
+            Metadata={"sha256": checksum},
+        )
+
+    async def _afetch(self, client: Any, bucket: str, name: str) -> bytes | None:
+        try:
+            response = await client.get_object(Bucket=bucket, Key=name)
+        except Exception as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        async with response["Body"] as stream:
+            return bytes(await stream.read())
+
+    async def _aremove(self, client: Any, bucket: str, name: str) -> None:
+        await client.delete_object(Bucket=bucket, Key=name)
 
     # -- frames ------------------------------------------------------------------------
     def _pack(self, result: bytes) -> bytes:
@@ -283,7 +398,7 @@ class LargeResultStore(Store):
             raise CorruptRecordError(
                 f"the pointer to an offloaded result is unreadable ({type(exc).__name__})"
             ) from exc
-        body = yield _S3Op(self._fetch, (bucket, name))
+        body = yield _S3Op("fetch", (bucket, name))
         if body is None:
             raise CorruptRecordError(
                 f"the offloaded result is missing from S3 bucket {bucket!r} (deleted, or "
@@ -308,6 +423,25 @@ class LargeResultStore(Store):
             return str(pointer["bucket"]), str(pointer["key"])
         except Exception:
             return None
+
+    # -- maintenance -------------------------------------------------------------------
+    def offloaded_object(self, record: Record) -> tuple[str, str] | None:
+        """``(bucket, object key)`` of the S3 object a record points to, as the *wrapped*
+        store returns it (``self.store.get``, a scan of ``self.store``); ``None`` when its
+        result is not offloaded. Records read through this store have their result already
+        read back, so ask about raw ones."""
+        return self._pointer(record.result)
+
+    def delete_offloaded(self, record: Record) -> bool:
+        """Delete the S3 object a raw record (see :meth:`offloaded_object`) points to, for
+        tools that remove records without :meth:`delete` (a purge of expired records).
+        Returns whether the record pointed to one. Deleting an object that is already gone
+        is not an error."""
+        where = self._pointer(record.result)
+        if where is None:
+            return False
+        self._remove(*where)
+        return True
 
     # -- the programs shared by the sync and async methods ------------------------------
     def _claim(self, key: str, fingerprint: str, lease: float, ttl: float) -> _Program:
@@ -346,7 +480,7 @@ class LargeResultStore(Store):
         assert self.bucket is not None
         bucket, name = self.bucket, self.object_key(key, fence)
         checksum = hashlib.sha256(data).hexdigest()
-        yield _S3Op(self._put, (bucket, name, data, checksum))
+        yield _S3Op("put", (bucket, name, data, checksum))
         pointer = json.dumps(
             {"bucket": bucket, "key": name, "sha256": checksum, "size": len(data)},
             separators=(",", ":"),
@@ -356,7 +490,7 @@ class LargeResultStore(Store):
         # the lifecycle rule removes it if no record points to it.
         done = yield _StoreOp("complete", (key, fence, _S3_HEAD + pointer), {"ttl": ttl})
         if not done:  # fenced out: the object is ours alone (our fence), remove it
-            yield _S3Op(self._remove, (bucket, name))
+            yield _S3Op("remove", (bucket, name))
         return done
 
     def _delete(self, key: str) -> _Program:
@@ -364,7 +498,7 @@ class LargeResultStore(Store):
         removed = yield _StoreOp("delete", (key,), {})
         where = self._pointer(record.result if record is not None else None)
         if where is not None:
-            yield _S3Op(self._remove, where)
+            yield _S3Op("remove", where)
         return removed
 
     # -- drivers -----------------------------------------------------------------------
@@ -381,7 +515,7 @@ class LargeResultStore(Store):
                 if isinstance(op, _StoreOp):
                     value = getattr(self.store, op.name)(*op.args, **op.kwargs)
                 else:
-                    value = op.fn(*op.args)
+                    value = getattr(self, "_" + op.action)(*op.args)
             except Exception as exc:
                 error = exc
 
@@ -398,7 +532,7 @@ class LargeResultStore(Store):
                 if isinstance(op, _StoreOp):
                     value = await getattr(self.store, "a" + op.name)(*op.args, **op.kwargs)
                 else:
-                    value = await _to_thread(op.fn, *op.args)
+                    value = await self._as3(op)
             except Exception as exc:
                 error = exc
 
@@ -444,6 +578,7 @@ class LargeResultStore(Store):
         if self._own_client:
             with self._lock:
                 client, self._client = self._client, None
+                forget_closed_loops(self._async_clients)
             if client is not None:
                 client.close()
 
@@ -476,6 +611,7 @@ class LargeResultStore(Store):
         return removed
 
     async def aclose(self) -> None:
-        """Async :meth:`close`."""
+        """Async :meth:`close`: also closes the running loop's aiobotocore client."""
         await self.store.aclose()
+        await self._aclose_async_client()
         self._close_client()
