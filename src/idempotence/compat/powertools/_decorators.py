@@ -3,10 +3,12 @@ of :class:`idempotence.Idempotency` (fencing, heartbeats, async functions)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import os
+import typing
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
@@ -225,6 +227,16 @@ def idempotent(
     return wrapper
 
 
+def _return_type(fn: Callable[..., Any]) -> Any:
+    """The return annotation, resolved when it is a string (``from __future__ import
+    annotations``; Powertools would pass the string on and fail), else as written."""
+    hint = fn.__annotations__.get("return", None)
+    if isinstance(hint, str):
+        with contextlib.suppress(Exception):  # unresolvable: the serializer reports it
+            hint = typing.get_type_hints(fn).get("return", hint)
+    return hint
+
+
 def idempotent_function(
     function: F | None = None,
     *,
@@ -257,7 +269,7 @@ def idempotent_function(
     fn: Callable[..., Any] = function
     output = output_serializer
     if inspect.isclass(output) and callable(getattr(output, "instantiate", None)):
-        output = cast(Any, output).instantiate(fn.__annotations__.get("return", None))
+        output = cast(Any, output).instantiate(_return_type(fn))
     engine = _Engine(
         fn, persistence_store, config or IdempotencyConfig(), output or NoOpSerializer(), key_prefix
     )

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from .exceptions import IdempotencyModelTypeError, IdempotencyNoSerializationModelError
+from ..exceptions import IdempotencyModelTypeError, IdempotencyNoSerializationModelError
 
 __all__ = [
     "BaseIdempotencyModelSerializer",

@@ -1,0 +1,1 @@
+"""Powertools' ``persistence`` package paths (``persistence.dynamodb``...)."""

@@ -1,0 +1,5 @@
+"""Powertools' ``persistence.dynamodb`` path."""
+
+from .._dynamodb import DynamoDBPersistenceLayer
+
+__all__ = ["DynamoDBPersistenceLayer"]

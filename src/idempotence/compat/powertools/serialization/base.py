@@ -1,0 +1,5 @@
+"""Powertools' ``serialization.base`` path."""
+
+from . import BaseIdempotencyModelSerializer, BaseIdempotencySerializer
+
+__all__ = ["BaseIdempotencyModelSerializer", "BaseIdempotencySerializer"]

@@ -1,0 +1,5 @@
+"""Powertools' ``serialization.custom_dict`` path."""
+
+from . import CustomDictSerializer
+
+__all__ = ["CustomDictSerializer"]

@@ -1,0 +1,5 @@
+"""Powertools' ``serialization.dataclass`` path."""
+
+from . import DataclassSerializer
+
+__all__ = ["DataclassSerializer"]

@@ -1,0 +1,5 @@
+"""Powertools' ``serialization.no_op`` path."""
+
+from . import NoOpSerializer
+
+__all__ = ["NoOpSerializer"]

@@ -1,0 +1,5 @@
+"""Powertools' ``serialization.pydantic`` path."""
+
+from . import PydanticSerializer
+
+__all__ = ["PydanticSerializer"]
