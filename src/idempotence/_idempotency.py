@@ -115,7 +115,7 @@ class Idempotency(IdempotencyBase):
 
         Keys come from the event source: the ``Idempotency-Key`` header for API Gateway,
         ALB and function URL events (refusals and replays answered as proxy responses),
-        the source's stable record ids for SQS, SNS, S3, Kinesis, DynamoDB Streams and
+        the source's stable record ids for SQS, SNS, S3, Kinesis, DynamoDB Streams, Kafka and
         EventBridge, the whole event otherwise; ``key=`` (JMESPath over the event, e.g.
         ``"powertools_json(body).order_id"``) overrides. The lease is the invocation's
         remaining time plus ``lease_margin`` (default 5 s) unless ``lease=`` is given;
@@ -125,7 +125,7 @@ class Idempotency(IdempotencyBase):
         ``replay_headers``, ``replay_set_cookie``, ``max_body_bytes`` (see
         :class:`~idempotence.http.HTTPIdempotency`). See ``docs/lambda.md``.
         """
-        from .aws_lambda._handler import decorate_handler
+        from .aws_lambda import decorate_handler
 
         if fn is None:
             return lambda f: decorate_handler(self, f, options)
@@ -140,12 +140,15 @@ class Idempotency(IdempotencyBase):
         *,
         context: Any = None,
         **options: Any,
-    ) -> dict[str, list[dict[str, str]]]:
-        """Run ``record_handler(record)`` once per record of an SQS, Kinesis or DynamoDB
-        Streams ``event``, each idempotent on the record's own stable id (``key=``
-        overrides), and return the partial batch response
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Run ``record_handler(record)`` once per record of an SQS, Kinesis, DynamoDB
+        Streams or Kafka (Amazon MSK, self-managed) ``event``, each idempotent on the
+        record's own stable id (``key=`` overrides), and return the partial batch response
         ``{"batchItemFailures": [{"itemIdentifier": ...}]}`` (SQS ``messageId``, Kinesis
-        ``kinesis.sequenceNumber``, DynamoDB ``dynamodb.SequenceNumber``).
+        ``kinesis.sequenceNumber``, DynamoDB ``dynamodb.SequenceNumber``, Kafka
+        ``{"partition": "<topic>-<partition>", "offset": <offset>}``).
+
+        The AWS Lambda adapter (:mod:`idempotence.aws_lambda`) is imported on first use.
 
         A record that raises - or is in progress elsewhere (``AlreadyInProgressError``),
         or was used with other content (``KeyReuseError``) - is reported and the others
@@ -154,7 +157,7 @@ class Idempotency(IdempotencyBase):
         are replayed, not run. The lease is ``context``'s remaining time plus
         ``lease_margin`` unless ``lease=`` is given. Other ``options`` as for decorators.
         """
-        from .aws_lambda._batch import process_batch
+        from .aws_lambda import process_batch
 
         return process_batch(self, event, record_handler, context=context, **options)
 
@@ -165,10 +168,10 @@ class Idempotency(IdempotencyBase):
         *,
         context: Any = None,
         **options: Any,
-    ) -> dict[str, list[dict[str, str]]]:
+    ) -> dict[str, list[dict[str, Any]]]:
         """The ``async`` twin of :meth:`process_batch`: ``await record_handler(record)``,
         records one after the other (in order, so FIFO semantics hold)."""
-        from .aws_lambda._batch import aprocess_batch
+        from .aws_lambda import aprocess_batch
 
         return await aprocess_batch(self, event, record_handler, context=context, **options)
 
