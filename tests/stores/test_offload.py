@@ -9,6 +9,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zlib
@@ -609,3 +610,52 @@ def test_the_bucket_template_passes_cfn_lint() -> None:
     text = path.read_text()
     assert "ExpirationInDays: 2" in text
     assert "Default: results/" in text
+
+
+# -- through HTTP, behind a real server -----------------------------------------------------
+def test_a_large_http_response_replays_from_s3_behind_waitress(
+    store: LargeResultStore, s3: Any, s3_bucket: str, prefix: str
+) -> None:
+    """WSGI middleware on the wrapped store, behind waitress, with httpx: a 900 KB response
+    is kept in S3 and a retry gets it back byte for byte without running the app again."""
+    import httpx
+    import waitress.server
+    from waitress import wasyncore
+
+    from idempotence.http import WSGIIdempotencyMiddleware
+
+    runs: list[int] = []
+    body = random_text(900_000).encode()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        runs.append(1)
+        start_response("201 Created", [("Content-Type", "text/plain")])
+        return [body]
+
+    wrapped = WSGIIdempotencyMiddleware(app, Idempotency(store, lease=30))
+    server: Any = waitress.server.create_server(wrapped, host="127.0.0.1", port=0, threads=4)
+    stopping = threading.Event()
+
+    def serve() -> None:
+        while not stopping.is_set():
+            wasyncore.loop(timeout=0.05, map=server._map, count=1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.effective_port}"
+        headers = {"Idempotency-Key": f'"{uuid.uuid4().hex}"'}
+        with httpx.Client(base_url=base, timeout=30) as client:
+            first = client.post("/report", headers=headers)
+            second = client.post("/report", headers=headers)
+    finally:
+        stopping.set()
+        thread.join(10)
+        server.task_dispatcher.shutdown()
+        wasyncore.close_all(server._map)
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert first.content == body
+    assert second.content == body
+    assert second.headers["idempotent-replayed"] == "true"
+    assert runs == [1]
+    assert len(objects(s3, s3_bucket, prefix)) == 1
