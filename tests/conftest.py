@@ -8,6 +8,7 @@ run instead, so CI can never pass by skipping a backend.
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from typing import Any, NoReturn
 
@@ -53,6 +54,18 @@ def redis_client_or_unavailable(url: str) -> Any:
         client.close()
         backend_unavailable(f"Redis not reachable at {url}: {exc}")
     return client
+
+
+def redis_cluster_url_or_unavailable() -> str:
+    """The store URL (``redis+cluster://``) of the loopback test cluster of
+    ``tests/redis_cluster.py`` (3 masters + 3 replicas), started if it is not running;
+    :func:`backend_unavailable` when it cannot be started (e.g. no ``redis-server``)."""
+    from tests import redis_cluster
+
+    try:
+        return redis_cluster.start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        backend_unavailable(f"Redis Cluster (tests/redis_cluster.py) cannot start: {exc}")
 
 
 def postgres_admin_or_unavailable(url: str) -> Any:

@@ -35,13 +35,17 @@ from tests.conftest import (
     mysql_admin_or_unavailable,
     postgres_admin_or_unavailable,
     redis_client_or_unavailable,
+    redis_cluster_url_or_unavailable,
 )
 
 dynamodb_endpoint = moto_server.dynamodb_endpoint  # the session fixture
 
 REGION = "us-east-1"
 NETWORKED = ("redis", "postgres", "mysql", "dynamodb")
-MULTIPROCESS = ("sqlite", *NETWORKED)
+#: The Redis Cluster of tests/redis_cluster.py (3 masters + 3 replicas on loopback), without
+#: and with ``wait_replicas=1`` (EVALSHA + WAIT pipelined on the key's master).
+CLUSTER = ("redis-cluster", "redis-cluster-wait")
+MULTIPROCESS = ("sqlite", *NETWORKED, *CLUSTER)
 
 
 def free_port() -> int:
@@ -106,6 +110,9 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     elif kind == "redis":
         _redis_ready()
         yield f"{REDIS_URL}?prefix=rel-{uuid.uuid4().hex[:12]}:"
+    elif kind in CLUSTER:
+        wait = "&wait_replicas=1" if kind == "redis-cluster-wait" else ""
+        yield f"{redis_cluster_url_or_unavailable()}?prefix=rel-{uuid.uuid4().hex[:12]}:{wait}"
     elif kind == "postgres":
         with _postgres_table() as table:
             sep = "&" if "?" in POSTGRES_URL else "?"
