@@ -323,3 +323,38 @@ def test_powertools_import_names_are_not_needed() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         import idempotence.compat.powertools.persistence.redis  # noqa: F401
+
+
+def test_lease_is_sixty_seconds_whatever_the_context(ddb: Any, pt_table: str) -> None:
+    import time
+
+    class ShortContext:
+        def get_remaining_time_in_millis(self) -> int:
+            return 1_000
+
+    layer = ours.DynamoDBPersistenceLayer(table_name=pt_table, boto3_client=ddb)
+    seen: list[dict[str, Any]] = []
+
+    @ours.idempotent(persistence_store=layer)
+    def handler(event: dict[str, Any], context: Any) -> str:
+        seen.extend(ddb.scan(TableName=pt_table, ConsistentRead=True)["Items"])
+        return "ok"
+
+    handler({"lease": "probe"}, ShortContext())
+    import os
+
+    mine = os.environ["AWS_LAMBDA_FUNCTION_NAME"]
+    (item,) = [
+        i for i in seen if i["id"]["S"].startswith(mine) and i["status"]["S"] == "INPROGRESS"
+    ]
+    lease_end = int(item["in_progress_expiration"]["N"]) / 1000
+    assert 55 < lease_end - time.time() <= 60
+
+
+def test_unencodable_response_is_not_run_again(ddb: Any, pt_table: str) -> None:
+    pair = Pair(ddb, pt_table, lambda data: {"when": object()})
+    with pytest.raises(idempotence.ResultNotStoredError):
+        pair.ours(data={"id": "unencodable"})
+    with pytest.raises(idempotence.ResultNotStoredError):
+        pair.ours(data={"id": "unencodable"})
+    assert len(pair.runs) == 1

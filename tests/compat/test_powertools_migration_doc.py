@@ -1,0 +1,38 @@
+"""The code docs/migrating-from-powertools.md includes: the changed import, run."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.usefixtures("function_name"),
+]
+
+
+def test_the_import_change(
+    monkeypatch: pytest.MonkeyPatch, dynamodb_endpoint: str, pt_table: str
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_endpoint)
+    monkeypatch.setenv("IDEMPOTENCY_TABLE", pt_table)
+    # --8<-- [start:import]
+    # from aws_lambda_powertools.utilities.idempotency import (
+    from idempotence.compat.powertools import (
+        DynamoDBPersistenceLayer,
+        IdempotencyConfig,
+        idempotent,
+    )
+
+    persistence_layer = DynamoDBPersistenceLayer(table_name=os.environ["IDEMPOTENCY_TABLE"])
+    config = IdempotencyConfig(event_key_jmespath="powertools_json(body).order_id")
+
+    @idempotent(persistence_store=persistence_layer, config=config)
+    def handler(event: dict, context: Any) -> dict:
+        return {"statusCode": 201, "body": "created"}
+
+    # --8<-- [end:import]
+    event = {"body": '{"order_id": "o-1"}'}
+    assert handler(event, None) == handler(event, None) == {"statusCode": 201, "body": "created"}
