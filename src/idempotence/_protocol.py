@@ -196,9 +196,11 @@ def protocol(plan: Plan) -> Generator[Op, Any, Any]:
                 return (yield _new(RunOp, (plan.key, None, plan.lease)))
             finally:  # one line per call, after the run (whether it returned or raised)
                 _log.warning(
-                    "idempotency store unavailable (%s); the function ran without "
+                    "idempotency store unavailable (%s); a call in %s ran without "
                     "idempotency (fail_open): a duplicate of this call may run it again",
                     cause,
+                    _log.namespace(plan.key),
+                    extra=_log.fields("fail_open", plan.key),
                 )
         if claim.acquired:
             break
@@ -232,16 +234,21 @@ def protocol(plan: Plan) -> Generator[Op, Any, Any]:
                 )
             stored = yield _new(CompleteOp, (plan.key, fence, data, plan.ttl))
             if not stored:
-                _log.warning("lease on %s lost before its error could be stored", plan.key)
+                _log.warning(
+                    "a lease in %s was lost before the function's error could be stored",
+                    _log.namespace(plan.key),
+                    extra=_log.fields("lease_lost", plan.key),
+                )
             raise
         try:
             yield _new(ReleaseOp, (plan.key, fence))
-        except StoreError:
+        except StoreError as release_failure:
             _log.warning(
-                "could not release %s after the function raised; the key frees itself when "
-                "its lease lapses",
-                plan.key,
-                exc_info=True,
+                "could not release a key in %s after the function raised (%s); the key "
+                "frees itself when its lease lapses",
+                _log.namespace(plan.key),
+                _short_cause(release_failure),
+                extra=_log.fields("release_failed", plan.key),
             )
         raise
 

@@ -11,11 +11,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import _log
+from . import _log, observe
 from ._context import CURRENT_KEY
 from ._protocol import ClaimOp, CompleteOp, Plan, ReleaseOp, RunOp, SleepOp, protocol
 from ._timers import Timers
-from .stores._base import Store
+from .stores import Store
 
 __all__ = ["run_async", "run_sync"]
 
@@ -27,10 +27,30 @@ def _renew(store: Store, key: str, fence: int, lease: float) -> bool:
         if store.renew(key, fence, lease=lease):
             return True
     except Exception:
-        _log.warning("could not renew the lease on %s", key, exc_info=True)
+        _renew_failed(key)
         return True
-    _log.warning("lease on %s was lost; the result will not be kept", key)
+    _lease_lost(key)
     return False
+
+
+def _renew_failed(key: str) -> None:
+    # the failure's type only: a client library's message may quote the key
+    import sys
+
+    _log.warning(
+        "could not renew a lease in %s (%s); trying again next beat",
+        _log.namespace(key),
+        type(sys.exc_info()[1]).__name__,
+        extra=_log.fields("renew_failed", key),
+    )
+
+
+def _lease_lost(key: str) -> None:
+    _log.warning(
+        "a lease in %s was lost while the function ran; its result will not be kept",
+        _log.namespace(key),
+        extra=_log.fields("lease_lost", key),
+    )
 
 
 _timers = Timers("idempotence-heartbeat")
@@ -39,6 +59,8 @@ _timers = Timers("idempotence-heartbeat")
 def run_sync(plan: Plan, store: Store, body: Callable[[], Any], *, heartbeat: bool) -> Any:
     """Run one invocation synchronously: ``body()`` runs at most once per key."""
     machine = protocol(plan)
+    if observe.observers:  # the only cost of observability when nobody observes
+        machine = observe.watch(machine, plan, store)
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -80,10 +102,10 @@ async def _renew_forever(store: Store, key: str, fence: int, lease: float) -> No
         await asyncio.sleep(lease / 3)
         try:
             if not await store.arenew(key, fence, lease=lease):
-                _log.warning("lease on %s was lost; the result will not be kept", key)
+                _lease_lost(key)
                 return
         except Exception:
-            _log.warning("could not renew the lease on %s", key, exc_info=True)
+            _renew_failed(key)
 
 
 async def _beating(
@@ -103,6 +125,8 @@ async def run_async(
 ) -> Any:
     """Run one invocation on the running event loop: ``await body()`` at most once per key."""
     machine = protocol(plan)
+    if observe.observers:
+        machine = observe.watch(machine, plan, store)
     value: Any = None
     error: BaseException | None = None
     while True:

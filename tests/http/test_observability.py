@@ -1,0 +1,87 @@
+"""Observability through the HTTP middleware, on every store: one event per idempotent
+request (never for pass-through GETs), and an OpenTelemetry span that is a child of the
+server's request span."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from idempotence import Idempotency, observe
+from idempotence.http import IdempotencyMiddleware
+from idempotence.observe import Event
+from idempotence.stores import Store
+
+KIND = {"MemoryStore": "memory", "SQLiteStore": "sqlite", "RedisStore": "redis",
+        "PostgresStore": "postgres"}  # fmt: skip
+
+
+def client(store: Store) -> httpx.AsyncClient:
+    async def create(request: Request) -> Response:
+        return JSONResponse({"echo": (await request.body()).decode()}, status_code=201)
+
+    async def read(request: Request) -> Response:
+        return JSONResponse({})
+
+    app = Starlette(
+        routes=[
+            Route("/orders", create, methods=["POST"]),
+            Route("/orders", read, methods=["GET"]),
+        ]
+    )
+    wrapped = IdempotencyMiddleware(app, Idempotency(store), namespace="shop-api")
+    transport = httpx.ASGITransport(app=wrapped, raise_app_exceptions=True)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+K = {"Idempotency-Key": '"order-secret-77"'}
+
+
+async def test_events_through_the_middleware(store: Store) -> None:
+    seen: list[Event] = []
+    with observe.subscribed(seen.append):
+        async with client(store) as c:
+            assert (await c.post("/orders", json={"card": "4111"}, headers=K)).status_code == 201
+            again = await c.post("/orders", json={"card": "4111"}, headers=K)
+            assert again.headers["idempotent-replayed"] == "true"
+            reuse = await c.post("/orders", json={"card": "5500"}, headers=K)
+            assert reuse.status_code == 422
+            await c.get("/orders")  # not idempotent: no event
+    assert [e.outcome.value for e in seen] == ["executed", "replayed", "key_reuse"]
+    for event in seen:
+        assert event.namespace == "shop-api"
+        assert event.store == KIND[type(store).__name__]
+        assert "order-secret-77" not in repr(event)
+        assert "4111" not in repr(event)
+    assert seen[1].replayed_from == "store"
+
+
+async def test_span_is_a_child_of_the_request_span(store: Store) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from idempotence import otel
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    otel.instrument(tracer_provider=provider)
+    try:
+        async with client(store) as c:
+            with provider.get_tracer("server").start_as_current_span("POST /orders") as request:
+                await c.post("/orders", json={"card": "4111"}, headers=K)
+    finally:
+        otel.uninstrument()
+    spans: dict[str, Any] = {s.name: s for s in exporter.get_finished_spans()}
+    mine = spans["idempotent shop-api"]
+    assert mine.parent.span_id == request.get_span_context().span_id
+    assert mine.attributes["idempotence.outcome"] == "executed"
+    assert mine.attributes["idempotence.store"] == KIND[type(store).__name__]
