@@ -107,6 +107,8 @@ def test_every_public_module_has_a_reference_page() -> None:
         "idempotence.http.fastapi",
         "idempotence.http.django",
         "idempotence.aws_lambda",
+        "idempotence.consumer",
+        "idempotence.consumer.redis_streams",
         "idempotence.effects",
         "idempotence.testing",
     }
