@@ -202,7 +202,8 @@ def test_cli_help_in_the_docs_is_the_real_help(monkeypatch: pytest.MonkeyPatch) 
     from idempotence.__main__ import main
 
     monkeypatch.setenv("COLUMNS", "100")
-    for command in ("", "demo", "inspect", "forget"):
+    commands = ("", "demo", "inspect", "forget", "key", "list", "stats", "purge")
+    for command in (*commands, "create-table", "doctor"):
         out = io.StringIO()
         with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
             main([*([command] if command else []), "--help"])

@@ -6,14 +6,14 @@
     ``rich``: ``pip install 'idempotence[cli]'``). Exit status 0; with ``--check``, 1 if the
     record-based run repeated a side effect outside the crash window or the transactional
     run repeated any.
-``idempotence inspect --store URL KEY``
-    Prints the record of ``KEY`` (a full store key, e.g. from ``fn.key_for(...)``). Exit
-    status 1 if there is none.
-``idempotence forget --store URL KEY``
-    Deletes the record of ``KEY`` so the next call runs again. Exit status 1 if there was
-    none.
+``idempotence inspect|forget KEY``, ``key``, ``list``, ``stats``, ``purge``,
+``create-table``, ``doctor``
+    Operator commands on a store (``--store URL``, default ``$IDEMPOTENCE_STORE``;
+    ``--json`` for machines), implemented in :mod:`idempotence._ops` and documented in
+    docs/cli.md. Reads never create a file or table.
 
-Store errors and a missing optional dependency print a message and exit with status 2.
+Store errors, usage errors and a missing optional dependency print a message and exit with
+status 2.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ import datetime as dt
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 from ._errors import IdempotencyError
+from ._ops import COMMANDS, ENV_STORE, UsageError, parse_duration
 from ._record import Record
-from .stores._registry import store_from_url
 
 __all__ = ["main"]
 
@@ -68,16 +69,129 @@ def _parser() -> argparse.ArgumentParser:
         "or the transactional run repeated any",
     )
 
-    for name, text in (
-        ("inspect", "print the record of a key"),
-        ("forget", "delete the record of a key (the next call runs again)"),
-    ):
-        command = commands.add_parser(name, help=text, description=text.capitalize() + ".")
-        command.add_argument(
-            "--store", metavar="URL", required=True, help="store URL, e.g. sqlite:///app.db"
-        )
-        command.add_argument("key", metavar="KEY", help="the full key, e.g. from fn.key_for()")
+    _operator_commands(commands)
     return parser
+
+
+def _store_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--store",
+        metavar="URL",
+        help=f"store URL, e.g. sqlite:///app.db (default: ${ENV_STORE})",
+    )
+    command.add_argument("--json", action="store_true", help="print JSON for machines")
+
+
+def _operator_commands(commands: Any) -> None:
+    def add(name: str, text: str, description: str) -> argparse.ArgumentParser:
+        command: argparse.ArgumentParser = commands.add_parser(
+            name, help=text, description=description
+        )
+        _store_options(command)
+        return command
+
+    full_key = "the key, from fn.key_for() or `idempotence key` (a raw Redis key is accepted)"
+    inspect = add(
+        "inspect",
+        "print the record of a key",
+        "Print the record of a key: status, times, fence and the stored result (as stored: "
+        "JSON without rebuilding classes; an HTTP response as status, headers and body "
+        "summary).",
+    )
+    inspect.add_argument("key", metavar="KEY", help=full_key)
+    forget = add(
+        "forget",
+        "delete the record of a key (the next call runs again)",
+        "Delete the record of a key (the next call runs again).",
+    )
+    forget.add_argument("key", metavar="KEY", help=full_key)
+
+    key = commands.add_parser(
+        "key",
+        help="print the key a function call or an HTTP request would use",
+        description="Print the key and fingerprint a call of a decorated function, or a "
+        "request through the HTTP middleware, would use. Touches no store.",
+    )
+    key.add_argument("--json", action="store_true", help="print JSON for machines")
+    what = key.add_mutually_exclusive_group(required=True)
+    what.add_argument("--function", metavar="MOD:FN", help="a decorated function to import")
+    what.add_argument("--header", metavar="VALUE", help="an Idempotency-Key header value")
+    key.add_argument("--payload", metavar="JSON", help="the call's first argument, as JSON")
+    key.add_argument("--kwargs", metavar="JSON", help="the call's keyword arguments (object)")
+    key.add_argument("--method", default="POST", help="HTTP method (default: POST)")
+    key.add_argument("--path", default="/", help="HTTP path and query (default: /)")
+    key.add_argument("--body", help="HTTP request body (for the fingerprint)")
+    key.add_argument("--content-type", help="HTTP Content-Type (for the fingerprint)")
+    key.add_argument("--scope", help="the caller scope the middleware's scope= returns")
+    key.add_argument("--namespace", default="http", help="HTTP key namespace (default: http)")
+
+    listing = add(
+        "list",
+        "list records, filtered",
+        "List the stored records (expired ones still stored included, marked), filtered.",
+    )
+    _filters(listing)
+    listing.add_argument(
+        "--status", choices=("in_progress", "completed"), help="only records with this status"
+    )
+    listing.add_argument(
+        "--older-than",
+        metavar="DURATION",
+        type=parse_duration,
+        help="only records first claimed longer ago than this (90, 30s, 15m, 2h, 7d)",
+    )
+    listing.add_argument("--limit", metavar="N", type=_positive, help="at most N records")
+
+    add(
+        "stats",
+        "count records by status and namespace",
+        "Count records by status and namespace, expired records still stored, and show "
+        "the oldest in-progress record.",
+    )
+
+    purge = add(
+        "purge",
+        "delete records in batches",
+        "Delete records in batches (one round trip per batch). --expired is safe at any "
+        "time; --namespace deletes records still in use and asks for confirmation.",
+    )
+    which = purge.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--expired", action="store_true", help="records whose retention and lease have ended"
+    )
+    which.add_argument("--namespace", metavar="NS", help="every record of a namespace")
+    which.add_argument("--key", metavar="KEY", help="one record")
+    purge.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    purge.add_argument("--yes", action="store_true", help="do not ask before purging a namespace")
+    purge.add_argument(
+        "--batch-size",
+        metavar="N",
+        type=_positive,
+        default=1000,
+        help="records per round trip (default: 1000; DynamoDB: 25)",
+    )
+
+    add(
+        "create-table",
+        "create the store's table (SQLite file, SQL table, DynamoDB table with TTL)",
+        "Create what the store needs, with its own DDL: the SQLite file and table, the "
+        "PostgreSQL/MySQL table, or the DynamoDB table with Time to Live on 'expiration'. "
+        "Idempotent.",
+    )
+    add(
+        "doctor",
+        "check that the store is usable",
+        "Check the store: reachable, table schema, write and delete of a probe key "
+        "(namespace idempotence.doctor), DynamoDB Time to Live, clock skew with this host. "
+        "Exit status 1 if a check fails.",
+    )
+
+
+def _filters(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--namespace", metavar="NS", help="only records of this namespace")
+    command.add_argument(
+        "--expired", action="store_true", help="only records whose retention and lease ended"
+    )
 
 
 def _when(at: float, now: float) -> str:
@@ -131,25 +245,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 1 if args.check and not result.ok else 0
 
 
-def _record_command(args: argparse.Namespace) -> int:
-    store = store_from_url(args.store)
-    try:
-        if args.command == "inspect":
-            record = store.get(args.key)
-            if record is None:
-                print(f"no record for {args.key!r}", file=sys.stderr)
-                return 1
-            print(format_record(record))
-            return 0
-        if store.delete(args.key):
-            print(f"forgot {args.key!r}")
-            return 0
-        print(f"no record for {args.key!r}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit
     status."""
@@ -157,8 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
-        return _record_command(args)
-    except (IdempotencyError, ValueError) as exc:
+        return COMMANDS[args.command](args)
+    except (IdempotencyError, ValueError, UsageError) as exc:
         print(f"idempotence: {exc}", file=sys.stderr)
         return 2
 
