@@ -57,9 +57,7 @@ from rich.text import Text
 from ._errors import AlreadyInProgressError, KeyReuseError, LeaseLostError
 from ._idempotency import Idempotency, IdempotentFunction
 from .effects import TransactionalIdempotency
-from .stores._base import Store
-from .stores._registry import store_from_url
-from .stores._sqlite import SQLiteStore
+from .stores import SQLiteStore, Store, store_from_url
 
 __all__ = ["DemoResult", "Message", "RunStats", "build_schedule", "render", "run_demo"]
 

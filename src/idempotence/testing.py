@@ -31,8 +31,7 @@ from typing import Any
 import pytest
 
 from ._record import Claim, Record, Status
-from .stores._base import Store
-from .stores._registry import store_from_url
+from .stores import Store, store_from_url
 
 __all__ = ["ManualClock", "StoreContract", "StoreDriver"]
 

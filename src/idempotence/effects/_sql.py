@@ -134,10 +134,10 @@ MYSQL = Dialect(
 def execute(conn: Any, stmt: Stmt) -> Reply:
     """Run one statement on a sync connection: its rows (if any) and rowcount."""
     if _is_mysql(conn):  # PyMySQL: no conn.execute; parameters put in place by us
-        from ..stores._mysql import mysql_sql
+        from ..stores.capabilities import mysql_statement
 
         with conn.cursor() as cur:
-            cur.execute(mysql_sql(conn, stmt.sql, stmt.params))
+            cur.execute(mysql_statement(conn, stmt.sql, stmt.params))
             rows = list(cur.fetchall()) if cur.description is not None else []
             return rows, int(cur.rowcount)
     cur = conn.execute(stmt.sql, stmt.params)
@@ -148,10 +148,10 @@ def execute(conn: Any, stmt: Stmt) -> Reply:
 async def aexecute(conn: Any, stmt: Stmt) -> Reply:
     """Run one statement on a psycopg ``AsyncConnection`` or an aiomysql connection."""
     if _is_mysql(conn):
-        from ..stores._mysql import mysql_sql
+        from ..stores.capabilities import mysql_statement
 
         async with conn.cursor() as acur:
-            await acur.execute(mysql_sql(conn, stmt.sql, stmt.params))
+            await acur.execute(mysql_statement(conn, stmt.sql, stmt.params))
             rows = list(await acur.fetchall()) if acur.description is not None else []
             return rows, int(acur.rowcount)
     cur = await conn.execute(stmt.sql, stmt.params)

@@ -126,7 +126,7 @@ def states_ddl(dialect: Dialect, table: str) -> str:
     """The ``CREATE TABLE IF NOT EXISTS`` of a states table."""
     t = dialect.quote(table.split(".") if dialect in (POSTGRES, MYSQL) else table)
     if dialect is MYSQL:
-        from ..stores._mysql import states_ddl as mysql_states_ddl
+        from ..stores.capabilities import mysql_states_ddl
 
         return mysql_states_ddl(t)
     return f"CREATE TABLE IF NOT EXISTS {t} (entity text PRIMARY KEY, state text NOT NULL)" + (

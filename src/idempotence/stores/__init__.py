@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._base import Clock, Store, decide_claim, fresh_fence
+from ._base import Clock, Store, decide_claim, fresh_fence, system_clock
 from ._memory import MemoryStore
 from ._registry import register_scheme, store_from_url, validate_store_url
 
@@ -44,6 +44,7 @@ __all__ = [
     "fresh_fence",
     "register_scheme",
     "store_from_url",
+    "system_clock",
     "validate_store_url",
 ]
 

@@ -35,7 +35,7 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from .._record import Record, Status
-from ._maintenance import Progress, StoreStats, namespace_of
+from ._maintenance import Progress, StoreStats, created_at, namespace_of
 
 __all__ = [
     "RECORD_COLUMNS",
@@ -44,7 +44,10 @@ __all__ = [
     "Maintainable",
     "SQLConnections",
     "StoreStats",
+    "created_at",
     "fresh_fence_sql",
+    "mysql_statement",
+    "mysql_states_ddl",
     "namespace_of",
     "quoted_table",
     "record_from_row",
@@ -250,6 +253,23 @@ def record_from_row(row: Sequence[Any]) -> Record:
     from ._mysql import _record
 
     return _record(tuple(row))
+
+
+def mysql_statement(conn: Any, query: str, params: Mapping[str, object]) -> str:
+    """``query`` (``%(name)s`` placeholders) with ``params`` in place for a PyMySQL or
+    aiomysql connection ``conn``, as the MySQL store sends its statements (bytes as hex
+    literals, strings escaped by the connection)."""
+    from ._mysql import mysql_sql
+
+    return mysql_sql(conn, query, params)
+
+
+def mysql_states_ddl(table: str) -> str:
+    """The ``CREATE TABLE IF NOT EXISTS`` of a MariaDB/MySQL states table (``table``
+    already quoted) as :class:`~idempotence.effects.StateGuard` uses it."""
+    from ._mysql import states_ddl
+
+    return states_ddl(table)
 
 
 def fresh_fence_sql(now: str) -> str:

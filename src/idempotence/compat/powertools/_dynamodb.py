@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..._errors import CorruptRecordError, MissingDependencyError, StoreError
 from ..._record import Claim, Record, Status
-from ...stores._base import Clock, fresh_fence, system_clock
+from ...stores import Clock, fresh_fence, system_clock
 from ._persistence import VALUE_HEAD, BasePersistenceLayer
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 
 from ..._errors import CorruptRecordError, MissingDependencyError
 from ..._record import Claim, Record, Status
-from ...stores._base import Clock, fresh_fence, system_clock
+from ...stores import Clock, fresh_fence, system_clock
 from ._persistence import VALUE_HEAD, BasePersistenceLayer
 from .exceptions import IdempotencyPersistenceConfigError
 
