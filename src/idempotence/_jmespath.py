@@ -32,11 +32,35 @@ def _b64(value: str) -> bytes:
         raise ValueError("not valid base64") from None
 
 
+#: The most text ``powertools_base64_gzip`` inflates (a CloudWatch Logs subscription batch is
+#: at most about 1 MB uncompressed): a larger output is refused, so a small "gzip bomb"
+#: in an event cannot exhaust memory while a key is derived.
+MAX_GUNZIP_BYTES = 16 * 1024 * 1024
+
+
+def _gunzip(data: bytes) -> str:
+    import zlib
+
+    inflater = zlib.decompressobj(wbits=31)  # gzip framing
+    try:
+        text = inflater.decompress(data, MAX_GUNZIP_BYTES)
+    except zlib.error:
+        raise ValueError("not valid gzip data") from None
+    if inflater.unconsumed_tail:
+        raise ValueError(f"gzip data inflates to more than {MAX_GUNZIP_BYTES} bytes")
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("gzip of text that is not UTF-8") from None
+
+
 class _Functions(jmespath_functions.Functions):
     """JMESPath functions for keys: ``json(s)`` parses a JSON string (``powertools_json``
     is the same function under Powertools' name, so existing expressions keep working);
     ``base64_json(s)`` decodes base64 then parses; ``powertools_base64(s)`` decodes base64
-    to text. Numbers keep the precision of the text (see ``loads_exact``)."""
+    to text; ``powertools_base64_gzip(s)`` decodes base64 and gunzips to text (CloudWatch
+    Logs subscription ``awslogs.data``; at most :data:`MAX_GUNZIP_BYTES`). Numbers keep the
+    precision of the text (see ``loads_exact``)."""
 
     @jmespath_functions.signature({"types": ["string"]})
     def _func_json(self, value: str) -> Any:
@@ -56,6 +80,10 @@ class _Functions(jmespath_functions.Functions):
     @jmespath_functions.signature({"types": ["string"]})
     def _func_base64_json(self, value: str) -> Any:
         return _loads(_b64(value))
+
+    @jmespath_functions.signature({"types": ["string"]})
+    def _func_powertools_base64_gzip(self, value: str) -> str:
+        return _gunzip(_b64(value))
 
 
 OPTIONS = jmespath.Options(custom_functions=_Functions())

@@ -13,12 +13,12 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
-import gzip
 import hashlib
 import json
 import math
 import uuid
 import warnings
+import zlib
 from collections.abc import Callable
 from pathlib import PurePath
 from typing import Any
@@ -30,7 +30,10 @@ from ..._errors import InvalidKeyError
 from ._config import IdempotencyConfig
 from .exceptions import IdempotencyKeyError
 
-__all__ = ["PowertoolsFunctions", "hasher", "prepare", "selector"]
+__all__ = ["MAX_GUNZIP_BYTES", "PowertoolsFunctions", "hasher", "prepare", "selector"]
+
+#: The most text ``powertools_base64_gzip`` inflates; more is refused (``InvalidKeyError``).
+MAX_GUNZIP_BYTES = 16 * 1024 * 1024
 
 
 class PowertoolsFunctions(jmespath_functions.Functions):
@@ -48,7 +51,11 @@ class PowertoolsFunctions(jmespath_functions.Functions):
 
     @jmespath_functions.signature({"types": ["string"]})
     def _func_powertools_base64_gzip(self, value: str) -> str:
-        return gzip.decompress(base64.b64decode(value)).decode()
+        inflater = zlib.decompressobj(wbits=31)  # gzip framing, bounded (no gzip bomb)
+        text = inflater.decompress(base64.b64decode(value), MAX_GUNZIP_BYTES)
+        if inflater.unconsumed_tail:
+            raise ValueError(f"gzip data inflates to more than {MAX_GUNZIP_BYTES} bytes")
+        return text.decode()
 
 
 def prepare(data: Any) -> Any:
