@@ -28,6 +28,7 @@ from idempotence import (
 )
 from idempotence.stores import LargeResultStore, MemoryStore, Store, store_from_url
 from idempotence.stores._registry import validate_store_url
+from idempotence.testing import ManualClock, StoreContract
 from tests import moto_server
 from tests.http.conftest import make_store, postgres_admin, redis_ok
 
@@ -245,6 +246,60 @@ def test_small_results_and_old_records_are_kept_as_they_are(
     again = store.claim(old, "fp", lease=30, ttl=60)
     assert not again.acquired
     assert again.record.result == body
+
+
+@pytest.mark.parametrize("head", [b"\x02Z", b"\x02S", b"\x02R", b"\x02"])
+def test_results_stay_opaque_bytes(store: LargeResultStore, inner: Store, head: bytes) -> None:
+    """A caller's result that starts like a frame is escaped, not misread."""
+    for body in (head + b"{}", head + bytes(range(256)) * 400):  # small; large (offloaded)
+        key = f"opaque-{uuid.uuid4().hex}"
+        fence = store.claim(key, "fp", lease=30, ttl=60).record.fence
+        assert store.complete(key, fence, body, ttl=60)
+        assert store.get(key).result == body  # type: ignore[union-attr]
+        replay = store.claim(key, "fp", lease=30, ttl=60)
+        assert replay.record.result == body
+
+
+class TestContractOverMemory(StoreContract):
+    """The conformance suite through the wrapper, results over 1 KiB offloaded as they are
+    (no compression)."""
+
+    test_concurrent_claims_processes = None  # one process by design
+
+    @pytest.fixture
+    def store(self, clock: ManualClock, s3: Any, s3_bucket: str) -> LargeResultStore:
+        return LargeResultStore(
+            MemoryStore(clock=clock),
+            f"s3://{s3_bucket}/contract-memory/",
+            compress_over=2**30,
+            offload_over=1024,
+            s3_client=s3,
+        )
+
+
+class TestContractOverSQLite(StoreContract):
+    """The conformance suite through the wrapper built from a store URL (processes too),
+    results over 64 bytes compressed."""
+
+    @pytest.fixture
+    def store_url(
+        self, tmp_path: Path, s3_bucket: str, dynamodb_endpoint: str, monkeypatch: Any
+    ) -> str:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", dynamodb_endpoint)  # inherited by children
+        return (
+            f"sqlite:///{tmp_path}/contract.db?offload=s3://{s3_bucket}/contract-sqlite/"
+            "&compress_over=64&offload_over=1024"
+        )
+
+    @pytest.fixture
+    def store(self, clock: ManualClock, store_url: str) -> LargeResultStore:
+        from idempotence.stores import SQLiteStore
+
+        made = store_from_url(store_url)
+        assert isinstance(made, LargeResultStore)
+        assert isinstance(made.store, SQLiteStore)
+        made.store.clock = clock
+        return made
 
 
 # -- requests ---------------------------------------------------------------------------

@@ -19,8 +19,10 @@ version, 1; a frame of this module starts with 2)::
 
     \\x02 Z <zlib stream of the encoded result>
     \\x02 S <JSON pointer: {"bucket", "key", "sha256", "size"}>
+    \\x02 R <a result that itself starts with byte 2, kept as it is>
 
-so records written before (or without) the wrapper read as they are.
+so records written before (or without) the wrapper read as they are, and results stay
+opaque bytes (the library's own never start with 2; any other caller's are escaped).
 
 The object key is ``<prefix><sha256 of the idempotency key>/<fence>``: each claim of a key
 has a fence of its own, so a successor's object never overwrites its predecessor's, and a
@@ -37,6 +39,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import threading
 import weakref
 import zlib
@@ -59,8 +62,10 @@ MiB: Final = 1024 * KiB
 FRAME: Final = 2
 ZLIB: Final = ord("Z")
 S3: Final = ord("S")
+RAW: Final = ord("R")
 _ZLIB_HEAD: Final = bytes((FRAME, ZLIB))
 _S3_HEAD: Final = bytes((FRAME, S3))
+_RAW_HEAD: Final = bytes((FRAME, RAW))
 
 DEFAULT_COMPRESS_OVER: Final = 8 * KiB
 DEFAULT_OFFLOAD_OVER: Final = 256 * KiB
@@ -97,6 +102,9 @@ _Op = _StoreOp | _S3Op
 _Program = Generator[_Op, Any, Any]
 
 
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
 def parse_offload_url(url: str) -> tuple[str, str]:
     """``(bucket, prefix)`` of ``s3://bucket/prefix``; ``ValueError`` when it is not one.
     The prefix gets a trailing ``/`` when it has none (empty: the bucket's root)."""
@@ -104,6 +112,11 @@ def parse_offload_url(url: str) -> tuple[str, str]:
     if parts.scheme.lower() != "s3" or not parts.netloc or parts.query or parts.fragment:
         raise ValueError(
             "offload must be an S3 location 's3://bucket/prefix' (no query or fragment)"
+        )
+    if not _BUCKET.match(parts.netloc):
+        raise ValueError(
+            "offload must name an S3 bucket (3-63 lowercase letters, digits, '.' and '-') "
+            "as 's3://bucket/prefix'"
         )
     prefix = unquote(parts.path).lstrip("/")
     if prefix and not prefix.endswith("/"):
@@ -361,12 +374,13 @@ class LargeResultStore(Store):
 
     # -- frames ------------------------------------------------------------------------
     def _pack(self, result: bytes) -> bytes:
-        """``result``, compressed when long enough and smaller so."""
-        if len(result) > self.compress_over and not result.startswith(_ZLIB_HEAD):
+        """``result``, compressed when long enough and smaller so (escaped when it starts
+        like a frame)."""
+        if len(result) > self.compress_over:
             packed = _ZLIB_HEAD + zlib.compress(result, 6)
             if len(packed) < len(result):
                 return packed
-        return result
+        return _RAW_HEAD + result if result[:1] == b"\x02" else result
 
     def _inflate(self, data: bytes) -> bytes:
         limit = self._limit * _INFLATE_FACTOR
@@ -381,15 +395,23 @@ class LargeResultStore(Store):
             )
         return out
 
+    def _unframe(self, data: bytes) -> bytes:
+        """The result of a stored compressed, escaped or plain frame."""
+        if data[:1] != b"\x02":
+            return data
+        if data[1:2] == b"Z":
+            return self._inflate(data)
+        if data[1:2] == b"R":
+            return data[2:]
+        raise CorruptRecordError(f"stored result has unknown frame {data[1:2]!r}")
+
     def _resolve(self, record: Record) -> Generator[_Op, Any, Record]:
         """``record`` with its stored bytes turned back into the encoded result."""
         data = record.result
         if not data or data[0] != FRAME:
             return record
-        if data[1:2] == b"Z":
-            return record._replace(result=self._inflate(data))
         if data[1:2] != b"S":
-            raise CorruptRecordError(f"stored result has unknown frame {data[1:2]!r}")
+            return record._replace(result=self._unframe(data))
         try:
             pointer = json.loads(data[2:])
             bucket, name = str(pointer["bucket"]), str(pointer["key"])
@@ -409,9 +431,7 @@ class LargeResultStore(Store):
                 f"the offloaded result in S3 bucket {bucket!r} does not match the checksum "
                 "its record holds (the object was changed or truncated). " + _FORGET
             )
-        if body.startswith(_ZLIB_HEAD):
-            body = self._inflate(body)
-        return record._replace(result=body)
+        return record._replace(result=self._unframe(body))
 
     @staticmethod
     def _pointer(data: bytes | None) -> tuple[str, str] | None:
