@@ -379,3 +379,48 @@ def test_async_loop_duplicates_and_reclaim(rds: Any, idem: Idempotency) -> None:
     assert seen[-1].result == {"handled": "o-3"}
     assert effects(rds) == 3
     assert pending(rds) == 0
+
+
+def test_run_survives_an_unreachable_server_and_stops(
+    rds: Any, idem: Idempotency, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    down = redis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    consumer = IdempotentConsumer(counting(rds), idem, namespace="t.down")
+    loop = RedisStreamConsumer(down, STREAM, GROUP, "w", consumer, min_idle=1.0)
+    stop = threading.Event()
+    timer = threading.Timer(0.8, stop.set)
+    timer.start()
+    with caplog.at_level("WARNING", logger="idempotence.consumer"):
+        loop.run(stop, retry_every=0.1)
+    timer.join()
+    failures = [r for r in caplog.records if "poll of a Redis stream" in r.getMessage()]
+    assert len(failures) >= 2
+    assert "ConnectionError" in failures[0].getMessage()
+
+
+def test_async_run_survives_an_unreachable_server_and_stops(
+    rds: Any, idem: Idempotency, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis.asyncio
+
+    async def scenario() -> None:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        down = redis.asyncio.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+        consumer = IdempotentConsumer(counting(rds), idem, namespace="t.down")
+        loop = AsyncRedisStreamConsumer(down, STREAM, GROUP, "w", consumer, min_idle=1.0)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.8, stop.set)
+        await loop.run(stop, retry_every=0.1)
+        await down.aclose()
+
+    with caplog.at_level("WARNING", logger="idempotence.consumer"):
+        asyncio.run(scenario())
+    assert sum("poll of a Redis stream" in r.getMessage() for r in caplog.records) >= 2

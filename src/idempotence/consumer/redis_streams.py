@@ -31,6 +31,7 @@ import functools
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Callable, Generator, Mapping
 from typing import Any, NamedTuple
 
@@ -254,10 +255,20 @@ class RedisStreamConsumer(_StreamLoop):
         """Reclaim and read once; handle each entry; return the deliveries."""
         return _drive_sync(self, block)
 
-    def run(self, stop: threading.Event | None = None) -> None:
-        """Poll until ``stop`` is set (forever without one)."""
+    def run(self, stop: threading.Event | None = None, *, retry_every: float = 1.0) -> None:
+        """Poll until ``stop`` is set (forever without one). A Redis error (the server
+        unreachable, a failed ``XACK``) is logged by class and the poll tried again after
+        ``retry_every`` seconds; entries of the failed poll stay pending and are reclaimed
+        after ``min_idle``. Other exceptions propagate."""
         while stop is None or not stop.is_set():
-            self.poll()
+            try:
+                self.poll()
+            except redis.RedisError as exc:
+                _poll_failed(exc)
+                if stop is None:
+                    time.sleep(retry_every)
+                else:
+                    stop.wait(retry_every)
 
 
 class AsyncRedisStreamConsumer(_StreamLoop):
@@ -268,10 +279,20 @@ class AsyncRedisStreamConsumer(_StreamLoop):
         """Reclaim and read once; handle each entry; return the deliveries."""
         return await _drive_async(self, block)
 
-    async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Poll until ``stop`` is set (forever without one, or until cancelled)."""
+    async def run(self, stop: asyncio.Event | None = None, *, retry_every: float = 1.0) -> None:
+        """Poll until ``stop`` is set (forever without one, or until cancelled); Redis
+        errors as in :meth:`RedisStreamConsumer.run`."""
         while stop is None or not stop.is_set():
-            await self.poll()
+            try:
+                await self.poll()
+            except redis.RedisError as exc:
+                _poll_failed(exc)
+                await asyncio.sleep(retry_every)
+
+
+def _poll_failed(exc: BaseException) -> None:
+    # the class only: a client library's message may quote keys or values
+    logger.warning("a poll of a Redis stream failed (%s); trying again", type(exc).__name__)
 
 
 def _drive_sync(loop: _StreamLoop, block: bool) -> list[Delivery]:
