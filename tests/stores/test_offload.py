@@ -714,3 +714,33 @@ def test_a_large_http_response_replays_from_s3_behind_waitress(
     assert second.headers["idempotent-replayed"] == "true"
     assert runs == [1]
     assert len(objects(s3, s3_bucket, prefix)) == 1
+
+
+def test_one_event_loop_per_invocation_needs_no_aclose(
+    s3: Any, s3_bucket: str, prefix: str, dynamodb_endpoint: str
+) -> None:
+    """Lambda style: ``asyncio.run`` per invocation, never ``aclose``: each loop's
+    aiobotocore client closes with its loop and the next loop opens its own."""
+    pytest.importorskip("aiobotocore")
+    store = LargeResultStore(
+        MemoryStore(), f"s3://{s3_bucket}/{prefix}", offload_over=1024,
+        endpoint_url=dynamodb_endpoint, region="us-east-1",
+    )  # fmt: skip
+    key = f"loops-{uuid.uuid4().hex}"
+    body = b"\x01V" + random_text(100_000).encode()
+
+    async def first() -> None:
+        fence = (await store.aclaim(key, "fp", lease=30, ttl=60)).record.fence
+        assert await store.acomplete(key, fence, body, ttl=60)
+
+    async def second() -> bytes | None:
+        replay = await store.aclaim(key, "fp", lease=30, ttl=60)
+        return replay.record.result
+
+    asyncio.run(first())
+    assert asyncio.run(second()) == body
+    assert asyncio.run(second()) == body
+    assert len(store._async_clients) <= 1  # closed loops are forgotten
+    store.close()
+    assert len(store._async_clients) == 0
+    assert len(objects(s3, s3_bucket, prefix)) == 1
