@@ -358,3 +358,16 @@ def test_unencodable_response_is_not_run_again(ddb: Any, pt_table: str) -> None:
     with pytest.raises(idempotence.ResultNotStoredError):
         pair.ours(data={"id": "unencodable"})
     assert len(pair.runs) == 1
+
+
+def test_key_prefix_must_be_printable_ascii(ddb: Any, pt_table: str) -> None:
+    layer = ours.DynamoDBPersistenceLayer(table_name=pt_table, boto3_client=ddb)
+
+    @ours.idempotent_function(
+        data_keyword_argument="data", persistence_store=layer, key_prefix="pédido"
+    )
+    def f(data: Any) -> int:
+        return 1
+
+    with pytest.raises(idempotence.InvalidKeyError, match="printable ASCII"):
+        f(data={"id": 1})

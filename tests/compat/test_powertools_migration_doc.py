@@ -36,3 +36,17 @@ def test_the_import_change(
     # --8<-- [end:import]
     event = {"body": '{"order_id": "o-1"}'}
     assert handler(event, None) == handler(event, None) == {"statusCode": 201, "body": "created"}
+
+
+def test_every_test_the_page_cites_exists() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    page = (root / "docs" / "migrating-from-powertools.md").read_text()
+    cited = set(re.findall(r"`((?:test_|Test)\w+)`", page))
+    cited |= set(re.findall(r"::((?:test_|Test)\w+)`", page))
+    sources = "\n".join(p.read_text() for p in (root / "tests").rglob("test_*.py"))
+    missing = sorted(n for n in cited if not re.search(rf"(def|class) {n}\b", sources))
+    assert len(cited) > 30
+    assert missing == []
