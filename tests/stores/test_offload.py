@@ -744,3 +744,34 @@ def test_one_event_loop_per_invocation_needs_no_aclose(
     store.close()
     assert len(store._async_clients) == 0
     assert len(objects(s3, s3_bucket, prefix)) == 1
+
+
+def test_the_cli_inspects_and_forgets_an_offloaded_result(
+    tmp_path: Path,
+    s3: Any,
+    s3_bucket: str,
+    prefix: str,
+    dynamodb_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``idempotence inspect`` reads the result back from S3; ``idempotence forget``
+    deletes the record and its object (the store URL carries ?offload=)."""
+    from idempotence.__main__ import main
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", dynamodb_endpoint)
+    url = f"sqlite:///{tmp_path}/cli.db?offload=s3://{s3_bucket}/{prefix}&offload_over=1024"
+    idem = Idempotency(url)
+
+    @idem
+    def report(order: str) -> dict[str, str]:
+        return {"status": "created", "blob": random_text(50_000)}
+
+    report("o-cli")
+    key = report.key_for("o-cli")
+    assert len(objects(s3, s3_bucket, prefix)) == 1
+    assert main(["inspect", "--store", url, key]) == 0
+    assert '"status": "created"' in capsys.readouterr().out
+    assert main(["forget", "--store", url, key]) == 0
+    assert objects(s3, s3_bucket, prefix) == {}
+    idem.store.close()
