@@ -24,8 +24,10 @@ from idempotence.http import HTTPResponse
 from idempotence.stores import store_from_url
 from tests import moto_server
 from tests.conftest import (
+    MYSQL_URL,
     POSTGRES_URL,
     REDIS_URL,
+    mysql_admin_or_unavailable,
     postgres_admin_or_unavailable,
     redis_client_or_unavailable,
 )
@@ -116,7 +118,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # -- operator commands on every store -------------------------------------------------------
-BACKENDS = ["sqlite", "redis", "postgres", "dynamodb"]
+BACKENDS = ["sqlite", "redis", "postgres", "mysql", "dynamodb"]
 
 
 def _backend_url(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -130,6 +132,9 @@ def _backend_url(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> s
     if name == "postgres":
         postgres_admin_or_unavailable(POSTGRES_URL).close()
         return f"{POSTGRES_URL}?table=cli_{tag}"
+    if name == "mysql":
+        mysql_admin_or_unavailable(MYSQL_URL).close()
+        return f"{MYSQL_URL}?table=cli_{tag}"
     endpoint = request.getfixturevalue("dynamodb_endpoint")
     return f"dynamodb://cli-{tag}?region=us-east-1&endpoint_url={quote(endpoint, safe='')}"
 
@@ -140,6 +145,9 @@ def _drop(name: str, url: str) -> None:
         if name == "postgres":
             with store.sql_connection() as conn:
                 conn.execute(f'DROP TABLE IF EXISTS "{store.table}"')
+        elif name == "mysql":
+            with store.sql_connection() as conn, conn.cursor() as cursor:
+                cursor.execute(f"DROP TABLE IF EXISTS `{store.table}`")
         elif name == "dynamodb":
             with contextlib.suppress(Exception):
                 store.call("delete_table", {"TableName": store.table})
@@ -180,13 +188,20 @@ def _exists(name: str, url: str) -> bool:
         found = admin.execute("SELECT to_regclass(%s)", (table,)).fetchone()
         admin.close()
         return found != (None,)
+    if name == "mysql":
+        admin = mysql_admin_or_unavailable(MYSQL_URL)
+        with admin.cursor() as cursor:
+            cursor.execute("SHOW TABLES LIKE %s", (url.rpartition("table=")[2],))
+            rows = cursor.fetchall()
+        admin.close()
+        return bool(rows)
     store: Any = store_from_url(url)
     names = store.call("list_tables", {})["TableNames"]
     store.close()
     return store.table in names
 
 
-@pytest.mark.parametrize("name", ["sqlite", "postgres", "dynamodb"])
+@pytest.mark.parametrize("name", ["sqlite", "postgres", "mysql", "dynamodb"])
 def test_reads_never_create_the_table(
     name: str,
     request: pytest.FixtureRequest,
@@ -386,7 +401,7 @@ def test_doctor_on_a_healthy_store(
     if name == "dynamodb":
         assert checks["time to live"]["ok"] is True
         assert "expiration" in checks["time to live"]["detail"]
-    if name in ("redis", "postgres"):
+    if name in ("redis", "postgres", "mysql"):
         assert checks["clock skew"]["ok"] is True
         assert checks["clock skew"]["detail"].endswith("s)")
     else:

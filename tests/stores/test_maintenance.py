@@ -17,15 +17,17 @@ from idempotence.stores.capabilities import Maintainable, namespace_of
 from idempotence.testing import ManualClock
 from tests import moto_server
 from tests.conftest import (
+    MYSQL_URL,
     POSTGRES_URL,
     REDIS_URL,
+    mysql_admin_or_unavailable,
     postgres_admin_or_unavailable,
     redis_client_or_unavailable,
 )
 
 dynamodb_endpoint = moto_server.dynamodb_endpoint  # the session fixture
 
-BACKENDS = ["memory", "sqlite", "redis", "postgres", "dynamodb"]
+BACKENDS = ["memory", "sqlite", "redis", "postgres", "mysql", "dynamodb"]
 
 #: A store under test and a counter of its round trips (requests to the backend).
 Made = tuple[Any, Callable[[], int]]
@@ -79,6 +81,24 @@ def _postgres(clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> Made:
     return store, lambda: calls[0]
 
 
+def _mysql(clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> Made:
+    pymysql = pytest.importorskip("pymysql")
+    from idempotence.stores import MySQLStore
+
+    mysql_admin_or_unavailable(MYSQL_URL).close()
+    store = MySQLStore(MYSQL_URL, table=f"maint_{uuid.uuid4().hex[:10]}", clock=clock)
+    store.create_table()
+    calls = [0]
+    original = pymysql.cursors.Cursor.execute
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pymysql.cursors.Cursor, "execute", counted)
+    return store, lambda: calls[0]
+
+
 def _dynamodb(endpoint: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> Made:
     from idempotence.stores import DynamoDBStore
 
@@ -114,6 +134,8 @@ def made(
         result = _redis(clock, monkeypatch)
     elif name == "postgres":
         result = _postgres(clock, monkeypatch)
+    elif name == "mysql":
+        result = _mysql(clock, monkeypatch)
     else:
         result = _dynamodb(request.getfixturevalue("dynamodb_endpoint"), clock, monkeypatch)
     store = result[0]
@@ -124,6 +146,9 @@ def made(
         if name == "postgres":
             with store.sql_connection() as conn:
                 conn.execute(f'DROP TABLE IF EXISTS "{store.table}"')
+        if name == "mysql":
+            with store.sql_connection() as conn, conn.cursor() as cursor:
+                cursor.execute(f"DROP TABLE IF EXISTS `{store.table}`")
         if name == "dynamodb":
             store.call("delete_table", {"TableName": store.table})
     finally:
@@ -305,6 +330,26 @@ def test_scan_skips_items_that_are_not_records(dynamodb_endpoint: str) -> None:
     assert [r.key for r in store.scan()] == ["a#1"]
     assert store.purge(expired=False) == 1
     store.call("delete_table", {"TableName": store.table})
+
+
+def test_mysql_maintenance_does_not_create_the_table() -> None:
+    pytest.importorskip("pymysql")
+    from idempotence.stores import MySQLStore
+
+    admin = mysql_admin_or_unavailable(MYSQL_URL)
+    table = f"absent_{uuid.uuid4().hex[:10]}"
+    store = MySQLStore(MYSQL_URL, table=table, auto_create=False)
+    try:
+        with pytest.raises(StoreError, match="does not exist"):
+            store.count()
+        with pytest.raises(StoreError, match="does not exist"):
+            list(store.scan())
+        with admin.cursor() as cursor:
+            cursor.execute("SHOW TABLES LIKE %s", (table,))
+            assert cursor.fetchall() == ()
+    finally:
+        store.close()
+        admin.close()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

@@ -19,6 +19,7 @@ from .._errors import StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
 from ._base import Clock, Store
+from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, stats_of
 from ._registry import merge_option, option_bool, option_number, url_query
 
 __all__ = ["MySQLStore"]
@@ -653,15 +654,141 @@ class MySQLStore(Store):
         """Async :meth:`create_table`."""
         await self._arun(self._ddl_op(), auto_create=False)
 
-    def purge(self) -> int:
-        """Delete rows whose retention has ended and whose lease is over too (an expired
-        row that still fences a paused invocation is kept while that lease is live).
-        Returns how many were deleted. One statement; scans the table."""
-        return self._run(self._purge_op())
-
     async def apurge(self) -> int:
-        """Async :meth:`purge`."""
+        """Async purge of the expired rows (one statement)."""
         return await self._arun(self._purge_op())
+
+    # -- capability: Maintainable (idempotence.stores.capabilities) ----------------------
+    @contextmanager
+    def _maintenance_cursor(self) -> Iterator[tuple[Any, float]]:
+        """A cursor and the store's clock now; a missing table is a StoreError (the
+        maintenance methods never create it)."""
+        pymysql = require("pymysql", "mysql")
+        try:
+            with self.sql_connection() as conn, conn.cursor() as cursor:
+                if self.clock is not None:
+                    now = float(self.clock())
+                else:
+                    cursor.execute(f"SELECT {_SERVER_NOW}")
+                    now = float(cursor.fetchone()[0])
+                yield cursor, now
+        except pymysql.err.ProgrammingError as exc:
+            if exc.args and exc.args[0] == _NO_SUCH_TABLE:
+                raise StoreError(
+                    f"MySQL store: the table {self.table!r} does not exist; nothing was "
+                    "created. Create it with `idempotence create-table` or "
+                    "MySQLStore(...).create_table()"
+                ) from exc
+            raise
+
+    def _where(
+        self,
+        now: float,
+        namespace: str | None,
+        status: Status | None,
+        older_than: float | None,
+        expired: bool,
+    ) -> tuple[str, dict[str, object]]:
+        conditions: list[str] = ["TRUE"]
+        params: dict[str, object] = {"now": now}
+        if namespace is not None:
+            head = (namespace + "#").encode()
+            conditions.append(
+                "LEFT(`key`, %(head_len)s) = %(head)s "
+                "AND LOCATE(_binary'#', SUBSTRING(`key`, %(head_len)s + 1)) = 0"
+            )
+            params.update(head=head, head_len=len(head))
+        if status is not None:
+            conditions.append("`status` = %(status)s")
+            params["status"] = status.value
+        if older_than is not None:
+            conditions.append("`fence` <= %(born_ms)s")
+            params["born_ms"] = (now - older_than) * 1000
+        if expired:
+            conditions.append("`expires_at` <= %(now)s AND `lease_expires_at` <= %(now)s")
+        return " AND ".join(conditions), params
+
+    def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+        limit: int | None = None,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> Iterator[Record]:
+        """The matching records in key order, ``batch_size`` per query (keyset paging on
+        the primary key). See :class:`~idempotence.stores.capabilities.Maintainable`."""
+        table = _table_sql(self.table)
+        with self._maintenance_cursor() as (cursor, now):
+            where, params = self._where(now, namespace, status, older_than, expired)
+            after: bytes | None = None
+            left = limit
+            while left is None or left > 0:
+                size = batch_size if left is None else min(batch_size, left)
+                page = "" if after is None else " AND `key` > %(after)s"
+                cursor.execute(
+                    f"SELECT {_COLS} FROM {table} WHERE {where}{page} "
+                    "ORDER BY `key` LIMIT %(size)s",
+                    {**params, "after": after, "size": size},
+                )
+                rows = cursor.fetchall()
+                for row in rows:
+                    yield _record(row)
+                if len(rows) < size:
+                    return
+                after = bytes(rows[-1][0])
+                left = None if left is None else left - len(rows)
+
+    def count(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+    ) -> int:
+        """How many records match (one query)."""
+        with self._maintenance_cursor() as (cursor, now):
+            where, params = self._where(now, namespace, status, older_than, expired)
+            cursor.execute(f"SELECT count(*) FROM {_table_sql(self.table)} WHERE {where}", params)
+            return int(cursor.fetchone()[0])
+
+    def purge(
+        self,
+        *,
+        namespace: str | None = None,
+        expired: bool = True,
+        batch_size: int = DEFAULT_BATCH,
+        progress: Progress | None = None,
+    ) -> int:
+        """Delete the matching rows, ``batch_size`` per statement (``DELETE ... ORDER BY
+        key LIMIT n``, each its own transaction). With the defaults, rows whose retention
+        has ended and whose lease is over too (an expired row that still fences a paused
+        invocation is kept while that lease is live). Returns how many were deleted."""
+        table = _table_sql(self.table)
+        total = 0
+        with self._maintenance_cursor() as (cursor, now):
+            where, params = self._where(now, namespace, None, None, expired)
+            while True:
+                deleted = int(
+                    cursor.execute(
+                        f"DELETE FROM {table} WHERE {where} ORDER BY `key` LIMIT %(size)s",
+                        {**params, "size": batch_size},
+                    )
+                )
+                total += deleted
+                if deleted and progress is not None:
+                    progress(deleted)
+                if deleted < batch_size:
+                    return total
+
+    def stats(self) -> StoreStats:
+        """Counts by status and namespace (one pass over the records)."""
+        records = list(self.scan())
+        with self._maintenance_cursor() as (_cursor, now):
+            return stats_of(records, now)
 
     def close(self) -> None:
         """Close the idle sync connections. Async connections belong to their event loop:

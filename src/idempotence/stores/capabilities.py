@@ -21,7 +21,7 @@ implementing the same methods:
 
 - :class:`Maintainable`: list, count and delete records in batches, and statistics, for
   operators (the ``idempotence`` command line: ``list``, ``stats``, ``purge``). Every
-  built-in store.
+  built-in store (MySQLStore included).
 
 The SQL records table (shared by the SQL stores and the transactional effects, so both see
 the same records) is described by :func:`records_ddl`, :func:`quoted_table`,
