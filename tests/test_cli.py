@@ -519,3 +519,35 @@ def test_parse_duration() -> None:
     ]
     with pytest.raises(argparse.ArgumentTypeError):
         parse_duration("soon")
+
+
+def test_purge_shows_a_progress_bar_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("rich")
+    url = f"sqlite:///{tmp_path / 'bar.db'}"
+    store = store_from_url(url)
+    for i in range(30):
+        store.claim(f"bulk#{i}", "fp", lease=30.0, ttl=60.0)
+    store.close()
+    seen: list[int] = []
+    from idempotence.stores import SQLiteStore
+
+    purge = SQLiteStore.purge
+
+    def spy(self: Any, **kwargs: Any) -> int:
+        progress = kwargs["progress"]
+        assert progress is not None  # the bar advances per batch
+
+        def advance(n: int) -> None:
+            seen.append(n)
+            progress(n)
+
+        return purge(self, **{**kwargs, "progress": advance})
+
+    monkeypatch.setattr(SQLiteStore, "purge", spy)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    argv = ["purge", "--store", url, "--namespace", "bulk", "--yes", "--batch-size", "10"]
+    assert main(argv) == 0
+    assert seen == [10, 10, 10]
+    assert "deleted 30 record(s)" in capsys.readouterr().out

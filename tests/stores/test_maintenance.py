@@ -401,3 +401,15 @@ def test_namespace_of() -> None:
     assert namespace_of("orders.charge#abc") == "orders.charge"
     assert namespace_of("a#b#c") == "a#b"
     assert namespace_of("plain") == "plain"
+
+
+def test_namespace_filters_are_literal(made: Any) -> None:
+    """Glob (Redis MATCH) and LIKE characters in a namespace match only themselves."""
+    store, _calls, _clock = made
+    for key in ("a*#1", "ab#1", "a%#1", "a_#1", "a?#1", "[a]#1", "a\\#1"):
+        assert store.claim(key, "fp", lease=30.0, ttl=60.0).acquired
+    for namespace in ("a*", "a%", "a_", "a?", "[a]", "a\\"):
+        assert [r.key for r in store.scan(namespace=namespace)] == [f"{namespace}#1"]
+        assert store.count(namespace=namespace) == 1
+    assert store.purge(namespace="a*", expired=False) == 1
+    assert store.get("ab#1") is not None
