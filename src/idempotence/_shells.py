@@ -1,7 +1,10 @@
 """Sync and async shells that drive the sans-I/O :func:`~idempotence._protocol.protocol`.
 
 Each shell only maps operations to store calls (``claim`` / ``aclaim``...), runs the body
-under a lease heartbeat, and sleeps; every decision lives in the protocol.
+under a lease heartbeat, and sleeps; every decision lives in the protocol, and the loop
+around it is :func:`~idempotence._drive.drive` / ``adrive``. The two ``step`` functions
+stay twins on purpose: one calls the store's sync methods and a timer-thread heartbeat,
+the other awaits the async methods under an asyncio heartbeat task.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Any
 
 from . import _log, observe
 from ._context import CURRENT_KEY
-from ._protocol import ClaimOp, CompleteOp, Plan, ReleaseOp, RunOp, SleepOp, protocol
+from ._drive import adrive, drive
+from ._protocol import ClaimOp, CompleteOp, Op, Plan, ReleaseOp, RunOp, SleepOp, protocol
 from ._timers import Timers
 from .stores import Store
 
@@ -61,38 +65,32 @@ def run_sync(plan: Plan, store: Store, body: Callable[[], Any], *, heartbeat: bo
     machine = protocol(plan)
     if observe.observers:  # the only cost of observability when nobody observes
         machine = observe.watch(machine, plan, store)
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            op = machine.send(value) if error is None else machine.throw(error)
-        except StopIteration as done:
-            return done.value
-        value, error = None, None
-        try:
-            if type(op) is ClaimOp:
-                value = store.claim(op.key, op.fingerprint, lease=op.lease, ttl=op.ttl)
-            elif type(op) is RunOp:
-                token = CURRENT_KEY.set(op.key)
-                beat = 0  # the heartbeat: renew every lease / 3 on the shared timer thread
-                if heartbeat and op.fence is not None:
-                    every = op.lease / 3
-                    renew = functools.partial(_renew, store, op.key, op.fence, op.lease)
-                    beat = _timers.add(every, renew, every)
-                try:
-                    value = body()
-                finally:
-                    if beat:
-                        _timers.cancel(beat)  # waits for a renewal in flight, if any
-                    CURRENT_KEY.reset(token)
-            elif type(op) is CompleteOp:
-                value = store.complete(op.key, op.fence, op.result, ttl=op.ttl)
-            elif type(op) is ReleaseOp:
-                value = store.release(op.key, op.fence)
-            elif type(op) is SleepOp:
-                time.sleep(op.seconds)
-        except BaseException as exc:
-            error = exc
+
+    def step(op: Op) -> Any:
+        if type(op) is ClaimOp:
+            return store.claim(op.key, op.fingerprint, lease=op.lease, ttl=op.ttl)
+        if type(op) is RunOp:
+            token = CURRENT_KEY.set(op.key)
+            beat = 0  # the heartbeat: renew every lease / 3 on the shared timer thread
+            if heartbeat and op.fence is not None:
+                every = op.lease / 3
+                renew = functools.partial(_renew, store, op.key, op.fence, op.lease)
+                beat = _timers.add(every, renew, every)
+            try:
+                return body()
+            finally:
+                if beat:
+                    _timers.cancel(beat)  # waits for a renewal in flight, if any
+                CURRENT_KEY.reset(token)
+        if type(op) is CompleteOp:
+            return store.complete(op.key, op.fence, op.result, ttl=op.ttl)
+        if type(op) is ReleaseOp:
+            return store.release(op.key, op.fence)
+        if type(op) is SleepOp:
+            time.sleep(op.seconds)
+        return None
+
+    return drive(machine, step)
 
 
 async def _renew_forever(store: Store, key: str, fence: int, lease: float) -> None:
@@ -127,33 +125,26 @@ async def run_async(
     machine = protocol(plan)
     if observe.observers:
         machine = observe.watch(machine, plan, store)
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            op = machine.send(value) if error is None else machine.throw(error)
-        except StopIteration as done:
-            return done.value
-        value, error = None, None
-        try:
-            if type(op) is ClaimOp:
-                value = await store.aclaim(op.key, op.fingerprint, lease=op.lease, ttl=op.ttl)
-            elif type(op) is RunOp:
-                token = CURRENT_KEY.set(op.key)
-                try:
-                    if heartbeat and op.fence is not None:
-                        value = await _beating(body, store, op.key, op.fence, op.lease)
-                    else:
-                        value = await body()
-                finally:
-                    CURRENT_KEY.reset(token)
-            elif type(op) is CompleteOp:
-                value = await store.acomplete(op.key, op.fence, op.result, ttl=op.ttl)
-            elif type(op) is ReleaseOp:
-                value = await store.arelease(op.key, op.fence)
-            elif type(op) is SleepOp:
-                import asyncio
 
-                await asyncio.sleep(op.seconds)
-        except BaseException as exc:
-            error = exc
+    async def step(op: Op) -> Any:
+        if type(op) is ClaimOp:
+            return await store.aclaim(op.key, op.fingerprint, lease=op.lease, ttl=op.ttl)
+        if type(op) is RunOp:
+            token = CURRENT_KEY.set(op.key)
+            try:
+                if heartbeat and op.fence is not None:
+                    return await _beating(body, store, op.key, op.fence, op.lease)
+                return await body()
+            finally:
+                CURRENT_KEY.reset(token)
+        if type(op) is CompleteOp:
+            return await store.acomplete(op.key, op.fence, op.result, ttl=op.ttl)
+        if type(op) is ReleaseOp:
+            return await store.arelease(op.key, op.fence)
+        if type(op) is SleepOp:
+            import asyncio
+
+            await asyncio.sleep(op.seconds)
+        return None
+
+    return await adrive(machine, step)

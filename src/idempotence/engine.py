@@ -31,7 +31,7 @@ import functools
 import json
 import os
 import typing
-from collections.abc import Awaitable, Callable, Collection, Generator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -46,6 +46,7 @@ from ._codec import (
     open_envelope,
 )
 from ._config import IdempotencyConfig
+from ._drive import adrive, drive
 from ._errors import (
     CorruptRecordError,
     MissingKeyError,
@@ -112,41 +113,6 @@ T = TypeVar("T")
 
 _DISABLED_VALUES = {"1", "true", "yes", "on"}
 _SELF_NAMES = {"self", "cls"}
-
-
-def drive(machine: Generator[Y, S, T], step: Callable[[Y], S]) -> T:
-    """Run a decision generator to its end: each value it yields goes to ``step``, whose
-    return value is sent back in (or whose exception is thrown in); the generator's return
-    value is returned, its exception raised. The one synchronous loop around
-    ``send``/``throw``/``StopIteration`` (:func:`run` is this loop over :func:`protocol`)."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            item = machine.send(value) if error is None else machine.throw(error)
-        except StopIteration as done:
-            return typing.cast(T, done.value)
-        value, error = None, None
-        try:
-            value = step(item)
-        except BaseException as exc:
-            error = exc
-
-
-async def adrive(machine: Generator[Y, S, T], step: Callable[[Y], Awaitable[S]]) -> T:
-    """:func:`drive` with an ``async`` ``step``: each yielded value is awaited through it."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            item = machine.send(value) if error is None else machine.throw(error)
-        except StopIteration as done:
-            return typing.cast(T, done.value)
-        value, error = None, None
-        try:
-            value = await step(item)
-        except BaseException as exc:
-            error = exc
 
 
 class Operation(Generic[P, R]):

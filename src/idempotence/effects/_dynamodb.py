@@ -25,6 +25,8 @@ from .._codec import JSONSerializer, Serializer
 from .._config import seconds
 from .._keys import digest
 from .._record import Claim
+from ..engine import adrive as adrive_steps
+from ..engine import drive as drive_steps
 from ..engine import replay_record
 from ..stores.capabilities import DynamoDBRecords
 from ._outcome import NO_FINGERPRINT, TransactionOutcome, check_existing, encoder
@@ -55,40 +57,26 @@ Program = Generator[Request | Sleep, Any, _T]
 
 def drive(store: DynamoDBRecords, steps: Program[_T]) -> _T:
     """Run ``steps`` with ``store.call``; a failing request is thrown into them."""
-    response: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            step = steps.send(response) if error is None else steps.throw(error)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        response, error = None, None
-        if isinstance(step, Sleep):
-            time.sleep(step.seconds)
-            continue
-        try:
-            response = store.call(*step)
-        except Exception as exc:
-            error = exc
+
+    def step(request: Request | Sleep) -> Any:
+        if isinstance(request, Sleep):
+            time.sleep(request.seconds)
+            return None
+        return store.call(*request)
+
+    return drive_steps(steps, step, catch=Exception)
 
 
 async def adrive(store: DynamoDBRecords, steps: Program[_T]) -> _T:
     """Run ``steps`` with ``store.acall`` (the same steps as :func:`drive`)."""
-    response: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            step = steps.send(response) if error is None else steps.throw(error)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        response, error = None, None
-        if isinstance(step, Sleep):
-            await asyncio.sleep(step.seconds)
-            continue
-        try:
-            response = await store.acall(*step)
-        except Exception as exc:
-            error = exc
+
+    async def step(request: Request | Sleep) -> Any:
+        if isinstance(request, Sleep):
+            await asyncio.sleep(request.seconds)
+            return None
+        return await store.acall(*request)
+
+    return await adrive_steps(steps, step, catch=Exception)
 
 
 def is_condition_failure(exc: BaseException) -> bool:

@@ -14,6 +14,9 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from ..engine import adrive as adrive_steps
+from ..engine import drive as drive_steps
+
 __all__ = [
     "MYSQL",
     "POSTGRES",
@@ -161,34 +164,12 @@ async def aexecute(conn: Any, stmt: Stmt) -> Reply:
 
 def run(conn: Any, steps: Steps[_T]) -> _T:
     """Drive ``steps`` on a sync connection; a failing statement is thrown into them."""
-    reply: Reply | None = None
-    error: BaseException | None = None
-    while True:
-        try:
-            stmt = steps.send(reply) if error is None else steps.throw(error)  # type: ignore[arg-type]
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        reply, error = None, None
-        try:
-            reply = execute(conn, stmt)
-        except Exception as exc:
-            error = exc
+    return drive_steps(steps, lambda stmt: execute(conn, stmt), catch=Exception)
 
 
 async def arun(conn: Any, steps: Steps[_T]) -> _T:
     """Drive ``steps`` on a psycopg ``AsyncConnection`` (the same steps as :func:`run`)."""
-    reply: Reply | None = None
-    error: BaseException | None = None
-    while True:
-        try:
-            stmt = steps.send(reply) if error is None else steps.throw(error)  # type: ignore[arg-type]
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        reply, error = None, None
-        try:
-            reply = await aexecute(conn, stmt)
-        except Exception as exc:
-            error = exc
+    return await adrive_steps(steps, lambda stmt: aexecute(conn, stmt), catch=Exception)
 
 
 def quiet_ddl(ddl: str) -> Steps[None]:

@@ -20,9 +20,11 @@ import asyncio
 import enum
 import threading
 import weakref
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
+from ..engine import adrive as adrive_steps
+from ..engine import drive as drive_steps
 from ..stores import MemoryStore
 from ..stores.capabilities import AtomicScripts, SQLConnections
 from . import _sql
@@ -108,14 +110,11 @@ class MemoryStates(Backend):
         return (yield lambda states: states.pop(entity, None) is not None)  # type: ignore[no-any-return]
 
     def run(self, steps: Generator[Any, Any, _T]) -> _T:
-        reply: Any = None
-        while True:
-            try:
-                step = steps.send(reply)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+        def step(change: Callable[[dict[str, str]], Any]) -> Any:
             with self.lock:
-                reply = step(self.states)
+                return change(self.states)
+
+        return drive_steps(steps, step, catch=())
 
     async def arun(self, steps: Generator[Any, Any, _T]) -> _T:
         return self.run(steps)  # a dict never blocks
@@ -311,19 +310,7 @@ class ScriptStates(Backend):
 
     # Each script runs through the store's run_script / arun_script.
     def run(self, steps: Generator[Any, Any, _T]) -> _T:
-        reply: Any = None
-        while True:
-            try:
-                script, key, args = steps.send(reply)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            reply = self.store.run_script(script, key, args)
+        return drive_steps(steps, lambda call: self.store.run_script(*call), catch=())
 
     async def arun(self, steps: Generator[Any, Any, _T]) -> _T:
-        reply: Any = None
-        while True:
-            try:
-                script, key, args = steps.send(reply)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            reply = await self.store.arun_script(script, key, args)
+        return await adrive_steps(steps, lambda call: self.store.arun_script(*call), catch=())
