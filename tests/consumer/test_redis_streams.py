@@ -424,3 +424,36 @@ def test_async_run_survives_an_unreachable_server_and_stops(
     with caplog.at_level("WARNING", logger="idempotence.consumer"):
         asyncio.run(scenario())
     assert sum("poll of a Redis stream" in r.getMessage() for r in caplog.records) >= 2
+
+
+def test_an_entry_that_keeps_failing_is_dead_lettered_at_max_deliveries(
+    rds: Any, idem: Idempotency
+) -> None:
+    calls: list[int] = []
+
+    def poison(payload: dict[str, Any]) -> None:
+        calls.append(1)
+        raise RuntimeError("cannot handle this one")
+
+    consumer = IdempotentConsumer(poison, idem, namespace="t.poison")
+    loop = loop_of(
+        rds, consumer, "w1", min_idle=0.2, dead_letter_stream="orders:dead", max_deliveries=3
+    )
+    loop.poll(block=False)
+    entry = rds.xadd(STREAM, {"order_id": "o-1"}).decode()
+    seen = poll_until(loop, lambda seen: any(d.acked for d in seen))
+    assert [d.outcome for d in seen] == [Outcome.RETRY, Outcome.RETRY, Outcome.DEAD_LETTER]
+    assert isinstance(seen[-1].error, RuntimeError)
+    assert len(calls) == 3
+    assert pending(rds) == 0
+    [(_, dead)] = rds.xrange("orders:dead")
+    assert dead[b"idempotence-source"] == f"{STREAM}/{entry}".encode()
+    assert dead[b"idempotence-error"] == b"RuntimeError"
+
+
+def test_max_deliveries_needs_a_dead_letter_stream(rds: Any, idem: Idempotency) -> None:
+    consumer = IdempotentConsumer(counting(rds), idem, namespace="t.orders")
+    with pytest.raises(ValueError, match="dead_letter_stream"):
+        loop_of(rds, consumer, "w1", max_deliveries=3)
+    with pytest.raises(ValueError, match="max_deliveries"):
+        loop_of(rds, consumer, "w1", max_deliveries=0, dead_letter_stream="d")

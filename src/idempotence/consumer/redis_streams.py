@@ -27,6 +27,7 @@ first consumer's lease still holds finds it in progress and stays pending
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import logging
@@ -115,6 +116,7 @@ class _StreamLoop:
         create_group: bool = True,
         decode: Callable[[dict[str, Any]], Any] | None = None,
         dead_letter_stream: str | None = None,
+        max_deliveries: int | None = None,
     ) -> None:
         if not isinstance(consumer, IdempotentConsumer):
             raise TypeError(
@@ -126,6 +128,13 @@ class _StreamLoop:
                 raise TypeError(f"{name} is a non-empty string")
         if not min_idle > 0 or not block >= 0 or not (isinstance(count, int) and count > 0):
             raise ValueError("min_idle > 0, block >= 0 and count >= 1 are required")
+        if max_deliveries is not None and (
+            not isinstance(max_deliveries, int) or max_deliveries < 1 or not dead_letter_stream
+        ):
+            raise ValueError(
+                "max_deliveries is a number of deliveries (>= 1) and needs a "
+                "dead_letter_stream to move the entries that reach it to"
+            )
         self.client = client
         self.stream = stream
         self.group = group
@@ -138,6 +147,7 @@ class _StreamLoop:
         self.create_group = create_group
         self.decode = decode
         self.dead_letter_stream = dead_letter_stream
+        self.max_deliveries = max_deliveries
         self._group_ready = not create_group
         self._cursor = "0-0"
 
@@ -165,6 +175,7 @@ class _StreamLoop:
         )
         self._cursor = _text(reply[0]) if reply else "0-0"
         entries = list(reply[1]) if reply and len(reply) > 1 else []
+        reclaimed = len(entries)
         if len(entries) < self.count:
             wait = int(self.block * 1000) if block and not entries else None
             read = yield _Command(
@@ -174,7 +185,7 @@ class _StreamLoop:
             )
             entries.extend(_entries(read))
         deliveries: list[Delivery] = []
-        for raw_id, fields in entries:
+        for index, (raw_id, fields) in enumerate(entries):
             if fields is None:  # deleted from the stream while pending (Redis < 7)
                 continue
             entry_id = str(_text(raw_id))
@@ -199,7 +210,26 @@ class _StreamLoop:
                 deliveries.append(Delivery(message_id, Outcome.DEAD_LETTER, error=exc))
                 continue
             handle = _Handle(self.message_id(entry_id), payload, self._ack(entry_id), bury)
-            deliveries.append((yield handle))
+            delivery: Delivery = yield handle
+            if delivery.outcome is Outcome.RETRY and self.max_deliveries is not None:
+                assert bury is not None  # max_deliveries requires a dead-letter stream
+                times = 1  # read with ``>``: its first delivery
+                if index < reclaimed:  # XAUTOCLAIM counted this delivery in
+                    pending = yield _Command(
+                        "xpending_range",
+                        (self.stream, self.group),
+                        {"min": entry_id, "max": entry_id, "count": 1},
+                    )
+                    times = int(pending[0]["times_delivered"]) if pending else 0
+                if times >= self.max_deliveries:
+                    logger.error(
+                        "an entry of a Redis stream reached max_deliveries (last error: %s); "
+                        "moved to the dead-letter stream",
+                        type(delivery.error).__name__,
+                    )
+                    yield bury(delivery.error)
+                    delivery = dataclasses.replace(delivery, outcome=Outcome.DEAD_LETTER)
+            deliveries.append(delivery)
         return deliveries
 
     def _ack(self, entry_id: str) -> _Command:
@@ -249,6 +279,14 @@ class RedisStreamConsumer(_StreamLoop):
     and ``idempotence-error``, the error's class name) and acknowledged in one
     ``MULTI``/``EXEC``; without ``dead_letter_stream`` it is left pending
     (:attr:`~idempotence.consumer.Outcome.REJECTED`) and an error is logged.
+
+    ``max_deliveries`` (needs ``dead_letter_stream``): an entry whose delivery ends in
+    :attr:`~idempotence.consumer.Outcome.RETRY` for the ``max_deliveries``-th time (the
+    count ``XPENDING`` keeps, which ``XAUTOCLAIM`` raises on every reclaim) is moved to the
+    dead-letter stream (``idempotence-error`` names the last error) and its delivery
+    reported as ``DEAD_LETTER``. Without it a handler that always raises is retried every
+    ``min_idle`` forever. A delivery that found the key in progress counts too: keep
+    ``max_deliveries * min_idle`` well above the longest handler run.
     """
 
     def poll(self, *, block: bool = True) -> list[Delivery]:
