@@ -197,3 +197,36 @@ def test_mixed_fleet_runs_once(function_name: str) -> None:
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(instance, range(8))) == [{"done": "r-9"}] * 8
     assert len(runs) == 1
+
+
+@pytest.mark.parametrize("how", ["url", "host"])
+def test_connection_options(how: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(REDIS_URL)
+    if how == "url":
+        layer = ours.CachePersistenceLayer(url=REDIS_URL)
+    else:
+        layer = ours.CachePersistenceLayer(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            db_index=int(parts.path.strip("/") or 0),
+            ssl=False,
+        )
+    runs: list[int] = []
+
+    @ours.idempotent_function(data_keyword_argument="order", persistence_store=layer)
+    def charge(order: dict[str, Any]) -> int:
+        runs.append(1)
+        return 7
+
+    try:
+        assert charge(order={"id": how}) == charge(order={"id": how}) == 7
+        assert runs == [1]
+    finally:
+        layer.close()
+
+
+def test_unknown_mode_is_a_config_error() -> None:
+    with pytest.raises(ours.IdempotencyPersistenceConfigError):
+        ours.CachePersistenceLayer(mode="sentinel", client=object())  # type: ignore[arg-type]
