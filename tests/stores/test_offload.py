@@ -393,6 +393,25 @@ def test_a_purge_can_delete_the_object_of_a_raw_record(
     assert not store.delete_offloaded(inner.get(small))  # type: ignore[arg-type]
 
 
+def test_delete_never_removes_an_object_the_record_does_not_own(
+    store: LargeResultStore, inner: Store, s3: Any, s3_bucket: str, prefix: str
+) -> None:
+    """A pointer to another key's object (a tampered or copied record) is not followed by
+    delete: only the object named after the record's own key and fence is removed."""
+    victim = f"{prefix}precious"
+    s3.put_object(Bucket=s3_bucket, Key=victim, Body=b"keep me")
+    key = f"tamper-{uuid.uuid4().hex}"
+    fence = inner.claim(key, "fp", lease=30, ttl=60).record.fence
+    pointer = {"bucket": s3_bucket, "key": victim, "sha256": "0" * 64, "size": 7}
+    assert inner.complete(key, fence, b"\x02S" + json.dumps(pointer).encode(), ttl=60)
+    raw = inner.get(key)
+    assert raw is not None
+    assert store.offloaded_object(raw) is None
+    assert not store.delete_offloaded(raw)
+    assert store.delete(key)
+    assert objects(s3, s3_bucket, prefix) == {victim: 7}
+
+
 def test_a_fenced_out_complete_removes_only_its_own_object(
     store: LargeResultStore, s3: Any, s3_bucket: str, prefix: str
 ) -> None:

@@ -433,31 +433,39 @@ class LargeResultStore(Store):
             )
         return record._replace(result=self._unframe(body))
 
-    @staticmethod
-    def _pointer(data: bytes | None) -> tuple[str, str] | None:
-        """``(bucket, object key)`` of a stored offload pointer, else ``None``."""
-        if not data or not data.startswith(_S3_HEAD):
+    def _pointer(self, record: Record | None) -> tuple[str, str] | None:
+        """``(bucket, object key)`` of a raw record's offload pointer, if it points to the
+        object this store wrote for that record: in the configured bucket, named after the
+        record's key and fence (whatever the prefix was). Anything else (no pointer, an
+        unreadable or foreign one) is ``None``: never deleted."""
+        data = record.result if record is not None else None
+        if record is None or not data or not data.startswith(_S3_HEAD):
             return None
         try:
             pointer = json.loads(data[2:])
-            return str(pointer["bucket"]), str(pointer["key"])
+            bucket, name = str(pointer["bucket"]), str(pointer["key"])
         except Exception:
             return None
+        own = self.object_key(record.key, record.fence).removeprefix(self.prefix)
+        if bucket != self.bucket or not (name == own or name.endswith("/" + own)):
+            return None
+        return bucket, name
 
     # -- maintenance -------------------------------------------------------------------
     def offloaded_object(self, record: Record) -> tuple[str, str] | None:
         """``(bucket, object key)`` of the S3 object a record points to, as the *wrapped*
         store returns it (``self.store.get``, a scan of ``self.store``); ``None`` when its
-        result is not offloaded. Records read through this store have their result already
-        read back, so ask about raw ones."""
-        return self._pointer(record.result)
+        result is not offloaded (or the pointer is not to the object this store's bucket
+        keeps for that key and fence: such objects are never deleted). Records read
+        through this store have their result already read back, so ask about raw ones."""
+        return self._pointer(record)
 
     def delete_offloaded(self, record: Record) -> bool:
         """Delete the S3 object a raw record (see :meth:`offloaded_object`) points to, for
         tools that remove records without :meth:`delete` (a purge of expired records).
         Returns whether the record pointed to one. Deleting an object that is already gone
         is not an error."""
-        where = self._pointer(record.result)
+        where = self._pointer(record)
         if where is None:
             return False
         self._remove(*where)
@@ -516,7 +524,7 @@ class LargeResultStore(Store):
     def _delete(self, key: str) -> _Program:
         record: Record | None = yield _StoreOp("get", (key,), {})
         removed = yield _StoreOp("delete", (key,), {})
-        where = self._pointer(record.result if record is not None else None)
+        where = self._pointer(record)
         if where is not None:
             yield _S3Op("remove", where)
         return removed
