@@ -102,6 +102,7 @@ def test_every_public_module_has_a_reference_page() -> None:
     }
     assert documented >= {
         "idempotence",
+        "idempotence.engine",
         "idempotence.stores",
         "idempotence.http",
         "idempotence.http.fastapi",

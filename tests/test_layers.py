@@ -90,6 +90,7 @@ def violations(path: Path) -> list[str]:
     package = package_of(module, path)
     found = []
     for node in imports(ast.parse(path.read_text(), str(path))):
+        targets: list[tuple[str, str | None]]
         if isinstance(node, ast.Import):
             targets = [(alias.name, None) for alias in node.names]
         else:
