@@ -4,6 +4,7 @@ server's request span."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ from starlette.routing import Route
 from idempotence import Idempotency, observe
 from idempotence.http import IdempotencyMiddleware
 from idempotence.observe import Event
-from idempotence.stores import Store
+from idempotence.stores import MemoryStore, Store
 
 KIND = {"MemoryStore": "memory", "SQLiteStore": "sqlite", "RedisStore": "redis",
         "PostgresStore": "postgres"}  # fmt: skip
@@ -85,3 +86,26 @@ async def test_span_is_a_child_of_the_request_span(store: Store) -> None:
     assert mine.parent.span_id == request.get_span_context().span_id
     assert mine.attributes["idempotence.outcome"] == "executed"
     assert mine.attributes["idempotence.store"] == KIND[type(store).__name__]
+
+
+class DownStore(MemoryStore):
+    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Any:
+        raise ConnectionRefusedError("store is down")
+
+
+async def test_store_failure_record_has_structured_fields(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[Event] = []
+    with observe.subscribed(seen.append), caplog.at_level(logging.WARNING, "idempotence"):
+        async with client(DownStore()) as c:
+            response = await c.post("/orders", json={"card": "4111"}, headers=K)
+    assert response.status_code == 503
+    (record,) = [r for r in caplog.records if r.name == "idempotence.http"]
+    assert record.levelname == "ERROR"
+    assert record.idempotence_outcome == "store_error"  # type: ignore[attr-defined]
+    assert record.idempotence_namespace == "shop-api"  # type: ignore[attr-defined]
+    assert not record.exc_info
+    assert "order-secret-77" not in caplog.text
+    assert [e.outcome.value for e in seen] == ["store_error"]
+    assert seen[0].store == "down"

@@ -74,6 +74,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("idempotence.http")
+#: The outcome named in the log when the app's response was not kept (docs/observability.md).
+_OUTCOMES = {
+    "LeaseLostError": "lease_lost",
+    "ResultNotStoredError": "not_stored",
+    "ResultTooLargeError": "not_stored",
+}
 
 #: Header added to every replayed response.
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -664,10 +670,18 @@ class HTTPIdempotency:
                 )
             stored = HTTPResponse.decode(data)
         except (CorruptRecordError, RecursionError, ValueError, TypeError) as exc:
-            log.error("a stored HTTP response is corrupt (%s)", type(exc).__name__)
+            log.error(
+                "a stored HTTP response is corrupt (%s)",
+                type(exc).__name__,
+                extra=self._log_fields("record_corrupt"),
+            )
             return problem("record-corrupt", "the stored response cannot be read")
         headers = [*stored.headers, (REPLAYED_HEADER, "true")]
         return HTTPResponse(stored.status, headers, stored.body)
+
+    def _log_fields(self, outcome: str) -> dict[str, str]:
+        """``extra=`` fields of a record about one request (docs/observability.md)."""
+        return {"idempotence_outcome": outcome, "idempotence_namespace": self.namespace}
 
     def _refusal(self, exc: IdempotencyError, produced: list[HTTPResponse]) -> HTTPResponse:
         """The answer when the protocol raised one of our errors (not the app)."""
@@ -675,6 +689,7 @@ class HTTPIdempotency:
             log.warning(
                 "returning the app's response although the store did not keep it (%s)",
                 type(exc).__name__,
+                extra=self._log_fields(_OUTCOMES.get(type(exc).__name__, "store_error")),
             )
             return produced[0]
         if isinstance(exc, KeyReuseError):
@@ -694,6 +709,7 @@ class HTTPIdempotency:
             log.error(
                 "idempotency store failed (%s); refusing the request (fail closed)",
                 type(exc).__name__,
+                extra=self._log_fields("store_error"),
             )
             return problem(
                 "store-unavailable",
@@ -701,7 +717,11 @@ class HTTPIdempotency:
                 retry_after=_STORE_RETRY_AFTER,
             )
         if isinstance(exc, CorruptRecordError):
-            log.error("a stored HTTP response is corrupt (%s)", type(exc).__name__)
+            log.error(
+                "a stored HTTP response is corrupt (%s)",
+                type(exc).__name__,
+                extra=self._log_fields("record_corrupt"),
+            )
             return problem("record-corrupt", "the stored response cannot be read")
         raise exc
 
