@@ -457,3 +457,42 @@ def test_max_deliveries_needs_a_dead_letter_stream(rds: Any, idem: Idempotency) 
         loop_of(rds, consumer, "w1", max_deliveries=3)
     with pytest.raises(ValueError, match="max_deliveries"):
         loop_of(rds, consumer, "w1", max_deliveries=0, dead_letter_stream="d")
+
+
+def test_an_entry_reclaimed_from_a_live_slow_consumer_has_one_effect(
+    rds: Any, idem: Idempotency
+) -> None:
+    """A runs a handler longer than its lease (its heartbeat keeps the key) and longer
+    than min_idle; B reclaims the entry with XAUTOCLAIM meanwhile: B finds the key in
+    progress and leaves the entry pending; A records, then its XACK removes the entry
+    (whoever owns it now). One effect."""
+    import threading
+
+    started = threading.Event()
+
+    def slow(payload: dict[str, Any]) -> str:
+        started.set()
+        time.sleep(1.6)  # > lease (1 s): only the heartbeat keeps the key
+        rds.incr(f"{STREAM}:effects")
+        return "done"
+
+    consumer = IdempotentConsumer(slow, idem, namespace="t.slow")
+    a = loop_of(rds, consumer, "a")
+    a.poll(block=False)
+    rds.xadd(STREAM, {"order_id": "o-1"})
+    outcome: list[Delivery] = []
+    runner = threading.Thread(target=lambda: outcome.extend(a.poll()))
+    runner.start()
+    assert started.wait(5)
+    b = loop_of(rds, consumer, "b", min_idle=0.3)
+    b_seen: list[Delivery] = []
+    while runner.is_alive():
+        b_seen += b.poll(block=False)
+        time.sleep(0.1)
+    runner.join()
+    assert [d.outcome for d in outcome] == [Outcome.PROCESSED]
+    assert b_seen
+    assert all(d.outcome is Outcome.RETRY for d in b_seen)
+    assert effects(rds) == 1
+    assert pending(rds) == 0
+    assert b.poll(block=False) == []
