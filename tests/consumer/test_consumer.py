@@ -287,3 +287,79 @@ def test_options_are_checked_when_the_consumer_is_made() -> None:
         IdempotentConsumer(charge, "redis://x", namespace="t")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="namespace"):
         IdempotentConsumer(lambda p: p, idem)  # a lambda has no name of its own
+
+
+def test_a_result_that_cannot_be_stored_is_recorded_as_such_and_acked() -> None:
+    from idempotence import ResultNotStoredError
+
+    calls: list[int] = []
+
+    def opaque(payload: Any) -> object:
+        calls.append(1)
+        return object()  # no serializer can store it
+
+    consumer = IdempotentConsumer(opaque, Idempotency(MemoryStore()), namespace="t.opaque")
+    acks: list[int] = []
+    first = consumer.process("m-1", {"a": 1}, lambda: acks.append(1))
+    again = consumer.process("m-1", {"a": 1}, lambda: acks.append(1))
+    assert (first.outcome, again.outcome) == (Outcome.PROCESSED, Outcome.REPLAYED)
+    assert isinstance(first.error, ResultNotStoredError)
+    assert isinstance(again.error, ResultNotStoredError)
+    assert acks == [1, 1]
+    assert calls == [1]
+
+
+def test_a_lost_lease_means_retry_and_the_redelivery_replays_the_winner() -> None:
+    import time
+
+    store = MemoryStore()
+    calls: list[int] = []
+    holder: dict[str, Any] = {}
+
+    def slow(payload: Any) -> str:
+        calls.append(1)
+        time.sleep(0.3)  # the lease (0.1 s, no heartbeat) lapses; another takes the key
+        key = holder["consumer"].key_for("m-1", payload)
+        claim = store.claim(key, holder["consumer"].op.fingerprint(payload), lease=5, ttl=60)
+        assert claim.acquired
+        assert store.complete(key, claim.record.fence, holder["winner"], ttl=60)
+        return "late"
+
+    consumer = IdempotentConsumer(
+        slow, Idempotency(store), namespace="t.lease", lease=0.1, heartbeat=False
+    )
+    holder["consumer"] = consumer
+    holder["winner"] = consumer.op.encode(store)("winner")
+    acks: list[int] = []
+    lost = consumer.process("m-1", {"a": 1}, lambda: acks.append(1))
+    assert lost.outcome is Outcome.RETRY
+    assert type(lost.error).__name__ == "LeaseLostError"
+    assert acks == []
+    redelivered = consumer.process("m-1", {"a": 1}, lambda: acks.append(1))
+    assert redelivered.outcome is Outcome.REPLAYED
+    assert redelivered.result == "winner"
+    assert acks == [1]
+    assert calls == [1]
+
+
+def test_a_corrupt_record_is_a_permanent_failure() -> None:
+    from idempotence import CorruptRecordError
+
+    store = MemoryStore()
+    calls, charge = charge_counter()
+    dead: list[Delivery] = []
+    consumer = IdempotentConsumer(
+        charge, Idempotency(store), namespace="t.corrupt", dead_letter=dead.append
+    )
+    payload = {"order_id": "o"}
+    key = consumer.key_for("m-1", payload)
+    assert key is not None
+    claim = store.claim(key, consumer.op.fingerprint(payload), lease=5, ttl=60)
+    assert store.complete(key, claim.record.fence, b"\xffnot a record body", ttl=60)
+    acks: list[int] = []
+    delivery = consumer.process("m-1", payload, lambda: acks.append(1))
+    assert delivery.outcome is Outcome.DEAD_LETTER
+    assert isinstance(delivery.error, CorruptRecordError)
+    assert dead == [delivery]
+    assert acks == [1]
+    assert calls == []
