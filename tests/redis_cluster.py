@@ -10,7 +10,8 @@ conftest) and by ``.ci/run``::
 Each node runs ``redis-server --cluster-enabled yes --save '' --appendonly no --daemonize
 yes`` with its files in ``$IDEMPOTENCE_TEST_REDIS_CLUSTER_DIR`` (default
 ``<tmp>/idempotence-redis-cluster``); ``redis-cli --cluster create`` joins them. Starting is
-idempotent: a healthy cluster is left alone, a half-started one is stopped and rebuilt.
+idempotent: a running cluster is left alone (waited for while a failover or a resync
+settles), a half-started one (not every node up, or not joined) is stopped and rebuilt.
 """
 
 from __future__ import annotations
@@ -97,6 +98,20 @@ def start(timeout: float = 60) -> str:
     ``redis-server`` on the PATH or a port taken by something else."""
     if healthy():
         return URL
+    deadline = time.monotonic() + timeout
+    if all(_listening(port) for port in PORTS) and all(
+        _info(port).get("cluster_known_nodes") == str(len(PORTS)) for port in PORTS
+    ):
+        # Formed, but a failover or a replica's resync is under way: wait, never rebuild a
+        # running cluster (that would wipe the data of tests using it).
+        while not healthy():
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the cluster on ports {PORTS[0]}-{PORTS[-1]} runs but is not healthy; "
+                    f"see the logs in {DIRECTORY}, or stop it (tests/redis_cluster.py stop)"
+                )
+            time.sleep(0.2)
+        return URL
     for tool in ("redis-server", "redis-cli"):
         if shutil.which(tool) is None:
             raise RuntimeError(f"{tool} is not installed (apt-get install redis-server)")
@@ -119,7 +134,6 @@ def start(timeout: float = 60) -> str:
         }
         args = [part for name, value in options.items() for part in (f"--{name}", value)]
         subprocess.run(["redis-server", *args], check=True, timeout=10)
-    deadline = time.monotonic() + timeout
     while not all(_listening(port) for port in PORTS):
         if time.monotonic() > deadline:
             raise RuntimeError("the cluster's nodes did not start listening")

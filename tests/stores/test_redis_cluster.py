@@ -481,3 +481,77 @@ def test_sqs_batch_runs_each_record_once_on_the_cluster(
         assert runs == {f"ord-{i}": 2 if i == 7 else 1 for i in range(10)}
     finally:
         store.close()
+
+
+# -- a slot being migrated: ASK, then MOVED ------------------------------------------------------
+def _myid(port: int) -> str:
+    node = _node(port)
+    try:
+        answer = node.cluster("MYID")
+    finally:
+        node.close()
+    return answer.decode() if isinstance(answer, bytes) else str(answer)
+
+
+@pytest.mark.parametrize("wait", [0, 1])
+def test_claims_follow_a_slot_being_migrated(
+    cluster_url: str, admin: Any, mode: str, wait: int
+) -> None:
+    """The key's slot is MIGRATING to another master: a claim of the new key gets ASK and
+    is sent (behind ASKING) to the importing master, where the record is created; the
+    duplicate finds it there. Once the slot has moved, the stale slot map gets MOVED."""
+    s = StoreDriver(RedisStore(cluster_url, prefix=PREFIX, wait_replicas=wait), mode)
+    key = _key()
+    full = PREFIX + key
+    admin.nodes_manager.initialize()
+    slot = admin.keyslot(full)
+    source = int(admin.get_node_from_key(full).port)
+    target = next(int(n.port) for n in admin.get_primaries() if int(n.port) != source)
+    source_id, target_id = _myid(source), _myid(target)
+    src, dst = _node(source), _node(target)
+    migrating = True
+    try:
+        s.get(_key())  # connected, slot map loaded before the migration starts
+        dst.cluster("SETSLOT", slot, "IMPORTING", source_id)
+        src.cluster("SETSLOT", slot, "MIGRATING", target_id)
+        claim = s.claim(key, "fp", lease=LEASE, ttl=TTL)
+        assert claim.acquired
+        pipe = dst.pipeline(transaction=False)  # ASKING applies to the next command only
+        pipe.execute_command("ASKING")  # type: ignore[no-untyped-call]
+        pipe.hget(full, "status")
+        assert pipe.execute()[1] == b"IN_PROGRESS"
+        with pytest.raises(redis.exceptions.AskError):  # absent here: "ask the target"
+            src.exists(full)
+        assert not s.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
+        for port in (target, source):  # the migration ends: the slot is the target's
+            node = _node(port)
+            node.cluster("SETSLOT", slot, "NODE", target_id)
+            node.close()
+        migrating = False
+        deadline = time.monotonic() + 10
+        while {_node_owner(admin, full, p) for p in redis_cluster.PORTS} != {target}:
+            assert time.monotonic() < deadline, "the slot's new owner did not propagate"
+            time.sleep(0.2)
+        assert s.complete(key, claim.record.fence, b"moved", ttl=TTL)  # MOVED, then sent on
+        assert s.claim(key, "fp", lease=LEASE, ttl=TTL).record.result == b"moved"
+    finally:
+        if migrating:  # leave the cluster as it was
+            for node in (src, dst):
+                node.cluster("SETSLOT", slot, "STABLE")
+        src.close()
+        dst.close()
+        s.close()
+        s.store.close()
+
+
+def _node_owner(admin: Any, key: str, port: int) -> int | None:
+    """The master port owning ``key``'s slot as node ``port`` sees it."""
+    node = _node(port)
+    try:
+        slot = admin.keyslot(key)
+        for start, end, master, *_replicas in node.cluster("SLOTS"):
+            if int(start) <= slot <= int(end):
+                return int(master[1])
+        return None
+    finally:
+        node.close()
