@@ -337,3 +337,46 @@ def test_protocol_warnings_name_the_namespace_not_the_key(
     assert "#" not in record.getMessage()
     assert SECRET not in caplog.text
     assert not record.exc_info
+
+
+class LosingStore(MemoryStore):
+    """Renewals report the lease lost (first) or fail (after)."""
+
+    renewals = 0
+
+    def renew(self, key: str, fence: int, *, lease: float) -> bool:
+        self.renewals += 1
+        if self.renewals == 1:
+            raise ConnectionResetError(f"reset while renewing {key}")
+        return False
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_heartbeat_records_name_the_namespace_not_the_key(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    idem = Idempotency(LosingStore(), lease=0.3, heartbeat=True)
+
+    @idem(key="card", namespace="svc.job")
+    def slow(order: dict[str, Any]) -> str:
+        threading.Event().wait(0.45)
+        return "ok"
+
+    @idem(key="card", namespace="svc.job")
+    async def aslow(order: dict[str, Any]) -> str:
+        await asyncio.sleep(0.45)
+        return "ok"
+
+    with caplog.at_level(logging.WARNING, "idempotence"):
+        if mode == "sync":
+            slow({"card": SECRET})
+        else:
+            asyncio.run(aslow({"card": SECRET}))
+    outcomes = [r.idempotence_outcome for r in caplog.records]  # type: ignore[attr-defined]
+    assert outcomes == ["renew_failed", "lease_lost"]
+    key = slow.key_for({"card": SECRET})
+    for record in caplog.records:
+        assert record.idempotence_namespace == "svc.job"  # type: ignore[attr-defined]
+        assert not record.exc_info
+        assert key.partition("#")[2] not in record.getMessage()
+    assert "StoreError from ConnectionResetError" in caplog.records[0].getMessage()

@@ -41,10 +41,13 @@ def _renew_failed(key: str) -> None:
     # the failure's type only: a client library's message may quote the key
     import sys
 
+    exc = sys.exc_info()[1]
+    cause = exc.__cause__ if exc is not None else None
+    reason = type(exc).__name__ + (f" from {type(cause).__name__}" if cause is not None else "")
     _log.warning(
         "could not renew a lease in %s (%s); trying again next beat",
         _log.namespace(key),
-        type(sys.exc_info()[1]).__name__,
+        reason,
         extra=_log.fields("renew_failed", key),
     )
 
