@@ -68,7 +68,7 @@ def _event(order: str, amount: int = 1) -> dict[str, Any]:
 
 
 @pytest.mark.usefixtures("function_name")
-@pytest.mark.parametrize("layout", ["simple", "composite"])
+@pytest.mark.parametrize("layout", ["simple", "composite", "custom_names"])
 def test_powertools_writes_ours_replays(ddb: Any, layout: str, request: Any) -> None:
     table, layer = _layout(layout, request)
     fleet = Fleet(
@@ -81,7 +81,7 @@ def test_powertools_writes_ours_replays(ddb: Any, layout: str, request: Any) -> 
 
 
 @pytest.mark.usefixtures("function_name")
-@pytest.mark.parametrize("layout", ["simple", "composite"])
+@pytest.mark.parametrize("layout", ["simple", "composite", "custom_names"])
 def test_ours_writes_powertools_replays(ddb: Any, layout: str, request: Any) -> None:
     table, layer = _layout(layout, request)
     fleet = Fleet(ddb, table, lambda e, c: {"statusCode": 201, "items": [1, 2]}, **layer)
@@ -91,17 +91,31 @@ def test_ours_writes_powertools_replays(ddb: Any, layout: str, request: Any) -> 
     assert len(fleet.runs) == 1
     # The item is Powertools' layout (plus our fence), under Powertools' own key.
     item = _item(ddb, table, fleet, layer, _event("o-2"))
-    assert item["status"] == {"S": "COMPLETED"}
-    assert item["data"] == {"S": '{"items": [1, 2], "statusCode": 201}'}
+    assert item[layer.get("status_attr", "status")] == {"S": "COMPLETED"}
+    assert item[layer.get("data_attr", "data")] == {"S": '{"items": [1, 2], "statusCode": 201}'}
     assert "idempotence_fence" in item
-    assert "expiration" in item
-    assert "in_progress_expiration" in item
+    assert layer.get("expiry_attr", "expiration") in item
+    assert layer.get("in_progress_expiry_attr", "in_progress_expiration") in item
 
 
 def _layout(layout: str, request: Any) -> tuple[str, dict[str, Any]]:
     if layout == "simple":
         return request.getfixturevalue("pt_table"), {}
-    return request.getfixturevalue("pt_composite_table"), {"key_attr": "pk", "sort_key_attr": "sk"}
+    if layout == "composite":
+        return request.getfixturevalue("pt_composite_table"), {
+            "key_attr": "pk",
+            "sort_key_attr": "sk",
+        }
+    return request.getfixturevalue("pt_composite_table"), {
+        "key_attr": "pk",
+        "sort_key_attr": "sk",
+        "static_pk_value": "idempotency#custom",
+        "expiry_attr": "exp",
+        "in_progress_expiry_attr": "lease_ms",
+        "status_attr": "st",
+        "data_attr": "response",
+        "validation_key_attr": "hash",
+    }
 
 
 def _item(ddb: Any, table: str, fleet: Fleet, layer: dict[str, Any], event: Any) -> dict[str, Any]:
