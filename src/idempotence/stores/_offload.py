@@ -251,7 +251,7 @@ class LargeResultStore(Store):
 
     def _config(self, *, aio: bool) -> Any:
         if aio:
-            config_class = require("aiobotocore.config", "s3").AioConfig
+            config_class = require("aiobotocore.config", "dynamodb-async").AioConfig
         else:
             config_class = require("botocore.config", "s3").Config
         return config_class(
@@ -275,7 +275,7 @@ class LargeResultStore(Store):
 
         with self._lock:
             if self._session is None:
-                self._session = require("aiobotocore.session", "s3").get_session()
+                self._session = require("aiobotocore.session", "dynamodb-async").get_session()
             session = self._session
         stack = AsyncExitStack()
         client = await stack.enter_async_context(
