@@ -380,3 +380,17 @@ def test_heartbeat_records_name_the_namespace_not_the_key(
         assert not record.exc_info
         assert key.partition("#")[2] not in record.getMessage()
     assert "StoreError from ConnectionResetError" in caplog.records[0].getMessage()
+
+
+def test_store_kind_names_every_backend_and_sees_through_a_wrapper(tmp_path: Any) -> None:
+    from idempotence.stores import LargeResultStore, SQLiteStore
+
+    assert observe.store_kind(MemoryStore()) == "memory"
+    sqlite = SQLiteStore(tmp_path / "k.db")
+    assert observe.store_kind(sqlite) == "sqlite"
+    assert observe.store_kind(LargeResultStore(sqlite)) == "sqlite"  # compress only, no S3
+    names = {"RedisStore": "redis", "PostgresStore": "postgres", "MySQLStore": "mysql",
+             "DynamoDBStore": "dynamodb"}  # fmt: skip
+    for name, kind in names.items():  # by class name: no server needed to check the naming
+        assert observe.store_kind(type(name, (MemoryStore,), {})()) == kind
+    sqlite.close()

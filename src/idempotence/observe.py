@@ -42,6 +42,7 @@ from ._errors import (
     StoreError,
 )
 from ._protocol import ClaimOp, Op, Plan, RunOp, SleepOp
+from .stores import Store
 
 __all__ = [
     "Event",
@@ -92,7 +93,7 @@ class Event:
     :ivar namespace: the key's namespace (the part before ``#``); never the key.
     :ivar store: the store kind: ``"memory"``, ``"sqlite"``, ``"redis"``, ``"postgres"``,
         ``"mysql"``, ``"dynamodb"`` (a custom store: its class name, lower case, without
-        ``Store``).
+        ``Store``; ``LargeResultStore``: the store it wraps).
     :ivar duration: the whole call, including waits and the function.
     :ivar store_duration: time spent in store operations (claim, complete, release).
     :ivar body_duration: time spent running the function (0.0 when it did not run).
@@ -190,7 +191,11 @@ _KINDS: dict[type, str] = {}
 
 
 def store_kind(store: object) -> str:
-    """The store kind reported in events: ``RedisStore`` -> ``"redis"``."""
+    """The store kind reported in events: ``RedisStore`` -> ``"redis"``; a store that wraps
+    another as its ``store`` attribute (``LargeResultStore``) reports the wrapped one's."""
+    inner = getattr(store, "store", None)
+    if isinstance(inner, Store):
+        return store_kind(inner)
     cls = type(store)
     kind = _KINDS.get(cls)
     if kind is None:
