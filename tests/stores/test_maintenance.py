@@ -352,11 +352,17 @@ def test_mysql_maintenance_does_not_create_the_table() -> None:
         admin.close()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
 def test_sweep_removes_expired_records_on_claim(backend: str, tmp_path: Path) -> None:
     clock = ManualClock()
     if backend == "sqlite":
         store: Any = SQLiteStore(tmp_path / "s.db", clock=clock)
+    elif backend == "mysql":
+        pytest.importorskip("pymysql")
+        from idempotence.stores import MySQLStore
+
+        mysql_admin_or_unavailable(MYSQL_URL).close()
+        store = MySQLStore(MYSQL_URL, table=f"sweep_{uuid.uuid4().hex[:10]}", clock=clock)
     else:
         pytest.importorskip("psycopg")
         from idempotence.stores import PostgresStore
@@ -389,6 +395,9 @@ def test_sweep_removes_expired_records_on_claim(backend: str, tmp_path: Path) ->
         if backend == "postgres":
             with store.sql_connection() as conn:
                 conn.execute(f'DROP TABLE IF EXISTS "{store.table}"')
+        if backend == "mysql":
+            with store.sql_connection() as conn, conn.cursor() as cursor:
+                cursor.execute(f"DROP TABLE IF EXISTS `{store.table}`")
         store.close()
 
 

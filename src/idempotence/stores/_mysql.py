@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import threading
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -19,7 +20,7 @@ from .._errors import StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
 from ._base import Clock, Store
-from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, stats_of
+from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, Sweeper, stats_of
 from ._registry import merge_option, option_bool, option_number, url_query
 
 __all__ = ["MySQLStore"]
@@ -659,6 +660,15 @@ class MySQLStore(Store):
         return await self._arun(self._purge_op())
 
     # -- capability: Maintainable (idempotence.stores.capabilities) ----------------------
+    _sweeper: Sweeper | None = None
+
+    def start_sweep(self, every: float) -> Sweeper:
+        """Opt in to removing expired rows in this process: a claim made ``every`` seconds
+        or more after the last sweep starts :meth:`purge` in a background thread (the
+        claim does not wait for it). Returns the sweeper (``runs``, ``deleted``)."""
+        self._sweeper = Sweeper(every, self.purge, self.clock or time.time)
+        return self._sweeper
+
     @contextmanager
     def _maintenance_cursor(self) -> Iterator[tuple[Any, float]]:
         """A cursor and the store's clock now; a missing table is a StoreError (the
@@ -812,6 +822,8 @@ class MySQLStore(Store):
 
     # -- operations: thin shells over the shared statements ------------------------------
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        if self._sweeper is not None:
+            self._sweeper.maybe()
         return self._run(self._claim_op(key, fingerprint, lease, ttl))
 
     def complete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
