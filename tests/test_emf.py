@@ -50,10 +50,10 @@ def test_one_line_per_call_in_the_emf_shape(out: io.StringIO) -> None:
     def pay(order: dict[str, Any]) -> str:
         return "paid"
 
-    pay({"card": "4111-1111"})
-    pay({"card": "4111-1111"})
+    pay({"card": "visa-secret"})
+    pay({"card": "visa-secret"})
     with pytest.raises(KeyReuseError):
-        pay({"card": "4111-1111", "amount": 3})
+        pay({"card": "visa-secret", "amount": 3})
     executed, replayed, reuse = documents = lines(out)
     for document in documents:
         check_emf(document)
@@ -78,7 +78,7 @@ def test_one_line_per_call_in_the_emf_shape(out: io.StringIO) -> None:
     assert replayed["ReplayedFrom"] == "store"
     assert reuse["Outcome"] == "key_reuse"
     assert reuse["Error"] == "KeyReuseError"
-    assert "4111" not in out.getvalue()
+    assert "visa-secret" not in out.getvalue()
 
 
 def test_custom_dimensions_and_properties() -> None:

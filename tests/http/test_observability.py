@@ -5,6 +5,7 @@ server's request span."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import httpx
@@ -18,6 +19,9 @@ from idempotence import Idempotency, observe
 from idempotence.http import IdempotencyMiddleware
 from idempotence.observe import Event
 from idempotence.stores import MemoryStore, Store
+from tests.conftest import Counter
+from tests.http import test_asgi
+from tests.http.conftest import post_concurrently
 
 KIND = {"MemoryStore": "memory", "SQLiteStore": "sqlite", "RedisStore": "redis",
         "PostgresStore": "postgres"}  # fmt: skip
@@ -41,6 +45,8 @@ def client(store: Store) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url="http://test")
 
 
+uvicorn_server = test_asgi.uvicorn_server  # the fixture: the app behind a real uvicorn
+
 K = {"Idempotency-Key": '"order-secret-77"'}
 
 
@@ -48,8 +54,10 @@ async def test_events_through_the_middleware(store: Store) -> None:
     seen: list[Event] = []
     with observe.subscribed(seen.append):
         async with client(store) as c:
-            assert (await c.post("/orders", json={"card": "4111"}, headers=K)).status_code == 201
-            again = await c.post("/orders", json={"card": "4111"}, headers=K)
+            assert (
+                await c.post("/orders", json={"card": "visa-secret"}, headers=K)
+            ).status_code == 201
+            again = await c.post("/orders", json={"card": "visa-secret"}, headers=K)
             assert again.headers["idempotent-replayed"] == "true"
             reuse = await c.post("/orders", json={"card": "5500"}, headers=K)
             assert reuse.status_code == 422
@@ -59,7 +67,7 @@ async def test_events_through_the_middleware(store: Store) -> None:
         assert event.namespace == "shop-api"
         assert event.store == KIND[type(store).__name__]
         assert "order-secret-77" not in repr(event)
-        assert "4111" not in repr(event)
+        assert "visa-secret" not in repr(event)
     assert seen[1].replayed_from == "store"
 
 
@@ -78,7 +86,7 @@ async def test_span_is_a_child_of_the_request_span(store: Store) -> None:
     try:
         async with client(store) as c:
             with provider.get_tracer("server").start_as_current_span("POST /orders") as request:
-                await c.post("/orders", json={"card": "4111"}, headers=K)
+                await c.post("/orders", json={"card": "visa-secret"}, headers=K)
     finally:
         otel.uninstrument()
     spans: dict[str, Any] = {s.name: s for s in exporter.get_finished_spans()}
@@ -99,7 +107,7 @@ async def test_store_failure_record_has_structured_fields(
     seen: list[Event] = []
     with observe.subscribed(seen.append), caplog.at_level(logging.WARNING, "idempotence"):
         async with client(DownStore()) as c:
-            response = await c.post("/orders", json={"card": "4111"}, headers=K)
+            response = await c.post("/orders", json={"card": "visa-secret"}, headers=K)
     assert response.status_code == 503
     (record,) = [r for r in caplog.records if r.name == "idempotence.http"]
     assert record.levelname == "ERROR"
@@ -109,3 +117,29 @@ async def test_store_failure_record_has_structured_fields(
     assert "order-secret-77" not in caplog.text
     assert [e.outcome.value for e in seen] == ["store_error"]
     assert seen[0].store == "down"
+
+
+def test_events_from_concurrent_duplicates_behind_uvicorn(
+    uvicorn_server: tuple[str, Counter],
+) -> None:
+    """A real server, real clients: one event per request, matching what each client got."""
+    seen: list[Event] = []
+    base, counter = uvicorn_server
+    with observe.subscribed(seen.append):
+        responses = post_concurrently(base, {"Idempotency-Key": '"observed-1"'}, n=8)
+        deadline = time.monotonic() + 5  # the server thread reports after it answers
+        while len(seen) < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert counter.n == 1
+    statuses = sorted(r.status_code for r in responses)
+    by_outcome = sorted(e.outcome.value for e in seen)
+    expected = sorted(
+        "in_progress" if r.status_code == 409
+        else "replayed" if r.headers.get("idempotent-replayed") == "true"
+        else "executed"
+        for r in responses
+    )  # fmt: skip
+    assert by_outcome == expected
+    assert by_outcome.count("executed") == 1
+    assert set(statuses) <= {201, 409}
+    assert {e.namespace for e in seen} == {"http"}
