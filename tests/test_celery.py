@@ -563,8 +563,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     main = Worker(
         "main", worker_env, state / "main.log", "-P", "prefork", "-c", "2", "-Q", "celery"
     )
-    # -c 1: after taking one message the solo worker asks for no other (a fetch in flight
-    # when it is killed would take a message with it).
+    # -c 1: the solo worker reserves one message at a time (its prefetch is its concurrency).
     crash = Worker("crash", worker_env, state / "crash.log", "-P", "solo", "-c", "1", "-Q", "crash")
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
@@ -654,10 +653,18 @@ def test_worker_uses_the_header_key_and_fails_a_reused_key(
     assert len(cluster.effects(f"receipt:{order}")) == 1
 
 
-def test_worker_retries_a_duplicate_delivered_while_the_first_runs(cluster: Cluster) -> None:
+@pytest.mark.parametrize("keyed_by", ["arguments", "header"])
+def test_worker_retries_a_duplicate_delivered_while_the_first_runs(
+    cluster: Cluster, keyed_by: str
+) -> None:
+    """Two messages side by side (two worker processes): one runs, the other is retried
+    after the running claim's lease, then replays. Keyed by the header, the retry carries
+    the header (else it would run again under the key of its arguments)."""
     slow = cluster.tasks.slow
     order = f"o-{uuid.uuid4().hex[:8]}"
-    first, second = slow.delay(order, 2.0), slow.delay(order, 2.0)  # side by side
+    headers = {"idempotency_key": uuid.uuid4().hex} if keyed_by == "header" else None
+    first = slow.apply_async((order, 2.0), headers=headers)
+    second = slow.apply_async((order, 2.0), headers=headers)
     one = first.get(timeout=RESULT_TIMEOUT)
     assert second.get(timeout=RESULT_TIMEOUT) == one
     assert cluster.attempts(f"slow-{order}") == 1

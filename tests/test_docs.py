@@ -112,6 +112,7 @@ def test_every_public_module_has_a_reference_page() -> None:
         "idempotence.consumer.redis_streams",
         "idempotence.effects",
         "idempotence.testing",
+        "idempotence.celery",
     }
 
 
