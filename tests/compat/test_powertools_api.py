@@ -371,3 +371,33 @@ def test_key_prefix_must_be_printable_ascii(ddb: Any, pt_table: str) -> None:
 
     with pytest.raises(idempotence.InvalidKeyError, match="printable ASCII"):
         f(data={"id": 1})
+
+
+def test_every_powertools_module_path_has_a_twin() -> None:
+    import importlib
+    import pkgutil
+    import typing
+
+    import aws_lambda_powertools.utilities.idempotency as root
+
+    internal = {"base", "persistence.cache"}  # Powertools' handler internals, not API
+    checked = 0
+    missing: list[str] = []
+    for info in pkgutil.walk_packages(root.__path__, prefix=f"{root.__name__}."):
+        name = info.name.removeprefix(f"{root.__name__}.")
+        if name in internal:
+            continue
+        theirs = importlib.import_module(info.name)
+        mine = importlib.import_module(f"idempotence.compat.powertools.{name}")
+        public = [
+            name
+            for name, value in vars(theirs).items()
+            if not name.startswith("_")
+            and getattr(value, "__module__", "") == theirs.__name__  # defined there
+            and name not in ("logger", "IdempotencyHandler")  # Powertools internals
+            and not isinstance(value, typing.TypeVar)
+        ]
+        missing.extend(f"{name}.{n}" for n in public if not hasattr(mine, n))
+        checked += 1
+    assert missing == []
+    assert checked >= 12

@@ -44,6 +44,7 @@ from .exceptions import (
     IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
+from .hook import IdempotentHookFunction
 from .serialization import (
     BaseIdempotencyModelSerializer,
     BaseIdempotencySerializer,
@@ -52,9 +53,6 @@ from .serialization import (
     NoOpSerializer,
     PydanticSerializer,
 )
-
-#: ``response_hook``'s type: ``(response, DataRecord) -> response``.
-IdempotentHookFunction = Any
 
 __all__ = [
     "BaseIdempotencyModelSerializer",

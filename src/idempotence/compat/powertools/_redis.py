@@ -26,7 +26,7 @@ import base64
 import binascii
 import json
 import math
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from ..._errors import CorruptRecordError, MissingDependencyError
 from ..._record import Claim, Record, Status
@@ -34,7 +34,14 @@ from ...stores import Clock, fresh_fence, system_clock
 from ._persistence import VALUE_HEAD, BasePersistenceLayer
 from .exceptions import IdempotencyPersistenceConfigError
 
-__all__ = ["CachePersistenceLayer", "RedisCachePersistenceLayer"]
+__all__ = [
+    "CacheClientProtocol",
+    "CacheConnection",
+    "CachePersistenceLayer",
+    "RedisCachePersistenceLayer",
+    "RedisClientProtocol",
+    "RedisConnection",
+]
 
 #: Physical life of a record past its logical expiry, so its fence outlives it (only with
 #: the default ``expiry_attr``: Powertools reads expiry from ``expiration`` alone and would
@@ -129,6 +136,67 @@ return 1
 )
 
 
+class RedisClientProtocol(Protocol):
+    """What a Redis client passed as ``client=`` offers (``redis.Redis``,
+    ``redis.cluster.RedisCluster``): this layer runs Lua scripts, so it needs
+    ``register_script`` besides Powertools' ``get``/``set``/``delete``."""
+
+    def get(self, name: Any) -> Any: ...
+
+    def delete(self, *names: Any) -> Any: ...
+
+    def register_script(self, script: str) -> Any: ...
+
+
+class RedisConnection:
+    """Powertools' connection settings, turned into a client by :meth:`_init_client`."""
+
+    def __init__(
+        self,
+        url: str = "",
+        host: str = "",
+        port: int = 6379,
+        username: str = "",
+        password: str = "",
+        db_index: int = 0,
+        mode: Literal["standalone", "cluster"] = "standalone",
+        ssl: bool = True,
+    ) -> None:
+        self.url, self.host, self.port = url, host, port
+        self.username, self.password, self.db_index = username, password, db_index
+        self.mode, self.ssl = mode, ssl
+
+    def _init_client(self) -> Any:
+        if self.mode not in ("standalone", "cluster"):
+            raise IdempotencyPersistenceConfigError(f"Mode {self.mode} not supported")
+        try:
+            import redis
+            import redis.cluster
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "'redis' is not installed, and CachePersistenceLayer needs it: "
+                "pip install 'idempotence[redis]'"
+            ) from exc
+        cls: Any = redis.Redis if self.mode == "standalone" else redis.cluster.RedisCluster
+        if self.url:
+            return cls.from_url(url=self.url)
+        extra = {"db": self.db_index} if self.mode == "standalone" else {}
+        return cls(
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            decode_responses=True,
+            ssl=self.ssl,
+            **extra,
+        )
+
+
+#: Powertools' newer names of the two classes above.
+CacheClientProtocol = RedisClientProtocol
+CacheConnection = RedisConnection
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
@@ -168,31 +236,19 @@ class CachePersistenceLayer(BasePersistenceLayer):
         raw_result_attr: str = "idempotence_result",
         clock: Clock | None = None,
     ) -> None:
-        if mode not in ("standalone", "cluster"):
-            raise IdempotencyPersistenceConfigError(f"Mode {mode} not supported")
         if client is None:
-            try:
-                import redis
-                import redis.cluster
-            except ImportError as exc:
-                raise MissingDependencyError(
-                    "'redis' is not installed, and CachePersistenceLayer needs it: "
-                    "pip install 'idempotence[redis]'"
-                ) from exc
-            cls: Any = redis.Redis if mode == "standalone" else redis.cluster.RedisCluster
-            if url:
-                client = cls.from_url(url=url)
-            else:
-                extra = {"db": db_index} if mode == "standalone" else {}
-                client = cls(
-                    host=host,
-                    port=port,
-                    username=username,
-                    password=password,
-                    decode_responses=True,
-                    ssl=ssl,
-                    **extra,
-                )
+            client = RedisConnection(
+                url=url,
+                host=host,
+                port=port,
+                username=username,
+                password=password,
+                db_index=db_index,
+                mode=mode,
+                ssl=ssl,
+            )._init_client()
+        elif mode not in ("standalone", "cluster"):
+            raise IdempotencyPersistenceConfigError(f"Mode {mode} not supported")
         self.client = client
         self.mode = mode
         self.in_progress_expiry_attr = in_progress_expiry_attr

@@ -1,5 +1,19 @@
 """Powertools' ``persistence.redis`` path (imports ``redis`` lazily, on first use)."""
 
-from .._redis import CachePersistenceLayer, RedisCachePersistenceLayer
+from .._redis import (
+    CacheClientProtocol,
+    CacheConnection,
+    CachePersistenceLayer,
+    RedisCachePersistenceLayer,
+    RedisClientProtocol,
+    RedisConnection,
+)
 
-__all__ = ["CachePersistenceLayer", "RedisCachePersistenceLayer"]
+__all__ = [
+    "CacheClientProtocol",
+    "CacheConnection",
+    "CachePersistenceLayer",
+    "RedisCachePersistenceLayer",
+    "RedisClientProtocol",
+    "RedisConnection",
+]

@@ -1,0 +1,5 @@
+"""Powertools' ``idempotency.config`` path."""
+
+from ._config import IdempotencyConfig
+
+__all__ = ["IdempotencyConfig"]
