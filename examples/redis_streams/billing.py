@@ -7,6 +7,7 @@ publish: ``redis-cli XADD orders '*' order_id o-1 amount_cents 1250``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from typing import Any
@@ -46,12 +47,13 @@ worker = RedisStreamConsumer(
 
 
 # --8<-- [start:async]
-async def async_worker() -> None:
+async def async_worker(stop: asyncio.Event | None = None) -> None:
+    """The same worker on redis.asyncio, until ``stop`` is set."""
     import redis.asyncio
 
     from idempotence.consumer.redis_streams import AsyncRedisStreamConsumer
 
-    aclient = redis.asyncio.Redis.from_url(REDIS_URL)
+    aclient = redis.asyncio.Redis.from_url(REDIS_URL, socket_timeout=10)
 
     async def charge_async(order: dict[str, Any]) -> dict[str, Any]:
         await aclient.hincrby("balances", order["customer"], int(order["amount_cents"]))
@@ -61,7 +63,10 @@ async def async_worker() -> None:
     loop = AsyncRedisStreamConsumer(
         aclient, "orders", "billing", f"billing-async-{os.getpid()}", consumer, min_idle=30
     )
-    await loop.run()
+    try:
+        await loop.run(stop)
+    finally:
+        await aclient.aclose()
 
 
 # --8<-- [end:async]
