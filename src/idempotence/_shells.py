@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 from . import _log, observe
@@ -21,7 +21,7 @@ from ._protocol import ClaimOp, CompleteOp, Op, Plan, ReleaseOp, RunOp, SleepOp,
 from ._timers import Timers
 from .stores import Store
 
-__all__ = ["run_async", "run_sync"]
+__all__ = ["arun_op", "invocation", "run_async", "run_op", "run_sync"]
 
 
 def _renew(store: Store, key: str, fence: int, lease: float) -> bool:
@@ -63,28 +63,57 @@ def _lease_lost(key: str) -> None:
 _timers = Timers("idempotence-heartbeat")
 
 
-def run_sync(plan: Plan, store: Store, body: Callable[[], Any], *, heartbeat: bool) -> Any:
-    """Run one invocation synchronously: ``body()`` runs at most once per key."""
+def invocation(plan: Plan, store: Store) -> Generator[Op, Any, Any]:
+    """The protocol generator of one invocation of ``plan`` against ``store``: what
+    :func:`run_sync` and :func:`run_async` drive, reported to the observers of
+    :mod:`idempotence.observe` when any is subscribed. A front-end that drives several
+    invocations itself (batching their store operations) starts each with this."""
     machine = protocol(plan)
     if observe.observers:  # the only cost of observability when nobody observes
         machine = observe.watch(machine, plan, store)
+    return machine
+
+
+def run_op(op: RunOp, store: Store, body: Callable[[], Any], *, heartbeat: bool) -> Any:
+    """Perform a :class:`RunOp`: ``body()`` with the current key set (see
+    :func:`~idempotence.current_key`) and, with ``heartbeat``, its lease renewed every
+    lease / 3 while it runs. Returns or raises what ``body`` does."""
+    token = CURRENT_KEY.set(op.key)
+    beat = 0  # the heartbeat: renew every lease / 3 on the shared timer thread
+    if heartbeat and op.fence is not None:
+        every = op.lease / 3
+        renew = functools.partial(_renew, store, op.key, op.fence, op.lease)
+        beat = _timers.add(every, renew, every)
+    try:
+        return body()
+    finally:
+        if beat:
+            _timers.cancel(beat)  # waits for a renewal in flight, if any
+        CURRENT_KEY.reset(token)
+
+
+async def arun_op(
+    op: RunOp, store: Store, body: Callable[[], Awaitable[Any]], *, heartbeat: bool
+) -> Any:
+    """Async :func:`run_op`: ``await body()`` under an asyncio heartbeat task."""
+    token = CURRENT_KEY.set(op.key)
+    try:
+        if heartbeat and op.fence is not None:
+            return await _beating(body, store, op.key, op.fence, op.lease)
+        return await body()
+    finally:
+        CURRENT_KEY.reset(token)
+
+
+def run_sync(plan: Plan, store: Store, body: Callable[[], Any], *, heartbeat: bool) -> Any:
+    """Run one invocation synchronously: ``body()`` runs at most once per key."""
+    machine = invocation(plan, store)
 
     def step(op: Op) -> Any:
         if type(op) is ClaimOp:
             return store.claim(op.key, op.fingerprint, lease=op.lease, ttl=op.ttl)
         if type(op) is RunOp:
-            token = CURRENT_KEY.set(op.key)
-            beat = 0  # the heartbeat: renew every lease / 3 on the shared timer thread
-            if heartbeat and op.fence is not None:
-                every = op.lease / 3
-                renew = functools.partial(_renew, store, op.key, op.fence, op.lease)
-                beat = _timers.add(every, renew, every)
-            try:
-                return body()
-            finally:
-                if beat:
-                    _timers.cancel(beat)  # waits for a renewal in flight, if any
-                CURRENT_KEY.reset(token)
+            return run_op(op, store, body, heartbeat=heartbeat)
         if type(op) is CompleteOp:
             return store.complete(op.key, op.fence, op.result, ttl=op.ttl)
         if type(op) is ReleaseOp:
@@ -125,21 +154,13 @@ async def run_async(
     plan: Plan, store: Store, body: Callable[[], Awaitable[Any]], *, heartbeat: bool
 ) -> Any:
     """Run one invocation on the running event loop: ``await body()`` at most once per key."""
-    machine = protocol(plan)
-    if observe.observers:
-        machine = observe.watch(machine, plan, store)
+    machine = invocation(plan, store)
 
     async def step(op: Op) -> Any:
         if type(op) is ClaimOp:
             return await store.aclaim(op.key, op.fingerprint, lease=op.lease, ttl=op.ttl)
         if type(op) is RunOp:
-            token = CURRENT_KEY.set(op.key)
-            try:
-                if heartbeat and op.fence is not None:
-                    return await _beating(body, store, op.key, op.fence, op.lease)
-                return await body()
-            finally:
-                CURRENT_KEY.reset(token)
+            return await arun_op(op, store, body, heartbeat=heartbeat)
         if type(op) is CompleteOp:
             return await store.acomplete(op.key, op.fence, op.result, ttl=op.ttl)
         if type(op) is ReleaseOp:

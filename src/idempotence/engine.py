@@ -22,7 +22,10 @@ fingerprint of a call and builds its plan::
 Front-ends with a decision generator of their own (one that yields work items and receives
 outcomes, like the Lambda adapter's batch loop) drive it with :func:`drive` /
 :func:`adrive`, so that the loop around ``send``/``throw``/``StopIteration`` is written
-once. See ``docs/extending.md``.
+once. A front-end that batches the store operations of several invocations (the Lambda
+adapter claims a whole batch in one request) drives each :func:`invocation` itself, up to
+its :class:`ClaimOp`, and performs their :class:`RunOp` with :func:`run_op` / ``arun_op``.
+See ``docs/extending.md``.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ from ._protocol import (
     protocol,
 )
 from ._record import Record
+from ._shells import arun_op, invocation, run_op
 from ._shells import run_async as arun
 from ._shells import run_sync as run
 from .stores import Store, store_from_url, validate_store_url
@@ -93,15 +97,18 @@ __all__ = [
     "SleepOp",
     "adrive",
     "arun",
+    "arun_op",
     "default_namespace",
     "default_store_url",
     "drive",
+    "invocation",
     "is_disabled",
     "name_of",
     "not_stored",
     "protocol",
     "replay_record",
     "run",
+    "run_op",
     "with_replay_types",
 ]
 

@@ -79,7 +79,10 @@ def test_stop_on_failure_can_be_chosen(idem: Idempotency) -> None:
     assert len(failures(idem.process_batch(event, fail, stop_on_failure=False))) == 3
 
 
-def test_record_in_progress_elsewhere_is_reported_not_run(idem: Idempotency) -> None:
+@pytest.mark.parametrize("batch_claims", [True, False])
+def test_record_in_progress_elsewhere_is_reported_not_run(
+    idem: Idempotency, batch_claims: bool
+) -> None:
     runs: Counter[str] = Counter()
     inner: list[dict[str, Any]] = []
     started: list[bool] = []
@@ -89,13 +92,17 @@ def test_record_in_progress_elsewhere_is_reported_not_run(idem: Idempotency) -> 
         runs[record["messageId"]] += 1
         if not started:  # a concurrent invocation receives the same batch meanwhile
             started.append(True)
-            inner.append(idem.process_batch(redeliver(event), charge))
+            inner.append(idem.process_batch(redeliver(event), charge, batch_claims=batch_claims))
 
-    outer = idem.process_batch(event, charge)
+    outer = idem.process_batch(event, charge, batch_claims=batch_claims)
     first, second = (r["messageId"] for r in event["Records"])
-    assert failures(inner[0]) == [first]  # in progress in the outer invocation
     assert failures(outer) == []
-    assert runs == {first: 1, second: 1}  # the second ran in the inner one, replayed here
+    if batch_claims:  # the outer invocation claimed its whole batch before running any
+        assert failures(inner[0]) == [first, second]
+        assert runs == {first: 1, second: 1}  # both ran in the outer invocation only
+    else:
+        assert failures(inner[0]) == [first]  # in progress in the outer invocation
+        assert runs == {first: 1, second: 1}  # the second ran in the inner one, replayed here
 
 
 @pytest.mark.parametrize(
@@ -177,7 +184,9 @@ def test_lease_from_context(store: MemoryStore, idem: Idempotency) -> None:
         leases.extend(r.lease_expires_at - store.clock() for r in live)
 
     idem.process_batch(load("sqs"), handle, context=FakeContext(remaining_ms=9_000))
-    assert leases == [pytest.approx(14.0)] * 2
+    # both records are claimed before the first runs and completed after the last (one
+    # claim and one completion request for the batch): each handler sees both in progress
+    assert leases == [pytest.approx(14.0)] * 4
 
 
 def test_empty_batch_and_unsupported_sources(idem: Idempotency) -> None:

@@ -50,6 +50,9 @@ _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE
 _OPERATIONS = (
     "claim", "complete", "release", "renew", "get", "delete",
     "aclaim", "acomplete", "arelease", "arenew", "aget", "adelete",
+    # the BatchClaims capability (idempotence.stores.capabilities), where a store has it
+    "claim_many", "complete_many", "release_many",
+    "aclaim_many", "acomplete_many", "arelease_many",
 )  # fmt: skip
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .._record import Claim, Record, Status
@@ -49,6 +49,48 @@ class MemoryStore(Store):
                 self._records[key] = outcome.record
             return outcome
 
+    # -- capability: BatchClaims (idempotence.stores.capabilities) ----------------------
+    def claim_many(self, items: Sequence[tuple[str, str, float, float]]) -> list[Claim]:
+        """Claim every ``(key, fingerprint, lease, ttl)`` under one lock hold (one round
+        trip). See :class:`~idempotence.stores.capabilities.BatchClaims`."""
+        with self._lock:
+            self.round_trips += 1
+            now, out = self.clock(), []
+            for key, fingerprint, lease, ttl in items:
+                records = self._records
+                outcome = decide_claim(
+                    records.get(key), key, fingerprint, now=now, lease=lease, ttl=ttl
+                )
+                if outcome.acquired:
+                    records[key] = outcome.record
+                out.append(outcome)
+            return out
+
+    def complete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[bool]:
+        """Complete every ``(key, fence, result, ttl)`` under one lock hold."""
+        with self._lock:
+            self.round_trips += 1
+            now = self.clock()
+            return [
+                self._complete(key, fence, result, ttl, now) for key, fence, result, ttl in items
+            ]
+
+    def release_many(self, items: Sequence[tuple[str, int]]) -> list[bool]:
+        """Release every ``(key, fence)`` under one lock hold."""
+        with self._lock:
+            self.round_trips += 1
+            now = self.clock()
+            return [self._release(key, fence, now) for key, fence in items]
+
+    async def aclaim_many(self, items: Sequence[tuple[str, str, float, float]]) -> list[Claim]:
+        return self.claim_many(items)
+
+    async def acomplete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[bool]:
+        return self.complete_many(items)
+
+    async def arelease_many(self, items: Sequence[tuple[str, int]]) -> list[bool]:
+        return self.release_many(items)
+
     def _owned(self, key: str, fence: int, now: float) -> Record | None:
         record = self._records.get(key)
         if (
@@ -63,27 +105,31 @@ class MemoryStore(Store):
     def complete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
         with self._lock:
             self.round_trips += 1
-            now = self.clock()
-            record = self._owned(key, fence, now)
-            if record is None:
-                return False
-            self._records[key] = _new(Record, (
-                key, Status.COMPLETED, record.fingerprint, fence, record.lease_expires_at,
-                now + ttl, bytes(result),
-            ))  # fmt: skip
-            return True
+            return self._complete(key, fence, result, ttl, self.clock())
+
+    def _complete(self, key: str, fence: int, result: bytes, ttl: float, now: float) -> bool:
+        record = self._owned(key, fence, now)
+        if record is None:
+            return False
+        self._records[key] = _new(Record, (
+            key, Status.COMPLETED, record.fingerprint, fence, record.lease_expires_at,
+            now + ttl, bytes(result),
+        ))  # fmt: skip
+        return True
 
     def release(self, key: str, fence: int) -> bool:
         with self._lock:
             self.round_trips += 1
-            now = self.clock()
-            record = self._owned(key, fence, now)
-            if record is None:
-                return False
-            # Keep the record (and its fence) but end its retention: it reads as absent and
-            # the next claim takes it over with fence + 1, so a zombie's fence stays stale.
-            self._records[key] = record._replace(expires_at=now)
-            return True
+            return self._release(key, fence, self.clock())
+
+    def _release(self, key: str, fence: int, now: float) -> bool:
+        record = self._owned(key, fence, now)
+        if record is None:
+            return False
+        # Keep the record (and its fence) but end its retention: it reads as absent and
+        # the next claim takes it over with fence + 1, so a zombie's fence stays stale.
+        self._records[key] = record._replace(expires_at=now)
+        return True
 
     def renew(self, key: str, fence: int, *, lease: float) -> bool:
         with self._lock:

@@ -22,6 +22,11 @@ implementing the same methods:
 - :class:`Maintainable`: list, count and delete records in batches, and statistics, for
   operators (the ``idempotence`` command line: ``list``, ``stats``, ``purge``). Every
   built-in store (MySQLStore included).
+- :class:`BatchClaims`: claim, complete and release many keys in one request (or as few as
+  the backend allows). Every built-in store. Used by the AWS Lambda batch adapter
+  (``process_batch``), which falls back to one request per record without it; the
+  functions :func:`claim_each`, :func:`complete_each` and :func:`release_each` are that
+  fallback, usable by any caller.
 
 The SQL records table (shared by the SQL stores and the transactional effects, so both see
 the same records) is described by :func:`records_ddl`, :func:`quoted_table`,
@@ -34,16 +39,26 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from .._record import Record, Status
+from .._record import Claim, Record, Status
+from ._base import Store
 from ._maintenance import Progress, StoreStats, created_at, namespace_of
 
 __all__ = [
     "RECORD_COLUMNS",
     "AtomicScripts",
+    "BatchClaims",
+    "ClaimItem",
+    "CompleteItem",
     "DynamoDBRecords",
     "Maintainable",
+    "ReleaseItem",
     "SQLConnections",
     "StoreStats",
+    "aclaim_each",
+    "acomplete_each",
+    "arelease_each",
+    "claim_each",
+    "complete_each",
     "created_at",
     "fresh_fence_sql",
     "mysql_statement",
@@ -52,7 +67,16 @@ __all__ = [
     "quoted_table",
     "record_from_row",
     "records_ddl",
+    "release_each",
 ]
+
+#: ``(key, fingerprint, lease, ttl)``: one key to claim, as :meth:`Store.claim` takes it
+#: (the engine's ``ClaimOp`` is one).
+ClaimItem = tuple[str, str, float, float]
+#: ``(key, fence, result, ttl)``: one record to complete (the engine's ``CompleteOp``).
+CompleteItem = tuple[str, int, bytes, float]
+#: ``(key, fence)``: one record to release (the engine's ``ReleaseOp``).
+ReleaseItem = tuple[str, int]
 
 
 @runtime_checkable
@@ -196,6 +220,114 @@ class Maintainable(Protocol):
         """Counts by status and namespace, expired records still stored, and the oldest
         live in-progress record."""
         ...
+
+
+@runtime_checkable
+class BatchClaims(Protocol):
+    """A store that claims, completes and releases many keys in one request.
+
+    Each item has exactly the outcome the single operation would give it
+    (:meth:`~idempotence.stores.Store.claim` and its takeover and fence rules,
+    fence-conditional ``complete``/``release``), as if the items were applied one after the
+    other in order; results come back in the items' order. The keys of one call are
+    distinct (callers split repeated keys over several calls). Items may be applied in
+    several requests where the backend caps a request (DynamoDB: 100 items per
+    transaction; Redis Cluster: one script per hash slot), and a conflict may cost one more
+    request (DynamoDB). A failed request raises :class:`~idempotence.StoreError` for the
+    whole call: some items may have been applied (a retry of a claim sees its own
+    in-progress record; of a complete, ``False``).
+    """
+
+    def claim_many(self, items: Sequence[ClaimItem]) -> list[Claim]:
+        """Claim every ``(key, fingerprint, lease, ttl)``; one :class:`Claim` per item."""
+        ...
+
+    def complete_many(self, items: Sequence[CompleteItem]) -> list[bool]:
+        """Complete every ``(key, fence, result, ttl)``; whether each was still owned."""
+        ...
+
+    def release_many(self, items: Sequence[ReleaseItem]) -> list[bool]:
+        """Release every ``(key, fence)``; whether each was still owned."""
+        ...
+
+    async def aclaim_many(self, items: Sequence[ClaimItem]) -> list[Claim]:
+        """Async :meth:`claim_many`."""
+        ...
+
+    async def acomplete_many(self, items: Sequence[CompleteItem]) -> list[bool]:
+        """Async :meth:`complete_many`."""
+        ...
+
+    async def arelease_many(self, items: Sequence[ReleaseItem]) -> list[bool]:
+        """Async :meth:`release_many`."""
+        ...
+
+
+def claim_each(store: Store, items: Sequence[ClaimItem]) -> list[Claim | Exception]:
+    """The per-record fallback of :meth:`BatchClaims.claim_many`: one ``claim`` request
+    per item, in order; an item whose request failed gets its exception in its place."""
+    out: list[Claim | Exception] = []
+    for key, fingerprint, lease, ttl in items:
+        try:
+            out.append(store.claim(key, fingerprint, lease=lease, ttl=ttl))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def complete_each(store: Store, items: Sequence[CompleteItem]) -> list[bool | Exception]:
+    """One ``complete`` per item (see :func:`claim_each`)."""
+    out: list[bool | Exception] = []
+    for key, fence, result, ttl in items:
+        try:
+            out.append(store.complete(key, fence, result, ttl=ttl))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def release_each(store: Store, items: Sequence[ReleaseItem]) -> list[bool | Exception]:
+    """One ``release`` per item (see :func:`claim_each`)."""
+    out: list[bool | Exception] = []
+    for key, fence in items:
+        try:
+            out.append(store.release(key, fence))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+async def aclaim_each(store: Store, items: Sequence[ClaimItem]) -> list[Claim | Exception]:
+    """Async :func:`claim_each`."""
+    out: list[Claim | Exception] = []
+    for key, fingerprint, lease, ttl in items:
+        try:
+            out.append(await store.aclaim(key, fingerprint, lease=lease, ttl=ttl))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+async def acomplete_each(store: Store, items: Sequence[CompleteItem]) -> list[bool | Exception]:
+    """Async :func:`complete_each`."""
+    out: list[bool | Exception] = []
+    for key, fence, result, ttl in items:
+        try:
+            out.append(await store.acomplete(key, fence, result, ttl=ttl))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+async def arelease_each(store: Store, items: Sequence[ReleaseItem]) -> list[bool | Exception]:
+    """Async :func:`release_each`."""
+    out: list[bool | Exception] = []
+    for key, fence in items:
+        try:
+            out.append(await store.arelease(key, fence))
+        except Exception as exc:
+            out.append(exc)
+    return out
 
 
 # -- the SQL records table ---------------------------------------------------------------
