@@ -10,8 +10,7 @@ conftest) and by ``.ci/run``::
 Each node runs ``redis-server --cluster-enabled yes --save '' --appendonly no --daemonize
 yes`` with its files in ``$IDEMPOTENCE_TEST_REDIS_CLUSTER_DIR`` (default
 ``<tmp>/idempotence-redis-cluster``); ``redis-cli --cluster create`` joins them. Starting is
-idempotent: a running cluster is left alone (waited for while a failover or a resync
-settles), a half-started one (not every node up, or not joined) is stopped and rebuilt.
+idempotent and never stops a node (see :func:`start`): ``stop`` is the only way to rebuild.
 """
 
 from __future__ import annotations
@@ -62,7 +61,7 @@ def _info(port: int) -> dict[str, str]:
 
 def healthy() -> bool:
     """Every node answers, the cluster is ``ok`` with all 16384 slots and 6 known nodes, and
-    every master has a connected replica."""
+    every master has a replica that is online (connected and done syncing)."""
     if not all(_listening(port) for port in PORTS):
         return False
     for port in PORTS:
@@ -75,8 +74,10 @@ def healthy() -> bool:
         if sum("slave" in role for role in roles) != 3:  # every node sees 3 replicas
             return False
     masters = [p for p in PORTS if "role:master" in _cli(p, "info", "replication").stdout]
-    return len(masters) == 3 and all(
-        "connected_slaves:1" in _cli(p, "info", "replication").stdout for p in masters
+    return len(masters) == 3 and all(  # a replica in the middle of a full sync is not online
+        "connected_slaves:1" in (out := _cli(p, "info", "replication").stdout)
+        and "state=online" in out
+        for p in masters
     )
 
 
@@ -92,48 +93,76 @@ def stop() -> None:
     shutil.rmtree(DIRECTORY, ignore_errors=True)
 
 
+def run_node(port: int) -> None:
+    """Start the node of ``port`` (daemonized). Its ``nodes-PORT.conf`` in
+    :data:`DIRECTORY` keeps its identity, so a node restarted after a crash rejoins the
+    cluster (as a replica when its slots were failed over)."""
+    options = {
+        "cluster-enabled": "yes",
+        "port": str(port),
+        "bind": HOST,
+        "cluster-config-file": f"nodes-{port}.conf",
+        "cluster-node-timeout": "2000",
+        "save": "",
+        "appendonly": "no",
+        # Nodes share the directory: a replica's full sync writes an RDB file, which a node
+        # restarted after a crash would load, so each node has its own.
+        "dbfilename": f"dump-{port}.rdb",
+        "daemonize": "yes",
+        "dir": str(DIRECTORY),
+        "logfile": str(DIRECTORY / f"{port}.log"),
+    }
+    args = [part for name, value in options.items() for part in (f"--{name}", value)]
+    subprocess.run(["redis-server", *args], check=True, timeout=10)
+
+
+def _wait_healthy(until: float) -> bool:
+    while not healthy():
+        if time.monotonic() > until:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def start(timeout: float = 60) -> str:
     """Start the cluster unless it is already healthy; wait until it is. Returns its URL.
     Raises ``RuntimeError`` (with the reason) when it cannot be brought up, e.g. no
-    ``redis-server`` on the PATH or a port taken by something else."""
+    ``redis-server`` on the PATH or a port taken by something else.
+
+    Never stops a node: the cluster is shared by every test session on the machine, and a
+    test may be failing a master over on purpose. A cluster created here before (its
+    ``nodes-PORT.conf`` files exist) is waited for while a failover or a resync settles
+    (the cluster's node timeout is 2 s), then nodes that are still down are restarted from
+    their configuration (they rejoin; a master with no persistence comes back empty, so it
+    is restarted only after its replica had the time to take over)."""
     if healthy():
         return URL
     deadline = time.monotonic() + timeout
-    if all(_listening(port) for port in PORTS) and all(
-        _info(port).get("cluster_known_nodes") == str(len(PORTS)) for port in PORTS
-    ):
-        # Formed, but a failover or a replica's resync is under way: wait, never rebuild a
-        # running cluster (that would wipe the data of tests using it).
-        while not healthy():
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the cluster on ports {PORTS[0]}-{PORTS[-1]} runs but is not healthy; "
-                    f"see the logs in {DIRECTORY}, or stop it (tests/redis_cluster.py stop)"
-                )
-            time.sleep(0.2)
-        return URL
+    if all((DIRECTORY / f"nodes-{port}.conf").exists() for port in PORTS):
+        if _wait_healthy(min(deadline, time.monotonic() + 15)):
+            return URL
+        for port in PORTS:
+            if not _listening(port):
+                run_node(port)
+        if _wait_healthy(deadline):
+            return URL
+        raise RuntimeError(
+            f"the cluster on ports {PORTS[0]}-{PORTS[-1]} is not healthy; see the logs in "
+            f"{DIRECTORY}, or rebuild it: tests/redis_cluster.py stop, then start"
+        )
     for tool in ("redis-server", "redis-cli"):
         if shutil.which(tool) is None:
             raise RuntimeError(f"{tool} is not installed (apt-get install redis-server)")
-    stop()
-    DIRECTORY.mkdir(parents=True, exist_ok=True)
     for port in PORTS:
         if _listening(port):
-            raise RuntimeError(f"port {port} is taken by a process that is not this cluster")
-        options = {
-            "cluster-enabled": "yes",
-            "port": str(port),
-            "bind": HOST,
-            "cluster-config-file": f"nodes-{port}.conf",
-            "cluster-node-timeout": "2000",
-            "save": "",
-            "appendonly": "no",
-            "daemonize": "yes",
-            "dir": str(DIRECTORY),
-            "logfile": str(DIRECTORY / f"{port}.log"),
-        }
-        args = [part for name, value in options.items() for part in (f"--{name}", value)]
-        subprocess.run(["redis-server", *args], check=True, timeout=10)
+            raise RuntimeError(
+                f"port {port} is taken, but no cluster was created in {DIRECTORY}: stop "
+                "what listens there (tests/redis_cluster.py stop, if it is a node of ours)"
+            )
+    shutil.rmtree(DIRECTORY, ignore_errors=True)  # files of a cluster never completed
+    DIRECTORY.mkdir(parents=True, exist_ok=True)
+    for port in PORTS:
+        run_node(port)
     while not all(_listening(port) for port in PORTS):
         if time.monotonic() > deadline:
             raise RuntimeError("the cluster's nodes did not start listening")
@@ -151,10 +180,8 @@ def start(timeout: float = 60) -> str:
     )
     if created.returncode != 0:
         raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}")
-    while not healthy():
-        if time.monotonic() > deadline:
-            raise RuntimeError("the cluster did not reach cluster_state:ok with 3 replicas")
-        time.sleep(0.2)
+    if not _wait_healthy(deadline):
+        raise RuntimeError("the cluster did not reach cluster_state:ok with 3 replicas")
     return URL
 
 

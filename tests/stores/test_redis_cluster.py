@@ -342,6 +342,7 @@ def _settled(old: int, new: int, timeout: float = 10) -> bool:
 def _failover(admin: Any, key: str) -> tuple[int, int]:
     """``CLUSTER FAILOVER`` on the replica of ``key``'s master, until every node agrees the
     replica is the slot's master (retried if Redis undid it). Returns (old, new) ports."""
+    redis_cluster.start()  # an earlier failover has settled
     admin.nodes_manager.initialize()  # the session's client may hold a stale slot map
     old, new = _owner_and_replica(admin, key)
     promoted = _node(new)
@@ -555,3 +556,64 @@ def _node_owner(admin: Any, key: str, port: int) -> int | None:
         return None
     finally:
         node.close()
+
+
+def test_a_waited_claim_survives_its_master_being_killed(
+    cluster_url: str, admin: Any, mode: str
+) -> None:
+    """No graceful hand-over this time: the owning master is SIGKILLed right after a claim
+    acknowledged under ``wait_replicas=1``; once its replica has taken over (after the
+    cluster's node timeout), the claim is there and the duplicate is refused. The killed
+    node is restarted and rejoins as a replica."""
+    url = f"{cluster_url}?prefix={PREFIX}&wait_replicas=1"
+    s = StoreDriver(store_from_url(url), mode)
+    key = _key()
+    redis_cluster.start()  # an earlier failover has settled
+    admin.nodes_manager.initialize()
+    old, new = _owner_and_replica(admin, PREFIX + key)
+    victim = _node(old)
+    pid = int(victim.info("server")["process_id"])
+    victim.close()
+    try:
+        claim = s.claim(key, "fp", lease=LEASE, ttl=TTL)
+        assert claim.acquired
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _roles(new).get(new) != "master" or _node_owner(admin, PREFIX + key, new) != new:
+            assert time.monotonic() < deadline, "the replica did not take over"
+            time.sleep(0.2)
+        for attempt in range(50):  # the first calls may still reach the dead master
+            try:
+                duplicate = s.claim(key, "fp", lease=LEASE, ttl=TTL)
+                break
+            except StoreError:
+                assert attempt < 49
+                time.sleep(0.2)
+        assert not duplicate.acquired
+        assert duplicate.record.fence == claim.record.fence
+        # The new master has no replica left: a write is applied but fails closed.
+        with pytest.raises(StoreError, match=r"only 0 of the 1 replica\(s\)"):
+            s.complete(key, claim.record.fence, b"survived", ttl=TTL)
+        _rejoin(old)
+        assert s.claim(key, "fp", lease=LEASE, ttl=TTL).record.result == b"survived"
+    finally:
+        s.close()
+        s.store.close()
+        _rejoin(old)
+
+
+def _rejoin(port: int) -> None:
+    """Restart the node of ``port`` if it is down; wait until the cluster is healthy."""
+    if _roles_or_none(port) is None:
+        redis_cluster.run_node(port)
+    deadline = time.monotonic() + 60
+    while not redis_cluster.healthy():
+        assert time.monotonic() < deadline, "the killed node did not rejoin"
+        time.sleep(0.3)
+
+
+def _roles_or_none(port: int) -> dict[int, str] | None:
+    try:
+        return _roles(port)
+    except redis.exceptions.ConnectionError:
+        return None
