@@ -40,17 +40,18 @@ import time
 import uuid
 import weakref
 import zlib
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from .._drive import adrive, drive
 from .._errors import CorruptRecordError, ResultTooLargeError, StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
-from ._base import Clock, Store, forget_closed_loops, fresh_fence, system_clock
+from ._base import Clock, Store, decide_claim, forget_closed_loops, fresh_fence, system_clock
 from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, batches, matches, stats_of
 from ._registry import merge_option, url_query
 
@@ -151,6 +152,30 @@ _Steps = Generator[_Call | _Sleep, Any, _T]
 def _one(call: _Call) -> _Steps[Any]:
     """The steps of a single request: its response."""
     return (yield call)
+
+
+#: Marker of a write whose transaction was cancelled for another item: send it again.
+_AGAIN: Final = object()
+#: Transactions one batch operation may take before giving up (each settles at least the
+#: items whose condition failed; more rounds only under races).
+_BATCH_ROUNDS: Final = 5
+_TRANSACT_ITEMS: Final = 100
+_TRANSACT_BYTES: Final = 4 * 1024 * 1024 - 64 * 1024  # the 4 MB cap, with room for overhead
+
+
+def _chunks(writes: Sequence[dict[str, Any]]) -> list[list[int]]:
+    """Indexes of ``writes`` grouped into transactions of at most 100 items and ~4 MB."""
+    chunks: list[list[int]] = [[]]
+    size = 0
+    for i, write in enumerate(writes):
+        values = next(iter(write.values())).get("ExpressionAttributeValues", {})
+        weight = 1024 + sum(len(v.get("B", b"")) for v in values.values())
+        if chunks[-1] and (len(chunks[-1]) >= _TRANSACT_ITEMS or size + weight > _TRANSACT_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(i)
+        size += weight
+    return [chunk for chunk in chunks if chunk]
 
 
 def _error_code(exc: BaseException) -> str | None:
@@ -443,41 +468,33 @@ class DynamoDBStore(Store):
     # -- drivers ------------------------------------------------------------------------
     def _run(self, steps: _Steps[_T]) -> _T:
         client = self._sync_client()
-        response: Any = None
-        error: BaseException | None = None
-        while True:
+
+        def step(request: Any) -> Any:
+            if isinstance(request, _Sleep):
+                time.sleep(request.seconds)
+                return None
             try:
-                step = steps.send(response) if error is None else steps.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            response, error = None, None
-            if isinstance(step, _Sleep):
-                time.sleep(step.seconds)
-                continue
-            try:
-                response = getattr(client, step.method)(**step.kwargs)
-            except Exception as exc:
-                error = self._translate(exc)
+                return getattr(client, request.method)(**request.kwargs)
+            except Exception as exc:  # thrown into the steps, translated
+                raise self._translate(exc)  # noqa: B904 - the cause is set where it differs
+
+        return drive(steps, step, catch=Exception)
 
     async def _arun(self, steps: _Steps[_T]) -> _T:
         if self._given_client is not None:
             return await asyncio.to_thread(self._run, steps)
         client = await self._async_client()
-        response: Any = None
-        error: BaseException | None = None
-        while True:
+
+        async def step(request: Any) -> Any:
+            if isinstance(request, _Sleep):
+                await asyncio.sleep(request.seconds)
+                return None
             try:
-                step = steps.send(response) if error is None else steps.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            response, error = None, None
-            if isinstance(step, _Sleep):
-                await asyncio.sleep(step.seconds)
-                continue
-            try:
-                response = await getattr(client, step.method)(**step.kwargs)
+                return await getattr(client, request.method)(**request.kwargs)
             except Exception as exc:
-                error = self._translate(exc)
+                raise self._translate(exc)  # noqa: B904 - as in _run
+
+        return await adrive(steps, step, catch=Exception)
 
     def _translate(self, exc: Exception) -> Exception:
         if _error_code(exc) == "ResourceNotFoundException":
@@ -917,6 +934,221 @@ class DynamoDBStore(Store):
             {"TableName": self.table, "Key": self._key(key), "ReturnValues": "ALL_OLD"},
         )
         return bool(response.get("Attributes"))
+
+    # -- capability: BatchClaims (idempotence.stores.capabilities) ----------------------
+    def _transact(self, writes: Sequence[dict[str, Any]]) -> _Steps[list[Any]]:
+        """Apply ``writes`` (``TransactWriteItems`` entries on distinct items) in as few
+        transactions as the limits allow (100 items, 4 MB). Per write: ``None`` (applied),
+        the item whose condition failed (``ALL_OLD``; ``{}`` if the endpoint returned
+        none), or :data:`_AGAIN` (its transaction was cancelled by another item's failure
+        or a conflict: not applied, send it again)."""
+        out: list[Any] = [None] * len(writes)
+        for chunk in _chunks(writes):
+            request = {
+                "TransactItems": [writes[i] for i in chunk],
+                # a retried request (botocore retries timeouts) is applied once
+                "ClientRequestToken": uuid.uuid4().hex,
+            }
+            try:
+                yield _Call("transact_write_items", request)
+            except Exception as exc:
+                if _error_code(exc) != "TransactionCanceledException":
+                    raise
+                reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
+                if len(reasons) != len(chunk):
+                    raise StoreError(
+                        "DynamoDB cancelled a batch transaction without a reason per item; "
+                        "use DynamoDB or an emulator that returns CancellationReasons"
+                    ) from exc
+                for i, reason in zip(chunk, reasons, strict=True):
+                    code = reason.get("Code")
+                    if code == "ConditionalCheckFailed":
+                        out[i] = reason.get("Item") or {}
+                    elif code in (None, "None", "TransactionConflict"):
+                        out[i] = _AGAIN
+                    else:
+                        raise StoreError(
+                            f"DynamoDB cancelled a batch transaction: {code} "
+                            f"({reason.get('Message', '')})"
+                        ) from exc
+        return out
+
+    def _claim_write(
+        self, item: tuple[str, str, float, float], existing: Record | None, now: float, won: Record
+    ) -> dict[str, Any]:
+        """The transaction entry writing the claim ``won`` of ``item``: on condition the key
+        is absent (``existing`` is ``None``) or still the record ``existing`` (same fence)
+        and claimable, so the fence it writes is known without reading it back."""
+        key, fingerprint, _lease, _ttl = item
+        if existing is None:
+            condition = "attribute_not_exists(#pk)"
+        else:
+            condition = f"#fence = :old_fence AND ({CLAIM_CONDITION})"
+        call = self._update(
+            key,
+            "SET #status = :in_progress, #fingerprint = :fingerprint, #fence = :fence, "
+            "#lease = :lease_until, #expires = :expires_at, #expiration = :expiration "
+            "REMOVE #result, #encoding, #claim",
+            condition,
+            {
+                ":in_progress": {"S": Status.IN_PROGRESS.value},
+                ":fingerprint": {"S": fingerprint},
+                ":fence": {"N": str(won.fence)},
+                ":old_fence": {"N": str(existing.fence if existing is not None else 0)},
+                ":lease_until": _num(won.lease_expires_at),
+                ":expires_at": _num(won.expires_at),
+                ":expiration": self._expiration(won.expires_at),
+                ":now": _num(now),
+            },
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+        return {"Update": call.kwargs}
+
+    def _claim_many_steps(
+        self, items: Sequence[tuple[str, str, float, float]]
+    ) -> _Steps[list[Claim]]:
+        """One transaction claims every absent key. Where it is cancelled, each conflicting
+        item comes back (``ALL_OLD``): a record that cannot be claimed is that item's
+        answer; one that can (past retention, or a lapsed lease with the same fingerprint)
+        is taken over in the next transaction, on condition its fence has not moved, with
+        the rest. So a fresh batch costs one request, a redelivered one one, a mixed one
+        two (more only under races)."""
+        now = self.clock()
+        out: list[Claim | None] = [None] * len(items)
+        existing: list[Record | None] = [None] * len(items)
+        for _ in range(_BATCH_ROUNDS):
+            todo = [i for i, claim in enumerate(out) if claim is None]
+            if not todo:
+                break
+            wins = {}
+            writes = []
+            for i in todo:
+                key, fingerprint, lease, ttl = items[i]
+                decided = decide_claim(existing[i], key, fingerprint, now=now, lease=lease, ttl=ttl)
+                wins[i] = decided.record
+                writes.append(self._claim_write(items[i], existing[i], now, decided.record))
+            answers = yield from self._transact(writes)
+            for i, answer in zip(todo, answers, strict=True):
+                if answer is None:
+                    out[i] = Claim(acquired=True, record=wins[i], now=now)
+                elif answer is _AGAIN:
+                    continue
+                elif not answer:
+                    raise StoreError(
+                        "a batch claim failed its condition but the endpoint did not return "
+                        "the existing item (ReturnValuesOnConditionCheckFailure=ALL_OLD); use "
+                        "DynamoDB or an emulator that supports it"
+                    )
+                else:
+                    record = self._record(answer)
+                    key, fingerprint, lease, ttl = items[i]
+                    again = decide_claim(record, key, fingerprint, now=now, lease=lease, ttl=ttl)
+                    if again.acquired:  # claimable: take it over in the next round
+                        existing[i] = record
+                    else:
+                        out[i] = Claim(acquired=False, record=record, now=now)
+        if any(claim is None for claim in out):
+            raise StoreError("a batch claim did not settle (keys contended); retry")
+        return [claim for claim in out if claim is not None]
+
+    def _owned_many_steps(
+        self, items: Sequence[tuple[str, int]], writes: Sequence[dict[str, Any] | Exception]
+    ) -> _Steps[list[Any]]:
+        """Apply fence-conditional ``writes`` (one per ``(key, fence)``; an exception in a
+        write's place is that item's answer) in transactions: per item ``True`` (applied),
+        ``False`` (its fence no longer owns the key) or the exception."""
+        out: list[Any] = [w if isinstance(w, Exception) else None for w in writes]
+        for _ in range(_BATCH_ROUNDS):
+            todo = [i for i, value in enumerate(out) if value is None]
+            if not todo:
+                return out
+            answers = yield from self._transact([writes[i] for i in todo])  # type: ignore[misc]
+            for i, answer in zip(todo, answers, strict=True):
+                if answer is not _AGAIN:
+                    out[i] = answer is None
+        raise StoreError("a batch of completions did not settle (keys contended); retry")
+
+    def _owned_write(
+        self, key: str, fence: int, update: str, values: dict[str, Any], now: float
+    ) -> dict[str, Any]:
+        values = {
+            **values,
+            ":fence": {"N": str(int(fence))},
+            ":in_progress": {"S": Status.IN_PROGRESS.value},
+            ":now": _num(now),
+        }
+        return {"Update": self._update(key, update, self._OWNED, values).kwargs}
+
+    def _complete_many_steps(
+        self, items: Sequence[tuple[str, int, bytes, float]]
+    ) -> _Steps[list[Any]]:
+        now = self.clock()
+        writes: list[dict[str, Any] | Exception] = []
+        for key, fence, result, ttl in items:
+            stored, encoding = _encode(result)
+            size = self._item_size(key, stored, encoding)
+            if size > MAX_ITEM_BYTES:
+                writes.append(
+                    ResultTooLargeError(
+                        f"the result of {key!r} is {len(result)} bytes: the record would be "
+                        f"about {size} bytes, over DynamoDB's 400 KB item limit. Return a "
+                        "smaller result, keep large payloads elsewhere (e.g. S3) and return a "
+                        "reference, or use a store without this limit (Redis, PostgreSQL).",
+                        key=key,
+                    )
+                )
+                continue
+            update = "SET #status = :completed, #result = :result, #expires = :expires_at, "
+            update += "#expiration = :expiration"
+            update += (
+                ", #encoding = :encoding REMOVE #claim" if encoding else " REMOVE #encoding, #claim"
+            )
+            values = {
+                ":completed": {"S": Status.COMPLETED.value},
+                ":result": {"B": stored},
+                ":encoding": {"S": encoding or ""},
+                ":expires_at": _num(now + ttl),
+                ":expiration": self._expiration(now + ttl),
+            }
+            writes.append(self._owned_write(key, fence, update, values, now))
+        pairs = [(key, fence) for key, fence, _, _ in items]
+        return (yield from self._owned_many_steps(pairs, writes))
+
+    def _release_many_steps(self, items: Sequence[tuple[str, int]]) -> _Steps[list[Any]]:
+        now = self.clock()
+        update = "SET #expires = :now, #lease = :now"
+        writes: list[dict[str, Any] | Exception] = [
+            self._owned_write(key, fence, update, {}, now) for key, fence in items
+        ]
+        return (yield from self._owned_many_steps(items, writes))
+
+    def claim_many(self, items: Sequence[tuple[str, str, float, float]]) -> list[Claim]:
+        """Claim every ``(key, fingerprint, lease, ttl)`` with ``TransactWriteItems`` (see
+        :meth:`_claim_many_steps`; :class:`~idempotence.stores.capabilities.BatchClaims`).
+        A transactional write consumes twice the write capacity of a plain one."""
+        return self._run(self._claim_many_steps(items))
+
+    def complete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[Any]:
+        """Complete every ``(key, fence, result, ttl)`` in one transaction (per 100 items
+        or 4 MB; again for the rest when one item's fence lost its key). A result over
+        the 400 KB item limit gets :class:`~idempotence.ResultTooLargeError` in its place."""
+        return self._run(self._complete_many_steps(items))
+
+    def release_many(self, items: Sequence[tuple[str, int]]) -> list[Any]:
+        """Release every ``(key, fence)`` in one transaction (as :meth:`complete_many`)."""
+        return self._run(self._release_many_steps(items))
+
+    async def aclaim_many(self, items: Sequence[tuple[str, str, float, float]]) -> list[Claim]:
+        """Async :meth:`claim_many`."""
+        return await self._arun(self._claim_many_steps(items))
+
+    async def acomplete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[Any]:
+        """Async :meth:`complete_many`."""
+        return await self._arun(self._complete_many_steps(items))
+
+    async def arelease_many(self, items: Sequence[tuple[str, int]]) -> list[Any]:
+        """Async :meth:`release_many`."""
+        return await self._arun(self._release_many_steps(items))
 
     # -- operations ---------------------------------------------------------------------
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .._drive import adrive, drive
 from .._errors import StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
@@ -261,7 +262,31 @@ class _Script:
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
 
+# The batch scripts (BatchClaims): the single script's body as a function of its ARGV,
+# applied to each of KEYS in order with one clock reading. ARGV: now, then for each key its
+# arguments (``_PER`` of them) -> one reply per key.
+_PER = {"claim": 3, "complete": 3, "release": 1}
+_MANY = """
+end
+local out = {}
+for i = 1, #KEYS do
+  key = KEYS[i]
+  local a = {ARGV[1]}
+  for j = 1, PER do a[j + 1] = ARGV[1 + (i - 1) * PER + j] end
+  out[i] = one(a)
+end
+return out
+"""
+
+
+def _many(body: str, per: int) -> str:
+    return _PRELUDE + "local function one(ARGV)\n" + body + _MANY.replace("PER", str(per))
+
+
 SCRIPTS = {
+    "claim_many": _Script(_many(_CLAIM, _PER["claim"])),
+    "complete_many": _Script(_many(_COMPLETE, _PER["complete"])),
+    "release_many": _Script(_many(_RELEASE, _PER["release"])),
     "claim": _Script(_PRELUDE + _CLAIM),
     "complete": _Script(_PRELUDE + _COMPLETE),
     "release": _Script(_PRELUDE + _RELEASE),
@@ -283,6 +308,8 @@ class _Call(Generic[_T]):
     args: tuple[str | bytes, ...]
     parse: Callable[[Any], _T]
     wrote: Callable[[_T], bool] | None = None
+    #: Further keys (the batch scripts; all in ``key``'s hash slot on a cluster).
+    more: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -666,9 +693,9 @@ class RedisStore(Store):
             if self.wait_replicas and call.wrote is not None:
                 return self._drive(client, self._waited(call))
             try:
-                reply = client.evalsha(script.sha, 1, key, *args)
+                reply = client.evalsha(script.sha, 1 + len(call.more), key, *call.more, *args)
             except self._redis.exceptions.NoScriptError:
-                reply = client.eval(script.source, 1, key, *args)
+                reply = client.eval(script.source, 1 + len(call.more), key, *call.more, *args)
         except (self._redis.exceptions.ConnectionError, _cluster_errors(self._redis)) as exc:
             failure = _connect_failure(exc)
             if failure is None:
@@ -690,9 +717,9 @@ class RedisStore(Store):
             if self.wait_replicas and call.wrote is not None:
                 return await self._adrive(client, self._waited(call))
             try:
-                reply = await client.evalsha(script.sha, 1, key, *args)
+                reply = await client.evalsha(script.sha, 1 + len(call.more), key, *call.more, *args)
             except self._redis.exceptions.NoScriptError:
-                reply = await client.eval(script.source, 1, key, *args)
+                reply = await client.eval(script.source, 1 + len(call.more), key, *call.more, *args)
         except (self._redis.exceptions.ConnectionError, _cluster_errors(self._redis)) as exc:
             failure = _connect_failure(exc)
             if failure is None:
@@ -716,7 +743,9 @@ class RedisStore(Store):
             script = ("EVAL", call.script.source) if use_eval else ("EVALSHA", call.script.sha)
             asking: tuple[tuple[Any, ...], ...] = (("ASKING",),) if node is not None else ()
             replies = yield _Batch(
-                call.key, node, (*asking, (*script, 1, call.key, *call.args), wait)
+                call.key,
+                node,
+                (*asking, (*script, 1 + len(call.more), call.key, *call.more, *call.args), wait),
             )
             assert replies is not None
             reply, acked = replies[-2], replies[-1]
@@ -749,32 +778,26 @@ class RedisStore(Store):
         )
 
     def _drive(self, client: Any, steps: _Waited[_T]) -> _T:
-        """Run :meth:`_waited`'s steps on the sync client."""
-        replies: list[Any] | None = None
-        try:
-            while True:
-                step = steps.send(replies)
-                if isinstance(step, _Refresh):
-                    client.nodes_manager.initialize()
-                    replies = None
-                else:
-                    replies = self._send_batch(client, step)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+        """Run :meth:`_waited`'s steps on the sync client (a failure propagates)."""
+
+        def step(request: Any) -> Any:
+            if isinstance(request, _Refresh):
+                client.nodes_manager.initialize()
+                return None
+            return self._send_batch(client, request)
+
+        return drive(steps, step, catch=())
 
     async def _adrive(self, client: Any, steps: _Waited[_T]) -> _T:
-        """Run :meth:`_waited`'s steps on an async client."""
-        replies: list[Any] | None = None
-        try:
-            while True:
-                step = steps.send(replies)
-                if isinstance(step, _Refresh):
-                    await client.nodes_manager.initialize()
-                    replies = None
-                else:
-                    replies = await self._asend_batch(client, step)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+        """Run :meth:`_waited`'s steps on an async client (a failure propagates)."""
+
+        async def step(request: Any) -> Any:
+            if isinstance(request, _Refresh):
+                await client.nodes_manager.initialize()
+                return None
+            return await self._asend_batch(client, request)
+
+        return await adrive(steps, step, catch=())
 
     def _send_batch(self, client: Any, batch: _Batch) -> list[Any]:
         """Pipeline ``batch`` on one connection: of ``client`` itself, or of the cluster
@@ -987,6 +1010,87 @@ class RedisStore(Store):
 
     def _delete(self, key: str) -> _Call[bool]:
         return _Call(SCRIPTS["delete"], self.prefix + key, (), _flag, _truth)
+
+    # -- capability: BatchClaims (idempotence.stores.capabilities) ----------------------
+    def _many(
+        self, name: str, keys: Sequence[str], args: Sequence[tuple[str | bytes, ...]], parse: Any
+    ) -> list[_Call[list[Any]]]:
+        """The batch script ``name`` over ``keys`` (with each key's ``args``): one call, or
+        on a cluster one per hash slot. Each call's result is ``[(index, value)...]``."""
+        groups: dict[int, list[int]] = {}
+        if self.cluster:
+            key_slot = self._redis.crc.key_slot
+            for i, key in enumerate(keys):
+                groups.setdefault(key_slot((self.prefix + key).encode()), []).append(i)
+        else:
+            groups[0] = list(range(len(keys)))
+        calls = []
+        for indexes in groups.values():
+            full = [self.prefix + keys[i] for i in indexes]
+            flat = tuple(a for i in indexes for a in args[i])
+
+            def parsed(reply: Any, indexes: list[int] = indexes) -> list[Any]:
+                return [(i, parse(keys[i], r)) for i, r in zip(indexes, reply, strict=True)]
+
+            calls.append(
+                _Call(
+                    SCRIPTS[name],
+                    full[0],
+                    (self._now(), *flat),
+                    parsed,
+                    _always,
+                    tuple(full[1:]),
+                )
+            )
+        return calls
+
+    def _claims(self, items: Sequence[tuple[str, str, float, float]]) -> list[_Call[list[Any]]]:
+        args = [(fp, repr(float(lease)), repr(float(ttl))) for _, fp, lease, ttl in items]
+        keys = [item[0] for item in items]
+        return self._many("claim_many", keys, args, lambda k, r: _claim_parser(k)(r))
+
+    def _completes(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[_Call[list[Any]]]:
+        args = [(str(int(f)), bytes(res), repr(float(ttl))) for _, f, res, ttl in items]
+        keys = [item[0] for item in items]
+        return self._many("complete_many", keys, args, lambda k, r: _flag(r))
+
+    def _releases(self, items: Sequence[tuple[str, int]]) -> list[_Call[list[Any]]]:
+        args = [(str(int(fence)),) for _, fence in items]
+        keys = [item[0] for item in items]
+        return self._many("release_many", keys, args, lambda k, r: _flag(r))
+
+    @staticmethod
+    def _merged(n: int, parts: Sequence[list[Any]]) -> list[Any]:
+        out: list[Any] = [None] * n
+        for part in parts:
+            for i, value in part:
+                out[i] = value
+        return out
+
+    def claim_many(self, items: Sequence[tuple[str, str, float, float]]) -> list[Claim]:
+        """Claim every ``(key, fingerprint, lease, ttl)`` in one script (one per hash slot
+        on a cluster). See :class:`~idempotence.stores.capabilities.BatchClaims`."""
+        return self._merged(len(items), [self._run(c) for c in self._claims(items)])
+
+    def complete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[bool]:
+        """Complete every ``(key, fence, result, ttl)`` in one script (per hash slot)."""
+        return self._merged(len(items), [self._run(c) for c in self._completes(items)])
+
+    def release_many(self, items: Sequence[tuple[str, int]]) -> list[bool]:
+        """Release every ``(key, fence)`` in one script (per hash slot)."""
+        return self._merged(len(items), [self._run(c) for c in self._releases(items)])
+
+    async def aclaim_many(self, items: Sequence[tuple[str, str, float, float]]) -> list[Claim]:
+        """Async :meth:`claim_many`."""
+        return self._merged(len(items), [await self._arun(c) for c in self._claims(items)])
+
+    async def acomplete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[bool]:
+        """Async :meth:`complete_many`."""
+        return self._merged(len(items), [await self._arun(c) for c in self._completes(items)])
+
+    async def arelease_many(self, items: Sequence[tuple[str, int]]) -> list[bool]:
+        """Async :meth:`release_many`."""
+        return self._merged(len(items), [await self._arun(c) for c in self._releases(items)])
 
     # -- operations ---------------------------------------------------------------------
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
