@@ -39,6 +39,8 @@ from idempotence import (
     MissingDependencyError,
     MissingKeyError,
     Status,
+    StoreError,
+    current_key,
 )
 from idempotence.celery import DEFAULT_HEADER, IdempotentTask
 from idempotence.stores import MemoryStore, Store
@@ -76,10 +78,12 @@ def new_app() -> Celery:
 # -- in process: task.apply() through Celery's tracer ------------------------------------
 def test_same_arguments_run_once_and_replay_the_first_result(store: Store) -> None:
     app, idem, runs = new_app(), Idempotency(store), []
+    keys: list[str | None] = []
 
     @app.task(shared=False, base=IdempotentTask, idempotency=idem, name="orders.charge")
     def charge(order_id: str, amount_cents: int) -> dict[str, Any]:
         runs.append(order_id)
+        keys.append(current_key())  # e.g. the payment provider's own idempotency key
         return {"charge": uuid.uuid4().hex, "amount": amount_cents}
 
     first = charge.apply(("o-1", 500)).get()
@@ -91,6 +95,7 @@ def test_same_arguments_run_once_and_replay_the_first_result(store: Store) -> No
     assert runs == ["o-1", "o-2"]
     key = charge.idempotency_key_for(("o-1", 500))
     assert key.startswith("orders.charge#")
+    assert keys == [key, charge.idempotency_key_for(("o-2", 500))]
     record = store.get(key)
     assert record is not None
     assert record.status is Status.COMPLETED
@@ -184,6 +189,22 @@ def test_key_option_selects_from_the_payload_and_bound_tasks_skip_self() -> None
     assert len(runs) == 1
     with pytest.raises(MissingKeyError):
         receipt.idempotency_key_for(({"email": "c@example.com"},))
+
+
+def test_an_unreachable_store_fails_the_task_without_running_it() -> None:
+    pytest.importorskip("redis")
+    app, runs = new_app(), []
+    idem = Idempotency("redis://127.0.0.1:1/0")  # nothing listens on port 1
+
+    @app.task(shared=False, base=IdempotentTask, idempotency=idem, name="orders.closed")
+    def charge(order_id: str) -> str:
+        runs.append(order_id)
+        return order_id
+
+    result = charge.apply(("o-1",))
+    assert isinstance(result.result, StoreError)
+    assert "o-1" not in str(result.result)
+    assert runs == []  # fail closed: add StoreError to autoretry_for to retry later
 
 
 def test_required_false_runs_keyless_messages_without_idempotency() -> None:
@@ -362,6 +383,19 @@ def test_configuration_errors_are_raised_when_the_task_is_defined() -> None:
     with pytest.raises(TypeError, match="idempotency_header"):
         _ = bad_header.name
 
+    for name, options in [
+        ("orders.r1", {"idempotency_retry": "yes"}),
+        ("orders.r2", {"idempotency_retry_countdown": "5"}),
+        ("orders.r3", {"idempotency_retry_countdown": -1}),
+        ("orders.r4", {"idempotency_retry_countdown": float("nan")}),
+    ]:
+
+        @app.task(shared=False, base=IdempotentTask, idempotency=idem, name=name, **options)
+        def bad_retry(order_id: str) -> None: ...
+
+        with pytest.raises(TypeError, match="idempotency_retry"):
+            _ = bad_retry.name
+
 
 def test_disabled_runs_every_time_and_warns(monkeypatch: pytest.MonkeyPatch) -> None:
     app, idem, runs = new_app(), Idempotency(MemoryStore()), []
@@ -472,6 +506,9 @@ def test_missing_celery_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
 
 # -- real workers --------------------------------------------------------------------------
 BROKER = os.environ.get("IDEMPOTENCE_TEST_CELERY_BROKER", "redis://127.0.0.1:6379/13")
+#: The workers' store; default: the broker's Redis (a SQLite file works too: shared by the
+#: processes of one machine).
+STORE = os.environ.get("IDEMPOTENCE_TEST_CELERY_STORE", "")
 WORKER_READY_TIMEOUT = 120.0  # cold imports on a loaded machine are slow
 
 
@@ -531,6 +568,7 @@ class Cluster(types.SimpleNamespace):
     ledger: Path
     main: Worker
     crash: Worker
+    worker_env: dict[str, str]
 
     def effects(self, order_id: str) -> list[str]:
         if not self.ledger.exists():
@@ -556,8 +594,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "LEDGER_PATH": str(state / "ledger.txt"),
         "CELERY_TEST_STATE": str(state),
     }
+    if STORE:
+        env["IDEMPOTENCE_STORE"] = STORE
     worker_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-    worker_env.pop("IDEMPOTENCE_STORE", None)  # the example's default: the broker's Redis
+    if not STORE:
+        worker_env.pop("IDEMPOTENCE_STORE", None)  # the example's default: the broker's Redis
     # Two workers: "main" (prefork, two processes: duplicates can run side by side) and
     # "crash" (solo: SIGKILL stops the process running the task), on its own queue.
     main = Worker(
@@ -568,7 +609,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
-        patch.delenv("IDEMPOTENCE_STORE", raising=False)
+        if not STORE:
+            patch.delenv("IDEMPOTENCE_STORE", raising=False)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -583,6 +625,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 ledger=state / "ledger.txt",
                 main=main,
                 crash=crash,
+                worker_env=worker_env,
             )
         finally:
             main.stop()
@@ -602,6 +645,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 RESULT_TIMEOUT = 60.0
+VISIBILITY_TIMEOUT = 5.0  # tests/celery_app.py's broker_transport_options
 
 
 def test_worker_runs_the_same_task_sent_twice_once(cluster: Cluster) -> None:
@@ -696,15 +740,23 @@ def test_worker_killed_mid_task_redelivery_takes_the_claim_over(cluster: Cluster
     assert running is not None
     assert running.status is Status.IN_PROGRESS
     cluster.crash.kill()  # mid-task: the message is not acknowledged (acks_late)
-    # The broker delivers it again after the visibility timeout (5 s) to whoever consumes
-    # the queue: the other worker starts to.
-    cluster.app.control.add_consumer("crash", destination=[cluster.main.name], reply=True)
-    result = message.get(timeout=RESULT_TIMEOUT)
-    assert result["attempt"] == 2
-    assert len(cluster.effects(order)) == 1
-    done = store.get(key)
-    assert done is not None
-    assert done.status is Status.COMPLETED
-    assert done.fence == running.fence + 1  # the lapsed claim was taken over
-    assert crashable.delay(order).get(timeout=RESULT_TIMEOUT) == result
-    assert cluster.attempts(f"crashable-{order}") == 2
+    # The broker delivers it again once it has been unacknowledged for the visibility
+    # timeout (5 s); a replacement worker started after that takes it at start-up.
+    time.sleep(VISIBILITY_TIMEOUT + 0.5)
+    replacement = Worker(
+        "replacement", cluster.worker_env, cluster.state / "replacement.log",
+        "-P", "solo", "-c", "1", "-Q", "crash",
+    )  # fmt: skip
+    try:
+        replacement.wait_ready(time.monotonic() + WORKER_READY_TIMEOUT)
+        result = message.get(timeout=RESULT_TIMEOUT)
+        assert result["attempt"] == 2
+        assert len(cluster.effects(order)) == 1
+        done = store.get(key)
+        assert done is not None
+        assert done.status is Status.COMPLETED
+        assert done.fence == running.fence + 1  # the lapsed claim was taken over
+        assert crashable.delay(order).get(timeout=RESULT_TIMEOUT) == result  # a replay
+        assert cluster.attempts(f"crashable-{order}") == 2
+    finally:
+        replacement.stop()

@@ -32,13 +32,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import (
     AlreadyInProgressError,
-    Idempotency,
     IdempotencyConfig,
     InvalidKeyError,
     MissingDependencyError,
     MissingKeyError,
 )
-from .engine import Operation, is_disabled, run
+from .engine import IdempotencyBase, Operation, is_disabled, run
 
 try:
     from celery import Task
@@ -80,8 +79,9 @@ class IdempotentTask(_TaskBase):
     Use it as ``base=`` of a task and configure it with task attributes (keyword arguments
     of ``@app.task`` or class attributes of a subclass):
 
-    - ``idempotency`` (required): the :class:`~idempotence.Idempotency` whose store and
-      default options the task uses.
+    - ``idempotency`` (required): the :class:`~idempotence.Idempotency` (any
+      :class:`~idempotence.engine.IdempotencyBase`) whose store and default options the
+      task uses.
     - ``idempotency_options``: options of this task, as for ``@idem(...)`` (``key``,
       ``fingerprint``, ``payload``, ``ttl``, ``lease``, ``heartbeat``, ``on_in_progress``,
       ``store_errors``, ``namespace``, ``scope``, ``required``, ...; see
@@ -109,6 +109,14 @@ class IdempotentTask(_TaskBase):
     when code moves. The ``namespace`` of the :class:`~idempotence.Idempotency` prefixes
     it (``prefix.orders.charge``); a ``namespace`` option replaces it.
 
+    **Errors.** A misconfigured task raises ``TypeError`` when Celery defines it (the app
+    is finalized or the task first used). A message fails with the error the decorator
+    would raise: :class:`~idempotence.KeyReuseError`, :class:`~idempotence.MissingKeyError`,
+    :class:`~idempotence.InvalidKeyError` (a malformed header, never quoted),
+    :class:`~idempotence.StoreError` (the store failed: the body did not run, unless
+    ``fail_open``), :class:`~idempotence.LeaseLostError` (the body finished after another
+    delivery took its lapsed claim over, whose record stands).
+
     **Runs.** The body runs at most once per key while its record is kept (``ttl``). A
     body that raises releases the key: Celery's retry (``autoretry_for``,
     ``self.retry()``, which releases the key even when ``store_errors`` covers it) runs
@@ -118,7 +126,7 @@ class IdempotentTask(_TaskBase):
     message then takes the key over.
     """
 
-    idempotency: ClassVar[Idempotency | None] = None
+    idempotency: ClassVar[IdempotencyBase | None] = None
     idempotency_options: ClassVar[Mapping[str, Any]] = {}
     idempotency_header: ClassVar[str | None] = DEFAULT_HEADER
     idempotency_retry: ClassVar[bool] = True
@@ -248,7 +256,7 @@ class _Settings:
     def __init__(self, cls: type[IdempotentTask]) -> None:
         idem = cls.idempotency
         what = f"task {cls.__dict__.get('name') or cls.__qualname__}"
-        if not isinstance(idem, Idempotency):
+        if not isinstance(idem, IdempotencyBase):
             raise TypeError(
                 f"{what} has base=IdempotentTask but no idempotency=Idempotency(...): pass "
                 "it to @app.task(base=IdempotentTask, idempotency=idem), or set it on a "
@@ -263,6 +271,17 @@ class _Settings:
         header = cls.idempotency_header
         if header is not None and (not isinstance(header, str) or not header):
             raise TypeError(f"{what}: idempotency_header is a header name or None")
+        if not isinstance(cls.idempotency_retry, bool):
+            raise TypeError(f"{what}: idempotency_retry is True or False")
+        countdown = cls.idempotency_retry_countdown
+        if countdown is not None and (
+            isinstance(countdown, bool)
+            or not isinstance(countdown, (int, float))
+            or not 0 <= countdown < float("inf")
+        ):
+            raise TypeError(
+                f"{what}: idempotency_retry_countdown is a number of seconds (>= 0) or None"
+            )
         self.idem = idem
         self.config: IdempotencyConfig = idem.config.replace(**options) if options else idem.config
         self.namespace_override: str | None = options.get("namespace")
