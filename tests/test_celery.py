@@ -274,6 +274,19 @@ def test_header_name_is_configurable_and_none_ignores_headers() -> None:
     assert by_arguments.apply(("o-1",), headers={DEFAULT_HEADER: "r-1"}).get() == 4
     assert by_arguments.apply(("o-1",), headers={DEFAULT_HEADER: "r-2"}).get() == 4
 
+    # A header name that is also a field of Celery's request (``id``, the task id) is read
+    # from the message's headers only, never from that field.
+    @app.task(
+        shared=False, base=IdempotentTask, idempotency=idem, name="c", idempotency_header="id"
+    )
+    def by_id_header(order_id: str) -> int:
+        runs.append(1)
+        return len(runs)
+
+    assert by_id_header.apply(("o-1",)).get() == 5
+    assert by_id_header.apply(("o-1",)).get() == 5  # another task id, the same key
+    assert by_id_header.apply(("o-1",), headers={"id": "k-1"}).get() == 6
+
 
 def test_namespace_is_the_task_name_prefixed_or_replaced() -> None:
     app = new_app()

@@ -213,7 +213,9 @@ class IdempotentTask(_TaskBase):
             return None
         headers = getattr(request, "headers", None)
         value = headers.get(name) if isinstance(headers, Mapping) else None
-        if value is None:  # Celery before 5.2.7 keeps custom headers as attributes only
+        if value is None and headers is None and not hasattr(type(request), name):
+            # A message whose custom headers Celery did not gather: they are attributes of
+            # the request (never one of its own fields, such as ``id``).
             value = getattr(request, name, None)
         if value is None:
             return None
