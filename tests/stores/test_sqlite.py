@@ -38,3 +38,39 @@ def test_purge_deletes_only_expired_rows(tmp_path: Path) -> None:
     assert store.get("new") is not None
     assert store.delete("new")
     assert not store.delete("old")
+
+
+def _purge_work(tmp_path: Path, records: int) -> int:
+    """SQLite VM steps (in hundreds) a purge(batch_size=10) of ``records`` rows, one in
+    ten expired and spread over the key range, takes: a count of work, not a timing."""
+    clock = ManualClock()
+    store = SQLiteStore(tmp_path / f"w{records}.db", clock=clock)
+    now = clock()
+    rows = [
+        (f"ns#{i * 7919 % records:08d}", "COMPLETED", "fp", i + 1, now - 1,
+         now - 1 if i % 10 == 0 else now + 3600, b"r")
+        for i in range(records)
+    ]  # fmt: skip
+    steps = [0]
+    with store.sql_connection() as conn:
+        conn.execute("BEGIN")
+        conn.executemany(f"INSERT INTO {store.table} VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("COMMIT")
+
+        def step() -> int:
+            steps[0] += 1
+            return 0
+
+        conn.set_progress_handler(step, 100)
+        assert store.purge(batch_size=10) == records // 10
+        conn.set_progress_handler(None, 0)
+    assert store.count() == records - records // 10
+    assert store.count(expired=True) == 0
+    return steps[0]
+
+
+def test_purge_reads_the_table_once_however_many_batches(tmp_path: Path) -> None:
+    """Keyset batches: four times the records (and batches) is about four times the work,
+    not sixteen (each batch rescanning past the rows the earlier ones kept)."""
+    small, large = _purge_work(tmp_path, 2000), _purge_work(tmp_path, 8000)
+    assert large / small < 6, (small, large)

@@ -773,25 +773,42 @@ class MySQLStore(Store):
         batch_size: int = DEFAULT_BATCH,
         progress: Progress | None = None,
     ) -> int:
-        """Delete the matching rows, ``batch_size`` per statement (``DELETE ... ORDER BY
-        key LIMIT n``, each its own transaction). With the defaults, rows whose retention
-        has ended and whose lease is over too (an expired row that still fences a paused
-        invocation is kept while that lease is live). Returns how many were deleted."""
+        """Delete the matching rows, ``batch_size`` per batch, in key order. With the
+        defaults, rows whose retention has ended and whose lease is over too (an expired
+        row that still fences a paused invocation is kept while that lease is live).
+        Returns how many were deleted.
+
+        Keyset paging: a batch reads the next ``batch_size`` matching keys after the last
+        batch's (a plain consistent read on the primary key, no locks), then deletes those
+        rows by key (``DELETE ... WHERE key IN (...)``, the condition checked again, its own
+        transaction). So the whole purge reads the table once, and a batch locks only the
+        rows it deletes: a ``DELETE`` that scanned for its rows would lock every row and
+        gap it passed (REPEATABLE READ) and stall claims of keys in that range."""
         table = _table_sql(self.table)
         total = 0
+        after: bytes | None = None
         with self._maintenance_cursor() as (cursor, now):
             where, params = self._where(now, namespace, None, None, expired)
             while True:
-                deleted = int(
-                    cursor.execute(
-                        f"DELETE FROM {table} WHERE {where} ORDER BY `key` LIMIT %(size)s",
-                        {**params, "size": batch_size},
-                    )
+                page = "" if after is None else " AND `key` > %(after)s"
+                cursor.execute(
+                    f"SELECT `key` FROM {table} WHERE {where}{page} ORDER BY `key` LIMIT %(size)s",
+                    {**params, "after": after, "size": batch_size},
                 )
+                keys = [bytes(row[0]) for row in cursor.fetchall()]
+                deleted = 0
+                if keys:
+                    deleted = int(
+                        cursor.execute(
+                            f"DELETE FROM {table} WHERE `key` IN %(keys)s AND {where}",
+                            {**params, "keys": keys},
+                        )
+                    )
+                    after = keys[-1]
                 total += deleted
                 if deleted and progress is not None:
                     progress(deleted)
-                if deleted < batch_size:
+                if len(keys) < batch_size:
                     return total
 
     def stats(self) -> StoreStats:

@@ -993,25 +993,39 @@ class PostgresStore(Store):
         batch_size: int = DEFAULT_BATCH,
         progress: Progress | None = None,
     ) -> int:
-        """Delete the matching rows, ``batch_size`` per statement (``DELETE ... WHERE key
-        IN (SELECT key ... LIMIT n)``, each its own transaction). With the defaults, rows
-        whose retention has ended and whose lease is over too (an expired row that still
-        fences a paused invocation is kept while that lease is live). Returns how many
-        were deleted."""
+        """Delete the matching rows, ``batch_size`` per statement, in key order (each its
+        own transaction). With the defaults, rows whose retention has ended and whose lease
+        is over too (an expired row that still fences a paused invocation is kept while
+        that lease is live). Returns how many were deleted.
+
+        Keyset paging: each statement takes the next ``batch_size`` matching keys after the
+        last batch's (``key > last ORDER BY key LIMIT n``, on the primary key), so the whole
+        purge reads the table once however many batches it takes, instead of each batch
+        scanning again past everything (and every dead row) the earlier ones left behind.
+        The ``DELETE`` checks the condition again on the row it deletes, so a row claimed
+        again since the batch was read is kept."""
         table = _table_sql(self.table)
         total = 0
+        after: str | None = None
         with self._maintenance_conn() as (conn, now):
             where, params = self._where(now, namespace, None, None, expired)
             while True:
-                deleted = conn.execute(
-                    f"DELETE FROM {table} WHERE key IN "
-                    f"(SELECT key FROM {table} WHERE {where} LIMIT %(size)s)",
-                    {**params, "size": batch_size},
-                ).rowcount
+                page = "" if after is None else " AND key > %(after)s"
+                row = conn.execute(
+                    f"WITH batch AS (SELECT key FROM {table} WHERE {where}{page} "
+                    "ORDER BY key LIMIT %(size)s), "
+                    f"gone AS (DELETE FROM {table} WHERE key IN (SELECT key FROM batch) "
+                    f"AND {where} RETURNING 1) "
+                    "SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM batch), "
+                    "(SELECT max(key) FROM batch)",
+                    {**params, "after": after, "size": batch_size},
+                ).fetchone()
+                assert row is not None
+                deleted, found, after = int(row[0]), int(row[1]), row[2]
                 total += deleted
                 if deleted and progress is not None:
                     progress(deleted)
-                if deleted < batch_size:
+                if found < batch_size:
                     return total
 
     async def apurge(self) -> int:

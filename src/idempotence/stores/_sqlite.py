@@ -358,24 +358,36 @@ class SQLiteStore(Store):
         batch_size: int = DEFAULT_BATCH,
         progress: Progress | None = None,
     ) -> int:
-        """Delete the matching rows, ``batch_size`` per statement (each its own short
-        transaction, so claims interleave). With the defaults, rows whose retention has
+        """Delete the matching rows, ``batch_size`` per batch, in key order (each batch its
+        own short write, so claims interleave). With the defaults, rows whose retention has
         ended and whose lease is over too (an expired row that still fences a paused
-        invocation is kept while that lease is live). Returns how many were deleted."""
+        invocation is kept while that lease is live). Returns how many were deleted.
+
+        Keyset paging: a batch finds the next ``batch_size`` matching keys after the last
+        batch's (a read, no write lock), then deletes the matching rows of that key range
+        (the condition checked again), so the whole purge reads the table once, however
+        many batches it takes, and the write lock is held for one range at a time."""
         conn = self._conn()
         where, params = self._where(self.clock(), namespace, None, None, expired)
-        total = 0
+        total, after = 0, ""
         while True:
-            deleted = conn.execute(
-                f"DELETE FROM {self.table} WHERE key IN "
-                f"(SELECT key FROM {self.table} WHERE {where} LIMIT ?)",
-                (*params, batch_size),
-            ).rowcount
+            found, last = conn.execute(
+                f"SELECT count(*), max(key) FROM (SELECT key FROM {self.table} "
+                f"WHERE {where} AND key > ? ORDER BY key LIMIT ?)",
+                (*params, after, batch_size),
+            ).fetchone()
+            deleted = 0
+            if found:
+                deleted = conn.execute(
+                    f"DELETE FROM {self.table} WHERE {where} AND key > ? AND key <= ?",
+                    (*params, after, last),
+                ).rowcount
             total += deleted
             if deleted and progress is not None:
                 progress(deleted)
-            if deleted < batch_size:
+            if found < batch_size:
                 return total
+            after = str(last)
 
     def stats(self) -> StoreStats:
         """Counts by status and namespace (one pass over the records)."""
