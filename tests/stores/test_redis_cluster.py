@@ -617,3 +617,20 @@ def _roles_or_none(port: int) -> dict[int, str] | None:
         return _roles(port)
     except redis.exceptions.ConnectionError:
         return None
+
+
+def test_a_cluster_that_cannot_start_skips_locally_and_fails_in_ci(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tests.conftest
+
+    def cannot_start(timeout: float = 60) -> str:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+
+    monkeypatch.setattr(redis_cluster, "start", cannot_start)
+    monkeypatch.setattr(tests.conftest, "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception, match="redis-server is not installed"):
+        redis_cluster_url_or_unavailable()
+    monkeypatch.setattr(tests.conftest, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="backend unavailable in CI"):
+        redis_cluster_url_or_unavailable()
