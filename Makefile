@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # `make demo` needs the package and rich only: its own stamp, no dev group.
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: .venv demo test lint bench dist docs clean distclean
+.PHONY: .venv demo test lint bench bench-scale dist docs clean distclean
 
 .venv: $(STAMP)
 
@@ -50,6 +50,11 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	@if [ -f bench/run.py ]; then $(BIN)/python bench/run.py; else echo "bench/run.py does not exist yet"; fi
+
+# Latency per call with 1k, 100k and 1M records stored, 1/10/100 callers, and the purge
+# under load, on SQLite, PostgreSQL and MySQL (about 10 minutes; docs/benchmarks.md).
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist site .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .hypothesis
