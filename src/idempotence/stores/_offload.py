@@ -48,6 +48,7 @@ from contextlib import AsyncExitStack
 from typing import Any, Final, NamedTuple
 from urllib.parse import unquote, urlsplit
 
+from .._drive import adrive, drive
 from .._errors import CorruptRecordError, ResultTooLargeError
 from .._lazy import require
 from .._record import Claim, Record
@@ -531,38 +532,20 @@ class LargeResultStore(Store):
 
     # -- drivers -----------------------------------------------------------------------
     def _run(self, program: _Program) -> Any:
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                op = program.send(value) if error is None else program.throw(error)
-            except StopIteration as stop:
-                return stop.value
-            value, error = None, None
-            try:
-                if isinstance(op, _StoreOp):
-                    value = getattr(self.store, op.name)(*op.args, **op.kwargs)
-                else:
-                    value = getattr(self, "_" + op.action)(*op.args)
-            except Exception as exc:
-                error = exc
+        def step(op: Any) -> Any:
+            if isinstance(op, _StoreOp):
+                return getattr(self.store, op.name)(*op.args, **op.kwargs)
+            return getattr(self, "_" + op.action)(*op.args)
+
+        return drive(program, step, catch=Exception)
 
     async def _arun(self, program: _Program) -> Any:
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                op = program.send(value) if error is None else program.throw(error)
-            except StopIteration as stop:
-                return stop.value
-            value, error = None, None
-            try:
-                if isinstance(op, _StoreOp):
-                    value = await getattr(self.store, "a" + op.name)(*op.args, **op.kwargs)
-                else:
-                    value = await self._as3(op)
-            except Exception as exc:
-                error = exc
+        async def step(op: Any) -> Any:
+            if isinstance(op, _StoreOp):
+                return await getattr(self.store, "a" + op.name)(*op.args, **op.kwargs)
+            return await self._as3(op)
+
+        return await adrive(program, step, catch=Exception)
 
     # -- the interface -----------------------------------------------------------------
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
