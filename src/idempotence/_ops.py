@@ -215,6 +215,15 @@ def _store_key(store: Store, key: str) -> str:
     return key
 
 
+def _kind(store: Store) -> str:
+    """The class name of ``store``, or of the store a ``LargeResultStore`` wraps."""
+    from .stores._offload import LargeResultStore
+
+    while isinstance(store, LargeResultStore):
+        store = store.store
+    return type(store).__name__
+
+
 def _now(store: Store) -> float:
     clock = getattr(store, "clock", None)
     return float(clock()) if callable(clock) else time.time()
@@ -486,8 +495,8 @@ def _skew(store: Store) -> str:
             "return redis.call('TIME')", store.prefix + PROBE_NAMESPACE + "#clock", []
         )
         server = int(reply[0]) + int(reply[1]) / 1e6
-    elif isinstance(store, SQLConnections) and type(store).__name__ != "SQLiteStore":
-        mysql = type(store).__name__ == "MySQLStore"
+    elif isinstance(store, SQLConnections) and _kind(store) != "SQLiteStore":
+        mysql = _kind(store) == "MySQLStore"
         now_sql = "UNIX_TIMESTAMP(SYSDATE(6))" if mysql else "extract(epoch FROM clock_timestamp())"
         before = time.time()
         with store.sql_connection() as conn:
@@ -553,9 +562,9 @@ def _query(conn: Any, sql: str) -> Any:
 
 
 def _quote(store: Store, table: str) -> str:
-    if type(store).__name__ == "SQLiteStore":
+    if _kind(store) == "SQLiteStore":
         return '"' + table.replace('"', '""') + '"'
-    if type(store).__name__ == "MySQLStore":
+    if _kind(store) == "MySQLStore":
         return ".".join(f"`{part}`" for part in table.split("."))
     return ".".join(f'"{part}"' for part in table.split("."))
 
@@ -584,7 +593,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _retention(store: Store) -> str:
-    name = type(store).__name__
+    name = _kind(store)
     if name == "RedisStore":
         return "n/a: Redis expires each record's key itself"
     if name in {"SQLiteStore", "PostgresStore", "MySQLStore"}:

@@ -574,7 +574,7 @@ def test_store_url_options_wrap_the_store(
     validate_store_url(url)
     store = store_from_url(url)
     assert isinstance(store, LargeResultStore)
-    assert (store.bucket, store.prefix, store.compress_over) == (s3_bucket, "url/", 1024)
+    assert (store.bucket, store.offload_prefix, store.compress_over) == (s3_bucket, "url/", 1024)
     assert (store.offload_over, store.max_result_bytes) == (65536, 5_000_000)
     idem = Idempotency(url)
     calls: list[int] = []
@@ -794,3 +794,155 @@ def test_the_cli_inspects_and_forgets_an_offloaded_result(
     assert main(["forget", "--store", url, key]) == 0
     assert objects(s3, s3_bucket, prefix) == {}
     idem.store.close()
+
+
+# -- capabilities: exactly the wrapped store's ----------------------------------------------
+def test_the_wrapper_offers_exactly_the_capabilities_of_the_store_it_wraps(
+    store: LargeResultStore, inner: Store
+) -> None:
+    from idempotence.stores.capabilities import (
+        AtomicScripts,
+        BatchClaims,
+        DynamoDBRecords,
+        Maintainable,
+        SQLConnections,
+    )
+
+    for capability in (Maintainable, SQLConnections, AtomicScripts, DynamoDBRecords):
+        assert isinstance(store, capability) == isinstance(inner, capability), capability
+    # The wrapped store's batch writes would bypass compression and offload: left out, so
+    # batch users fall back to one request per record through the wrapper.
+    assert not isinstance(store, BatchClaims)
+    assert isinstance(store, LargeResultStore)
+    assert hasattr(store, "auto_create") == hasattr(inner, "auto_create")
+    if isinstance(inner, AtomicScripts):
+        assert isinstance(store, AtomicScripts)
+        assert store.prefix == inner.prefix  # the key prefix, not the S3 one
+    assert not isinstance(LargeResultStore(MemoryStore()), SQLConnections)
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> Any:
+    from idempotence.__main__ import main
+
+    capsys.readouterr()
+    code = main([*argv, "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return json.loads(out)
+
+
+def test_the_cli_lists_counts_and_purges_through_the_wrapper(
+    tmp_path: Path,
+    s3: Any,
+    s3_bucket: str,
+    prefix: str,
+    dynamodb_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``idempotence list/stats/purge`` on a store URL with ``offload=``; a purge deletes
+    the S3 objects of the records it deletes and only those."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", dynamodb_endpoint)
+    url = f"sqlite:///{tmp_path}/idem.db?offload=s3://{s3_bucket}/{prefix}&offload_over=1024"
+    store = store_from_url(url)
+    big = b"\x01V" + random_text(50_000).encode()
+    store.s3_client()  # made before the short leases start
+    for name, ttl in (("b#live", 600.0), ("a#old-1", 1.0), ("a#old-2", 1.0)):
+        fence = store.claim(name, "fp", lease=2, ttl=ttl).record.fence
+        assert store.complete(name, fence, big, ttl=ttl)
+    store.claim("a#small", "fp", lease=1, ttl=1)  # in progress, nothing offloaded
+    store.close()
+    assert len(objects(s3, s3_bucket, prefix)) == 3
+    live_object = LargeResultStore(MemoryStore(), f"s3://{s3_bucket}/{prefix}").object_key(
+        "b#live",
+        store.get("b#live").fence,  # type: ignore[union-attr]
+    )
+    time.sleep(2.2)  # retention and leases over
+
+    listed = _cli(["list", "--store", url], capsys)
+    keys = sorted(r["key"] for r in listed["records"])
+    assert keys == ["a#old-1", "a#old-2", "a#small", "b#live"]
+    stats = _cli(["stats", "--store", url], capsys)
+    assert (stats["total"], stats["expired"]) == (4, 3)
+    assert _cli(["purge", "--store", url, "--expired", "--dry-run"], capsys) == {
+        "dry_run": True,
+        "would_delete": 3,
+    }
+    assert len(objects(s3, s3_bucket, prefix)) == 3
+    assert _cli(["purge", "--store", url, "--expired"], capsys) == {"dry_run": False, "deleted": 3}
+    assert list(objects(s3, s3_bucket, prefix)) == [live_object]
+    assert _cli(["stats", "--store", url], capsys)["total"] == 1
+    assert _cli(["purge", "--store", url, "--namespace", "b", "--yes"], capsys)["deleted"] == 1
+    assert objects(s3, s3_bucket, prefix) == {}
+
+
+# Redis expires its records itself: a purge never sees them (the lifecycle rule applies).
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres", "dynamodb"])
+def test_a_purge_through_the_wrapper_deletes_only_objects_of_purged_records(
+    store: LargeResultStore, inner: Store, s3: Any, s3_bucket: str, prefix: str
+) -> None:
+    """Every store that keeps expired records until purged: an expired record's object
+    goes with it; a live record's stays and still replays."""
+    from idempotence.stores.capabilities import Maintainable
+
+    assert isinstance(store, Maintainable)
+    ns = f"p{uuid.uuid4().hex[:8]}"
+    big = b"\x01V" + random_text(400_000).encode()
+    for name, ttl in ((f"{ns}#gone", 1.0), (f"{ns}#kept", 600.0)):
+        fence = store.claim(name, "fp", lease=2, ttl=ttl).record.fence
+        assert store.complete(name, fence, big, ttl=ttl)
+    assert len(objects(s3, s3_bucket, prefix)) == 2
+    time.sleep(2.2)
+    assert store.count(namespace=ns, expired=True) == 1
+    deleted = store.purge(namespace=ns)
+    # DynamoDB's own TTL may have removed the item already; the object goes either way.
+    assert deleted in ((0, 1) if store.store.__class__.__name__ == "DynamoDBStore" else (1,))
+    kept = store.get(f"{ns}#kept")
+    assert kept is not None
+    assert kept.result == big
+    left = objects(s3, s3_bucket, prefix)
+    assert len(left) == 1
+    assert next(iter(left)).startswith(store.object_key(f"{ns}#kept", kept.fence))
+    assert store.delete(f"{ns}#kept")
+    assert objects(s3, s3_bucket, prefix) == {}
+
+
+def test_read_commands_do_not_create_the_table_through_the_wrapper(
+    tmp_path: Path,
+    s3_bucket: str,
+    dynamodb_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from idempotence.__main__ import main
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", dynamodb_endpoint)
+    db = tmp_path / "never.db"
+    url = f"sqlite:///{db}?offload=s3://{s3_bucket}/ro/"
+    wrapped = store_from_url(url)
+    assert isinstance(wrapped, LargeResultStore)
+    assert wrapped.auto_create is True  # type: ignore[attr-defined]
+    wrapped.auto_create = False  # type: ignore[attr-defined]
+    assert wrapped.store.auto_create is False  # type: ignore[attr-defined]
+    for argv in (["list"], ["stats"], ["inspect", "k"], ["purge", "--expired"], ["doctor"]):
+        main([*argv, "--store", url])
+        assert not db.exists(), argv
+    capsys.readouterr()
+    assert main(["create-table", "--store", url]) == 0
+    assert "SQLiteStore" not in capsys.readouterr().err
+    assert db.exists()
+    assert main(["doctor", "--store", url]) == 0, capsys.readouterr().out
+
+
+def test_state_guard_works_through_the_wrapper_on_sqlite(tmp_path: Path, s3_bucket: str) -> None:
+    from idempotence.effects import StateGuard
+    from idempotence.stores import SQLiteStore
+
+    inner = SQLiteStore(str(tmp_path / "states.db"))
+    wrapped = LargeResultStore(inner, f"s3://{s3_bucket}/guard/")
+    guard: StateGuard[str] = StateGuard(wrapped)
+    assert guard.transition("order-1", None, "paid")
+    assert not guard.transition("order-1", None, "paid")
+    assert guard.get("order-1") == "paid"
+    assert StateGuard(inner).get("order-1") == "paid"  # the same table as the plain store
+    inner.close()

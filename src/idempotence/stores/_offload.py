@@ -43,16 +43,17 @@ import re
 import threading
 import weakref
 import zlib
-from collections.abc import AsyncGenerator, Generator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, AsyncExitStack
 from typing import Any, Final, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from .._drive import adrive, drive
-from .._errors import CorruptRecordError, ResultTooLargeError
+from .._errors import CorruptRecordError, ResultTooLargeError, StoreError
 from .._lazy import require
-from .._record import Claim, Record
+from .._record import Claim, Record, Status
 from ._base import Store, _to_thread, forget_closed_loops
+from ._maintenance import Progress, StoreStats
 
 __all__ = ["LargeResultStore", "parse_offload_url"]
 
@@ -176,7 +177,20 @@ class LargeResultStore(Store):
 
     Permissions: ``s3:PutObject``, ``s3:GetObject`` and ``s3:DeleteObject`` on
     ``arn:aws:s3:::bucket/prefix*``.
+
+    Capabilities: the instance offers exactly those of
+    :mod:`idempotence.stores.capabilities` that ``store`` offers (its class is a subclass
+    made for that set), plus ``store``'s ``auto_create`` switch, ``create_table`` and
+    ``clock``; ``BatchClaims`` excepted (batch writes would bypass compression and
+    offload). Its ``purge`` also deletes the S3 objects of the purged records. With a
+    Redis store, ``prefix`` is the Redis key prefix; the S3 one is :attr:`offload_prefix`.
     """
+
+    def __new__(cls, store: Store, *args: Any, **kwargs: Any) -> LargeResultStore:
+        # ``LargeResultStore(store)`` is an instance of the subclass with exactly ``store``'s
+        # capabilities (see _wrapper_class); a subclass of a user's is made as it is.
+        target = _wrapper_class(store) if cls is LargeResultStore else cls
+        return super().__new__(target)
 
     def __init__(
         self,
@@ -200,9 +214,11 @@ class LargeResultStore(Store):
             given if given is not None else min(DEFAULT_OFFLOAD_OVER, store.max_result_bytes)
         )
         self.bucket: str | None = None
-        self.prefix = ""
+        #: The object key prefix in :attr:`bucket` (``prefix`` is the wrapped Redis store's
+        #: key prefix when it has one: see :class:`LargeResultStore`).
+        self.offload_prefix = ""
         if offload is not None:
-            self.bucket, self.prefix = parse_offload_url(offload)
+            self.bucket, self.offload_prefix = parse_offload_url(offload)
         self._limit = max_offload_bytes if offload is not None else store.max_result_bytes
         self._client = s3_client
         self._own_client = s3_client is None
@@ -228,7 +244,7 @@ class LargeResultStore(Store):
         return self.store.uses_client_clock
 
     def __repr__(self) -> str:
-        where = f"s3://{self.bucket}/{self.prefix}" if self.bucket is not None else None
+        where = f"s3://{self.bucket}/{self.offload_prefix}" if self.bucket is not None else None
         return f"LargeResultStore({self.store!r}, offload={where!r})"
 
     # -- S3 ----------------------------------------------------------------------------
@@ -323,7 +339,7 @@ class LargeResultStore(Store):
 
     def object_key(self, key: str, fence: int) -> str:
         """The S3 object key of ``key``'s result written under ``fence``."""
-        return f"{self.prefix}{hashlib.sha256(key.encode('utf-8')).hexdigest()}/{fence}"
+        return f"{self.offload_prefix}{hashlib.sha256(key.encode('utf-8')).hexdigest()}/{fence}"
 
     def _put(self, bucket: str, name: str, body: bytes, checksum: str) -> None:
         self.s3_client().put_object(
@@ -447,7 +463,7 @@ class LargeResultStore(Store):
             bucket, name = str(pointer["bucket"]), str(pointer["key"])
         except Exception:
             return None
-        own = self.object_key(record.key, record.fence).removeprefix(self.prefix)
+        own = self.object_key(record.key, record.fence).removeprefix(self.offload_prefix)
         if bucket != self.bucket or not (name == own or name.endswith("/" + own)):
             return None
         return bucket, name
@@ -626,3 +642,289 @@ class LargeResultStore(Store):
         await self.store.aclose()
         await self._aclose_async_client()
         self._close_client()
+
+
+# -- capabilities: the wrapper offers exactly those of the store it wraps ------------------
+# ``LargeResultStore(store)`` makes an instance of a subclass built from the mixins below
+# whose capability ``store`` has (``isinstance(store, Capability)``), so
+# ``isinstance(wrapper, Capability)`` is true exactly when it is for the wrapped store.
+# BatchClaims is the exception: the wrapped store's batch methods would write results
+# uncompressed and never offload them, so the wrapper leaves it out and its users fall back
+# to one request per record (which goes through the wrapper).
+
+
+class _Maintained(LargeResultStore):
+    """``Maintainable``: the wrapped store's ``scan``/``count``/``stats``; ``purge`` also
+    deletes the S3 objects of the records it deletes."""
+
+    def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+        limit: int | None = None,
+        batch_size: int = 1000,
+    ) -> Iterator[Record]:
+        """The wrapped store's records as it stores them: a compressed result stays in its
+        frame and an offloaded one is its pointer (no S3 request per record; read one back
+        with :meth:`get`, find its object with :meth:`offloaded_object`)."""
+        records: Iterator[Record] = self.store.scan(  # type: ignore[attr-defined]
+            namespace=namespace,
+            status=status,
+            older_than=older_than,
+            expired=expired,
+            limit=limit,
+            batch_size=batch_size,
+        )
+        return records
+
+    def count(
+        self,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+    ) -> int:
+        """The wrapped store's count."""
+        n: int = self.store.count(  # type: ignore[attr-defined]
+            namespace=namespace, status=status, older_than=older_than, expired=expired
+        )
+        return n
+
+    def stats(self) -> StoreStats:
+        """The wrapped store's statistics."""
+        stats: StoreStats = self.store.stats()  # type: ignore[attr-defined]
+        return stats
+
+    def purge(
+        self,
+        *,
+        namespace: str | None = None,
+        expired: bool = True,
+        batch_size: int = 1000,
+        progress: Progress | None = None,
+    ) -> int:
+        """The wrapped store's purge, then the deletion of the S3 objects of the records it
+        matched (``DeleteObjects``, up to 1000 a request). When offloading, the matching
+        records are scanned first (one more pass, keeping the object keys of offloaded
+        ones); an object is named after its record's fence, so one whose key was claimed
+        again meanwhile is no longer read by anyone. Records that start to match between
+        the scan and the purge keep their objects: the lifecycle rule removes them. A
+        failed S3 deletion raises :class:`~idempotence.StoreError` after the records were
+        deleted (the lifecycle rule removes those objects too)."""
+        inner: Any = self.store
+        names: list[str] = []
+        if self.bucket is not None:
+            for record in inner.scan(namespace=namespace, expired=expired, batch_size=batch_size):
+                where = self._pointer(record)
+                if where is not None:
+                    names.append(where[1])
+        deleted: int = inner.purge(
+            namespace=namespace, expired=expired, batch_size=batch_size, progress=progress
+        )
+        if names:
+            self._remove_many(names)
+        return deleted
+
+    def _remove_many(self, names: list[str]) -> None:
+        assert self.bucket is not None
+        failed = 0
+        for start in range(0, len(names), 1000):
+            chunk = names[start : start + 1000]
+            reply = self.s3_client().delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": name} for name in chunk], "Quiet": True},
+            )
+            failed += sum(1 for e in reply.get("Errors", ()) if e.get("Code") != "NoSuchKey")
+        if failed:
+            raise StoreError(
+                f"{failed} offloaded result object(s) of purged records could not be deleted "
+                f"from S3 bucket {self.bucket!r} (check s3:DeleteObject on the prefix); the "
+                "bucket's lifecycle rule removes them"
+            )
+
+
+class _SQL(LargeResultStore):
+    """``SQLConnections``: the wrapped store's connections (and its ``table``)."""
+
+    @property
+    def table(self) -> str:
+        """The wrapped store's records table."""
+        return str(self.store.table)  # type: ignore[attr-defined]
+
+    def sql_connection(self) -> AbstractContextManager[Any]:
+        """The wrapped store's :meth:`sql_connection`. Records written through it are the
+        wrapped store's: a result a transactional effect writes is kept as it is."""
+        cm: AbstractContextManager[Any] = self.store.sql_connection()  # type: ignore[attr-defined]
+        return cm
+
+    def asql_connection(self) -> AbstractAsyncContextManager[Any] | None:
+        """The wrapped store's :meth:`asql_connection`."""
+        cm: AbstractAsyncContextManager[Any] | None = self.store.asql_connection()  # type: ignore[attr-defined]
+        return cm
+
+
+class _Scripts(LargeResultStore):
+    """``AtomicScripts``: the wrapped store's scripts and key prefix."""
+
+    @property
+    def prefix(self) -> str:
+        """The wrapped store's key prefix (the S3 one is :attr:`offload_prefix`)."""
+        return str(self.store.prefix)  # type: ignore[attr-defined]
+
+    def run_script(self, script: str, key: str, args: Sequence[str | bytes]) -> Any:
+        """The wrapped store's :meth:`run_script`."""
+        return self.store.run_script(script, key, args)  # type: ignore[attr-defined]
+
+    async def arun_script(self, script: str, key: str, args: Sequence[str | bytes]) -> Any:
+        """The wrapped store's :meth:`arun_script`."""
+        return await self.store.arun_script(script, key, args)  # type: ignore[attr-defined]
+
+
+class _Dynamo(LargeResultStore):
+    """``DynamoDBRecords``: the wrapped store's table, items and client; records are read
+    back and results packed as the wrapper does."""
+
+    @property
+    def table(self) -> str:
+        """The wrapped store's table."""
+        return str(self.store.table)  # type: ignore[attr-defined]
+
+    @property
+    def key_attr(self) -> str:
+        """The wrapped store's partition key attribute."""
+        return str(getattr(self.store, "key_attr", "id"))
+
+    @property
+    def sort_key_attr(self) -> str | None:
+        """The wrapped store's sort key attribute, if any."""
+        sort = getattr(self.store, "sort_key_attr", None)
+        return None if sort is None else str(sort)
+
+    @property
+    def ttl_attribute(self) -> str:
+        """The wrapped store's Time to Live attribute."""
+        return str(getattr(self.store, "ttl_attribute", "expiration"))
+
+    def item_key(self, key: str) -> dict[str, Any]:
+        """The wrapped store's :meth:`item_key`."""
+        item: dict[str, Any] = self.store.item_key(key)  # type: ignore[attr-defined]
+        return item
+
+    def record_from_item(self, item: Mapping[str, Any]) -> Record:
+        """The wrapped store's record of ``item``, its result read back as :meth:`get`
+        does (an offloaded one with a sync ``GetObject``)."""
+        record: Record = self.store.record_from_item(item)  # type: ignore[attr-defined]
+        if not record.result or record.result[0] != FRAME:
+            return record
+        resolved: Record = self._run(self._resolve(record))
+        return resolved
+
+    def completion_write(
+        self, key: str, fingerprint: str, result: bytes, *, ttl: float, now: float
+    ) -> dict[str, Any]:
+        """The wrapped store's :meth:`completion_write` of ``result`` compressed (or
+        escaped) as :meth:`complete` would keep it inline (a transaction never offloads:
+        a result over the item size fails the transaction)."""
+        write: dict[str, Any] = self.store.completion_write(  # type: ignore[attr-defined]
+            key, fingerprint, self._pack(result), ttl=ttl, now=now
+        )
+        return write
+
+    def call(self, method: str, request: Mapping[str, Any]) -> Any:
+        """The wrapped store's :meth:`call`."""
+        return self.store.call(method, request)  # type: ignore[attr-defined]
+
+    async def acall(self, method: str, request: Mapping[str, Any]) -> Any:
+        """The wrapped store's :meth:`acall`."""
+        return await self.store.acall(method, request)  # type: ignore[attr-defined]
+
+
+class _AutoCreate(LargeResultStore):
+    """The wrapped store's ``auto_create`` switch and ``create_table``."""
+
+    @property
+    def auto_create(self) -> bool:
+        """The wrapped store's: whether its table or file is created on first use (the
+        ``idempotence`` read commands turn it off)."""
+        return bool(self.store.auto_create)  # type: ignore[attr-defined]
+
+    @auto_create.setter
+    def auto_create(self, value: bool) -> None:
+        self.store.auto_create = value  # type: ignore[attr-defined]
+
+
+class _CreateTable(LargeResultStore):
+    """The wrapped store's ``create_table``/``acreate_table``."""
+
+    def create_table(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped store's ``create_table`` (same arguments)."""
+        return self.store.create_table(*args, **kwargs)  # type: ignore[attr-defined]
+
+    async def acreate_table(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped store's ``acreate_table``, or its ``create_table`` in a thread."""
+        create = getattr(self.store, "acreate_table", None)
+        if create is not None:
+            return await create(*args, **kwargs)
+        return await _to_thread(self.store.create_table, *args, **kwargs)  # type: ignore[attr-defined]
+
+
+class _Clocked(LargeResultStore):
+    """The wrapped store's ``clock``."""
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The wrapped store's clock."""
+        clock: Callable[[], float] = self.store.clock  # type: ignore[attr-defined]
+        return clock
+
+
+def _mixins(store: Store) -> tuple[type[LargeResultStore], ...]:
+    from .capabilities import AtomicScripts, DynamoDBRecords, Maintainable, SQLConnections
+
+    found: list[type[LargeResultStore]] = []
+    for capability, mixin in (
+        (Maintainable, _Maintained),
+        (SQLConnections, _SQL),
+        (AtomicScripts, _Scripts),
+        (DynamoDBRecords, _Dynamo),
+    ):
+        if isinstance(store, capability):
+            found.append(mixin)
+    if hasattr(store, "auto_create"):
+        found.append(_AutoCreate)
+    if callable(getattr(store, "create_table", None)):
+        found.append(_CreateTable)
+    if callable(getattr(store, "clock", None)):
+        found.append(_Clocked)
+    return tuple(found)
+
+
+_CLASSES: dict[tuple[type[LargeResultStore], ...], type[LargeResultStore]] = {}
+
+
+def _wrapper_class(store: Store) -> type[LargeResultStore]:
+    """The ``LargeResultStore`` subclass offering exactly ``store``'s capabilities."""
+    mixins = _mixins(store)
+    if not mixins:
+        return LargeResultStore
+    with _CLASSES_LOCK:
+        cls = _CLASSES.get(mixins)
+        if cls is None:
+            cls = type(
+                "LargeResultStore",
+                (*mixins, LargeResultStore),
+                {
+                    "__module__": __name__,
+                    "__qualname__": "LargeResultStore",
+                    "__doc__": LargeResultStore.__doc__,
+                },
+            )
+            _CLASSES[mixins] = cls
+    return cls
+
+
+_CLASSES_LOCK = threading.Lock()
