@@ -217,7 +217,7 @@ def _store_key(store: Store, key: str) -> str:
 
 def _kind(store: Store) -> str:
     """The class name of ``store``, or of the store a ``LargeResultStore`` wraps."""
-    from .stores._offload import LargeResultStore
+    from .stores import LargeResultStore
 
     while isinstance(store, LargeResultStore):
         store = store.store

@@ -106,6 +106,7 @@ __all__ = [
     "name_of",
     "not_stored",
     "protocol",
+    "replay_check",
     "replay_record",
     "run",
     "run_op",
@@ -313,7 +314,7 @@ class Operation(Generic[P, R]):
         serializer = self.config.serializer
         limit = store.max_result_bytes
         head = envelope(KIND_VALUE, b"")
-        check = _replay_check(serializer)
+        check = replay_check(serializer)
         hint = self.hint  # resolved on the first tagged result only (cold start)
 
         def encode(result: Any) -> bytes:
@@ -338,7 +339,7 @@ class Operation(Generic[P, R]):
         serializer = self.config.serializer
         try:
             args = serializer.encode(list(exc.args))
-            check = _replay_check(serializer)
+            check = replay_check(serializer)
             if check is not None:
                 check(args, None)
         except UnencodableError:
@@ -471,7 +472,7 @@ def with_replay_types(hint: Any, replay_types: tuple[type, ...]) -> Any:
         return typing.Union[replay_types]  # noqa: UP007
 
 
-def _replay_check(serializer: Serializer) -> Callable[[bytes, Any], None] | None:
+def replay_check(serializer: Serializer) -> Callable[[bytes, Any], None] | None:
     """The serializer's ``check_replayable(data, hint)``, if it has one (see
     :class:`~idempotence.Serializer`)."""
     check = getattr(serializer, "check_replayable", None)
