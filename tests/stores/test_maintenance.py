@@ -422,3 +422,122 @@ def test_namespace_filters_are_literal(made: Any) -> None:
         assert store.count(namespace=namespace) == 1
     assert store.purge(namespace="a*", expired=False) == 1
     assert store.get("ab#1") is not None
+
+
+# -- sweep_every: the sweep as a store URL / constructor option ------------------------------
+def _sweep_url(backend: str, tmp_path: Path, table: str) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path}/sweep.db?table={table}"
+    if backend == "mysql":
+        pytest.importorskip("pymysql")
+        mysql_admin_or_unavailable(MYSQL_URL).close()
+        return f"{MYSQL_URL}?table={table}"
+    pytest.importorskip("psycopg")
+    postgres_admin_or_unavailable(POSTGRES_URL).close()
+    return f"{POSTGRES_URL}?table={table}"
+
+
+def _drop_table(backend: str, store: Any) -> None:
+    if backend == "postgres":
+        with store.sql_connection() as conn:
+            conn.execute(f'DROP TABLE IF EXISTS "{store.table}"')
+    if backend == "mysql":
+        with store.sql_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS `{store.table}`")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
+def test_sweep_every_in_the_store_url_sweeps_expired_records(backend: str, tmp_path: Path) -> None:
+    from idempotence.stores import store_from_url
+    from idempotence.stores._registry import validate_store_url
+
+    url = _sweep_url(backend, tmp_path, f"sweep_{uuid.uuid4().hex[:10]}") + "&sweep_every=0.5"
+    validate_store_url(url)
+    store: Any = store_from_url(url)
+    try:
+        for i in range(3):
+            store.claim(f"old#{i}", "fp", lease=0.1, ttl=0.2)
+        assert store.count() == 3
+        time.sleep(0.7)  # the records expired and a sweep is due
+        store.claim("new#1", "fp", lease=30.0, ttl=60.0)  # starts the sweep
+        deadline = time.monotonic() + 10
+        while store.count() > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [r.key for r in store.scan()] == ["new#1"]
+    finally:
+        _drop_table(backend, store)
+        store.close()
+    plain: Any = store_from_url(url.replace("&sweep_every=0.5", ""))
+    try:
+        assert plain._sweeper is None  # off unless asked for
+    finally:
+        plain.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
+def test_sweep_every_as_a_constructor_option(backend: str, tmp_path: Path) -> None:
+    clock = ManualClock()
+    table = f"sweep_{uuid.uuid4().hex[:10]}"
+    url = _sweep_url(backend, tmp_path, table)
+    store: Any
+    if backend == "sqlite":
+        store = SQLiteStore(tmp_path / "sweep.db", table=table, clock=clock, sweep_every=60)
+    elif backend == "mysql":
+        from idempotence.stores import MySQLStore
+
+        store = MySQLStore(url, clock=clock, sweep_every=60)
+    else:
+        from idempotence.stores import PostgresStore
+
+        store = PostgresStore(url, clock=clock, sweep_every=60)
+    try:
+        assert store._sweeper is not None
+        assert store._sweeper.every == 60.0
+        store.claim("old#1", "fp", lease=1.0, ttl=1.0)
+        clock.advance(61)
+        store.claim("new#1", "fp", lease=30.0, ttl=3600.0)
+        deadline = time.monotonic() + 10
+        while store._sweeper.runs < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert store._sweeper.deleted == 1
+        assert [r.key for r in store.scan()] == ["new#1"]
+    finally:
+        _drop_table(backend, store)
+        store.close()
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "postgres", "mysql"])
+@pytest.mark.parametrize("value", ["0", "-5", "inf", "nan", "soon", "", "1e999"])
+def test_a_bad_sweep_every_is_refused_when_the_url_is_parsed(
+    scheme: str, value: str, tmp_path: Path
+) -> None:
+    from idempotence.stores import store_from_url
+    from idempotence.stores._registry import validate_store_url
+
+    base = {
+        "sqlite": f"sqlite:///{tmp_path}/never.db?table=t",
+        "postgres": "postgresql://127.0.0.1:1/test?table=t",
+        "mysql": "mysql://root@127.0.0.1:1/test?table=t",
+    }[scheme]
+    url = f"{base}&sweep_every={value}"
+    with pytest.raises(ValueError, match="'sweep_every' must be a positive number") as info:
+        validate_store_url(url)
+    assert value not in str(info.value) or value in {"", "0"}  # the value is not echoed
+    with pytest.raises(ValueError, match="sweep_every"):
+        store_from_url(url)
+    assert not (tmp_path / "never.db").exists()
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan"), True, "60"])
+def test_a_bad_sweep_every_argument_is_refused(value: Any, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sweep_every must be a positive, finite number"):
+        SQLiteStore(tmp_path / "x.db", sweep_every=value)
+
+
+def test_sweep_every_given_twice_differently_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="given both"):
+        SQLiteStore(f"sqlite:///{tmp_path}/x.db?sweep_every=30", sweep_every=60)
+    store = SQLiteStore(f"sqlite:///{tmp_path}/x.db?sweep_every=30", sweep_every=30)
+    assert store._sweeper is not None
+    assert store._sweeper.every == 30.0
+    store.close()

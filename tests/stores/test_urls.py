@@ -100,7 +100,7 @@ def test_sqlite_constructor_accepts_its_url(tmp_path: Any) -> None:
 BAD_URLS = [
     ("nope://x", "unknown store URL scheme 'nope'"),
     ("memory://?table=x", "unknown option 'table'.*known options: \\(none\\)"),
-    ("sqlite:///x.db?tabel=x", "unknown option 'tabel'.*known options: table, timeout"),
+    ("sqlite:///x.db?tabel=x", "option .tabel..*known options: sweep_every, table, timeout"),
     ("sqlite:///x.db?table=a-b", "invalid table name"),
     ("sqlite:///x.db?timeout=soon", "'timeout' must be a positive number"),
     ("sqlite://:memory:", "needs a file path"),

@@ -5,6 +5,7 @@ the statistics of a set of records, and the in-process sweep of expired records.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ __all__ = [
     "matches",
     "namespace_of",
     "stats_of",
+    "sweep_interval",
 ]
 
 #: Records deleted per round trip by ``purge`` (DynamoDB: 25 per ``BatchWriteItem``).
@@ -134,6 +136,22 @@ def batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
+def sweep_interval(every: object) -> float | None:
+    """``every`` checked as the ``sweep_every`` option of a store: ``None`` (no sweep) or a
+    finite number of seconds above 0; anything else raises ``ValueError``."""
+    if every is None:
+        return None
+    if (
+        isinstance(every, bool)
+        or not isinstance(every, (int, float))
+        or not (math.isfinite(every) and every > 0)
+    ):
+        raise ValueError(
+            "sweep_every must be a positive, finite number of seconds (or None: no sweep)"
+        )
+    return float(every)
+
+
 class Sweeper:
     """The opt-in in-process sweep of stores without native expiry: every ``every``
     seconds, :meth:`maybe` (called by the store on each claim) runs ``purge`` (the store's
@@ -141,9 +159,10 @@ class Sweeper:
     retried at the next interval; the claim that triggered it is never delayed or failed."""
 
     def __init__(self, every: float, purge: Callable[[], int], clock: Callable[[], float]) -> None:
-        if not every > 0:
-            raise ValueError("sweep_every must be a positive number of seconds")
-        self.every = every
+        checked = sweep_interval(every)
+        if checked is None:
+            raise ValueError("sweep_every must be a positive, finite number of seconds")
+        self.every = checked
         self._purge = purge
         self._clock = clock
         self._next = clock() + every

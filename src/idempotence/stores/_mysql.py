@@ -20,8 +20,8 @@ from .._errors import StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
 from ._base import Clock, Store
-from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, Sweeper, stats_of
-from ._registry import merge_option, option_bool, option_number, url_query
+from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, Sweeper, stats_of, sweep_interval
+from ._registry import merge_option, option_bool, option_number, option_sweep_every, url_query
 
 __all__ = ["MySQLStore"]
 
@@ -37,7 +37,7 @@ _CLIENT_NOW = "(%(now)s + 0e0)"
 #: Our options in a store URL.
 _URL_OPTIONS = (
     "table", "pool_size", "connect_timeout", "operation_timeout", "auto_create", "charset",
-    "ssl", "unix_socket",
+    "ssl", "unix_socket", "sweep_every",
 )  # fmt: skip
 #: Server errors after which the whole statement batch is sent again: deadlock (1213; InnoDB
 #: rolled the transaction back) and "record has changed since last read" (1020, MariaDB's
@@ -358,6 +358,7 @@ class MySQLStore(Store):
         auto_create: bool = True,
         operation_timeout: float | None = 5.0,
         connect_kwargs: Mapping[str, Any] | None = None,
+        sweep_every: float | None = None,
     ) -> None:
         parsed = self.parse_url(url)
         table = merge_option("table", table, "idempotency", parsed["table"])
@@ -371,6 +372,9 @@ class MySQLStore(Store):
         )
         if operation_timeout is not None and not operation_timeout > 0:
             raise ValueError(f"operation_timeout must be > 0 or None, not {operation_timeout!r}")
+        sweep = sweep_interval(
+            merge_option("sweep_every", sweep_every, None, parsed["sweep_every"])
+        )
         self.table = table
         self.clock = clock
         self.connect_timeout = connect_timeout
@@ -388,6 +392,8 @@ class MySQLStore(Store):
         self._keepers: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, AsyncGenerator[None, None]
         ] = weakref.WeakKeyDictionary()
+        if sweep is not None:
+            self.start_sweep(sweep)
 
     @classmethod
     def parse_url(cls, url: str) -> dict[str, Any]:
@@ -395,8 +401,9 @@ class MySQLStore(Store):
         ``mariadb://``), checked without connecting or importing a driver. Options:
         ``table`` (``name`` or ``db.name``), ``pool_size``, ``connect_timeout``,
         ``operation_timeout`` (seconds, or ``none``), ``auto_create``, ``charset``
-        (default ``utf8mb4``), ``unix_socket`` (a path) and ``ssl`` (true: TLS with the
-        system's CA certificates). Anything else raises ``ValueError``."""
+        (default ``utf8mb4``), ``unix_socket`` (a path), ``ssl`` (true: TLS with the
+        system's CA certificates) and ``sweep_every`` (seconds: :meth:`start_sweep` at that
+        interval). Anything else raises ``ValueError``."""
         parts = urlsplit(url)
         if parts.scheme.lower() not in ("mysql", "mariadb"):
             raise ValueError("a MariaDB/MySQL store URL starts with mysql:// or mariadb://")
@@ -434,6 +441,7 @@ class MySQLStore(Store):
             "pool_size": int(pool_size),
             "auto_create": option_bool(options, "auto_create", True),
             "operation_timeout": option_number(options, "operation_timeout", 5.0, none=True),
+            "sweep_every": option_sweep_every(options),
             "connect": connect,
         }
 

@@ -22,8 +22,8 @@ from .._lazy import require
 from .._record import Claim, Record, Status
 from .._timers import Timers
 from ._base import Clock, Store
-from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, Sweeper, stats_of
-from ._registry import merge_option, option_bool, option_number, url_query
+from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, Sweeper, stats_of, sweep_interval
+from ._registry import merge_option, option_bool, option_number, option_sweep_every, url_query
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection, Connection
@@ -44,7 +44,9 @@ _CLIENT_NOW = "%(now)s::float8"
 #: the statement's snapshot (see ``_claim_sql``). One retry settles it; more is paranoia.
 _CLAIM_ATTEMPTS = 4
 #: Options of ours in a store URL, removed before the URL is handed to libpq.
-_URL_OPTIONS = ("table", "pool_size", "pool_timeout", "auto_create", "operation_timeout")
+_URL_OPTIONS = (
+    "table", "pool_size", "pool_timeout", "auto_create", "operation_timeout", "sweep_every",
+)  # fmt: skip
 #: libpq's connection parameters (PostgreSQL 17), accepted in a store URL and passed on.
 #: A name not listed here is also accepted when the installed libpq knows it.
 _LIBPQ_OPTIONS = frozenset(
@@ -518,6 +520,7 @@ class PostgresStore(Store):
         auto_create: bool = True,
         connect_kwargs: Mapping[str, Any] | None = None,
         operation_timeout: float | None = 5.0,
+        sweep_every: float | None = None,
     ) -> None:
         sources = [s for s in (url, pool, connection) if s is not None]
         asources = [s for s in (async_pool, aconnection) if s is not None]
@@ -544,6 +547,8 @@ class PostgresStore(Store):
             operation_timeout = merge_option(
                 "operation_timeout", operation_timeout, 5.0, parsed["operation_timeout"]
             )
+            sweep_every = merge_option("sweep_every", sweep_every, None, parsed["sweep_every"])
+        sweep = sweep_interval(sweep_every)
         self.table = table
         self.clock = clock
         self.url = url
@@ -566,6 +571,8 @@ class PostgresStore(Store):
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        if sweep is not None:
+            self.start_sweep(sweep)
 
     @classmethod
     def parse_url(cls, url: str) -> dict[str, Any]:
@@ -573,7 +580,8 @@ class PostgresStore(Store):
         (or ``postgres://``), checked without connecting or importing psycopg.
 
         Store options in the query (``table``, ``pool_size``, ``pool_timeout``,
-        ``auto_create``, ``operation_timeout`` (seconds, or ``none``), and
+        ``auto_create``, ``operation_timeout`` (seconds, or ``none``), ``sweep_every``
+        (seconds: :meth:`start_sweep` at that interval), and
         ``connect_timeout``, which libpq also reads) are taken out; libpq's own parameters
         (``sslmode``, ``application_name``, ``keepalives_idle``...) stay in the URL handed
         to libpq. Any other option is refused with ``ValueError``.
@@ -595,6 +603,7 @@ class PostgresStore(Store):
             "pool_timeout": option_number(options, "pool_timeout", 5.0),
             "auto_create": option_bool(options, "auto_create", True),
             "operation_timeout": option_number(options, "operation_timeout", 5.0, none=True),
+            "sweep_every": option_sweep_every(options),
         }
 
     @classmethod

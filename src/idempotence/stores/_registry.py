@@ -193,6 +193,14 @@ def option_number(
     return value
 
 
+def option_sweep_every(options: Mapping[str, str]) -> float | None:
+    """The ``sweep_every`` option (seconds between in-process sweeps of expired records,
+    finite and above 0), or ``None`` when it is absent (no sweep)."""
+    if "sweep_every" not in options:
+        return None
+    return option_number(options, "sweep_every", 0.0)
+
+
 def merge_option(name: str, given: Any, default: Any, from_url: Any) -> Any:
     """One constructor option given both as a keyword (``given``; ``default`` when not
     given) and in the URL (``from_url``): the one that is set wins; both set and different

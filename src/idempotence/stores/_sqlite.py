@@ -15,8 +15,8 @@ from urllib.parse import quote, unquote, urlsplit
 from .._errors import StoreError
 from .._record import Claim, Record, Status
 from ._base import Clock, Store, decide_claim, system_clock
-from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, Sweeper, stats_of
-from ._registry import merge_option, option_number, url_query
+from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, Sweeper, stats_of, sweep_interval
+from ._registry import merge_option, option_number, option_sweep_every, url_query
 
 __all__ = ["SQLiteStore"]
 
@@ -81,6 +81,7 @@ class SQLiteStore(Store):
         table: str = "idempotency",
         clock: Clock | None = None,
         timeout: float = 30.0,
+        sweep_every: float | None = None,
     ) -> None:
         if isinstance(path, str) and path.lower().startswith("sqlite:"):
             # A URL given where a path is expected: read it as from_url does.
@@ -88,7 +89,9 @@ class SQLiteStore(Store):
             path = options["path"]
             table = merge_option("table", table, "idempotency", options["table"])
             timeout = merge_option("timeout", timeout, 30.0, options["timeout"])
+            sweep_every = merge_option("sweep_every", sweep_every, None, options["sweep_every"])
         _check_table(table)
+        sweep = sweep_interval(sweep_every)
         self.path = os.fspath(path)
         self.table = table
         self.clock: Clock = clock or system_clock
@@ -96,13 +99,15 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        if sweep is not None:
+            self.start_sweep(sweep)
 
     @classmethod
     def parse_url(cls, url: str) -> dict[str, Any]:
         """The constructor arguments of ``sqlite:///relative/path.db`` or
-        ``sqlite:////absolute/path.db`` (options ``table``, ``timeout``), checked without
-        touching the file. ``sqlite://:memory:`` is refused (each connection would see its
-        own database)."""
+        ``sqlite:////absolute/path.db`` (options ``table``, ``timeout``, ``sweep_every``:
+        seconds, :meth:`start_sweep` at that interval), checked without touching the file.
+        ``sqlite://:memory:`` is refused (each connection would see its own database)."""
         parts = urlsplit(url)
         path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
         if not path or path == ":memory:":
@@ -111,10 +116,15 @@ class SQLiteStore(Store):
                 "(an in-memory SQLite database is not shared between connections; "
                 "use memory:// instead)"
             )
-        query = url_query(url, ("table", "timeout"))
+        query = url_query(url, ("table", "timeout", "sweep_every"))
         table = query.get("table", "idempotency")
         _check_table(table)
-        return {"path": path, "table": table, "timeout": option_number(query, "timeout", 30.0)}
+        return {
+            "path": path,
+            "table": table,
+            "timeout": option_number(query, "timeout", 30.0),
+            "sweep_every": option_sweep_every(query),
+        }
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
