@@ -472,3 +472,89 @@ def test_migration_sql_mysql() -> None:
     ddl = TransactionalIdempotency(table="app.idem").migration_sql("mysql")
     assert "CREATE TABLE IF NOT EXISTS `app`.`idem`" in ddl
     assert "VARBINARY" in ddl
+
+
+# -- replay_types: an undeclared class is refused when it is stored -------------------------------
+def test_an_undeclared_class_is_refused_at_store_time_and_rolls_back(db: DB, key: str) -> None:
+    from idempotence import UnencodableError
+
+    txi = TransactionalIdempotency(table=RECORDS_TABLE)
+    conn = db.connect()
+
+    def undeclared() -> None:
+        with txi.transaction(conn, key, payload={"amount": 5}) as tx:
+            db.insert(conn, key, 5)
+            tx.set_result(Receipt("o1", 5))  # no result_type names Receipt
+
+    try:
+        with pytest.raises(UnencodableError, match="replay would not rebuild"):
+            undeclared()
+    finally:
+        conn.close()
+    assert db.count(key) == 0  # the business write rolled back with it
+    assert db.store.get(key) is None  # and no record: the key is free
+    conn = db.connect()
+    try:
+        with txi.transaction(conn, key, payload={"amount": 5}, result_type=Receipt) as tx:
+            assert not tx.replayed
+            db.insert(conn, key, 5)
+            tx.set_result(Receipt("o1", 5))
+    finally:
+        conn.close()
+    assert db.count(key) == 1
+
+
+def test_replay_types_declares_classes_for_the_context_manager(db: DB, key: str) -> None:
+    txi = TransactionalIdempotency(table=RECORDS_TABLE, replay_types=[Receipt])
+    for attempt in range(2):
+        conn = db.connect()
+        try:
+            with txi.transaction(conn, key, payload={"amount": 7}) as tx:
+                if not tx.replayed:
+                    db.insert(conn, key, 7)
+                    tx.set_result({"receipt": Receipt("o2", 7)})
+        finally:
+            conn.close()
+        assert tx.replayed is (attempt == 1)
+        assert tx.result == {"receipt": Receipt("o2", 7)}  # rebuilt on the replay
+    assert db.count(key) == 1
+
+
+def test_the_decorator_refuses_an_undeclared_class_and_honours_replay_types(db: DB) -> None:
+    from idempotence import UnencodableError
+
+    @transactional(db.connect, table=RECORDS_TABLE, key="id")
+    def undeclared(conn: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        db.insert(conn, msg["id"], 1)
+        return {"receipt": Receipt(msg["id"], 1)}
+
+    msg = {"id": uuid.uuid4().hex}
+    with pytest.raises(UnencodableError, match="replay_types"):
+        undeclared(msg)
+    assert db.count(msg["id"]) == 0
+    assert db.store.get(undeclared.key_for(msg)) is None  # type: ignore[attr-defined]
+
+    calls: list[str] = []
+
+    @transactional(db.connect, table=RECORDS_TABLE, key="id", replay_types=[Receipt])
+    def declared(conn: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        calls.append(msg["id"])
+        db.insert(conn, msg["id"], 1)
+        return {"receipt": Receipt(msg["id"], 1)}
+
+    @transactional(db.connect, table=RECORDS_TABLE, key="id")
+    def annotated(conn: Any, msg: dict[str, Any]) -> Receipt:
+        calls.append(msg["id"])
+        db.insert(conn, msg["id"], 2)
+        return Receipt(msg["id"], 2)
+
+    for fn, expected in ((declared, {"receipt": Receipt}), (annotated, Receipt)):
+        msg = {"id": uuid.uuid4().hex}
+        first, second = fn(msg), fn(msg)
+        assert first == second
+        if isinstance(expected, dict):
+            assert isinstance(second["receipt"], Receipt)  # type: ignore[index]
+        else:
+            assert isinstance(second, Receipt)
+        assert calls.count(msg["id"]) == 1
+        assert db.count(msg["id"]) == 1

@@ -40,11 +40,23 @@ def check_options(options: Mapping[str, Any]) -> None:
         )
 
 
-def encoder(serializer: Serializer) -> Callable[[Any], bytes]:
-    """How a transaction's result is stored: the codec's value envelope."""
+def encoder(
+    serializer: Serializer, hint: Callable[[], Any] | None = None
+) -> Callable[[Any], bytes]:
+    """How a transaction's result is stored: the codec's value envelope. With ``hint``
+    (returning what a replay decodes with: the result type widened by ``replay_types``),
+    a result holding a class that replay would not rebuild is refused now with
+    :class:`~idempotence.UnencodableError` (the serializer's ``check_replayable``), as the
+    decorator refuses it, instead of failing on every replay."""
+    from ..engine import replay_check
+
+    check = replay_check(serializer) if hint is not None else None
 
     def encode(value: Any) -> bytes:
-        return envelope(KIND_VALUE, serializer.encode(value))
+        body = serializer.encode(value)
+        if check is not None and hint is not None and b'"$' in body:
+            check(body, hint())
+        return envelope(KIND_VALUE, body)
 
     return encode
 

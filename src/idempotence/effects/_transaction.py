@@ -41,7 +41,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 from .._config import IdempotencyConfig, seconds
 from .._keys import digest
 from .._record import Record
-from ..engine import Operation, default_namespace, replay_record
+from ..engine import Operation, default_namespace, replay_record, with_replay_types
 from ..stores.capabilities import (
     quoted_table,
     records_ddl,
@@ -151,12 +151,13 @@ class TransactionalIdempotency:
         fingerprint = NO_FINGERPRINT if payload is None else digest(payload)
         keep = self.config.ttl_s if ttl is None else seconds(ttl, "ttl")
         serializer = self.config.serializer
+        hint = with_replay_types(result_type, self.config.replay_types)
         return (
             t,
             fingerprint,
             keep,
-            encoder(serializer),
-            lambda r: replay_record(r, serializer, result_type, self.config.on_replay),
+            encoder(serializer, lambda: hint),
+            lambda r: replay_record(r, serializer, hint, self.config.on_replay),
         )
 
     def transaction(
@@ -173,7 +174,10 @@ class TransactionalIdempotency:
 
         ``payload`` (any canonical-JSON data) is fingerprinted: reusing ``key`` with another
         payload raises :class:`~idempotence.KeyReuseError`. ``result_type`` is the type to
-        rebuild replayed results as (dataclasses, enums, models). On a normal exit the
+        rebuild replayed results as (dataclasses, enums, models), widened by the
+        ``replay_types`` option; ``tx.set_result`` of a value holding any other class raises
+        :class:`~idempotence.UnencodableError` at once (a replay could not rebuild it), so
+        the body's exit rolls everything back. On a normal exit the
         record is completed and the transaction commits; if the body raises, everything
         rolls back and the key stays free. A concurrent duplicate waits for this
         transaction, then gets ``tx.replayed``. If ``conn`` is already inside a
@@ -328,7 +332,9 @@ class TransactionalIdempotency:
             namespace = default_namespace(fn, config.namespace)
         bound = Operation(shim, config, namespace)
         source = _records.Source(self.connect)
-        encode = encoder(config.serializer)
+        # Replays decode with the return annotation widened by replay_types (bound.hint):
+        # a result holding any other class is refused when it is stored, as the decorator does.
+        encode = encoder(config.serializer, bound.hint)
         txi = self
 
         def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str | None, str]:
