@@ -415,8 +415,8 @@ def test_principals_scope_keys(idem: Idempotency, name: str) -> None:
 
 
 def test_rest_cognito_claims_scope_keys(idem: Idempotency) -> None:
-    from idempotence.aws_lambda._sources import Source
     from idempotence.aws_lambda._http import principal
+    from idempotence.aws_lambda._sources import Source
 
     event = load("apigw_rest")
     event["requestContext"]["authorizer"] = {"claims": {"sub": "cognito-sub-1"}}
