@@ -1,5 +1,5 @@
 """The Lambda adapters' store-touching guarantees on every backend (memory, SQLite,
-Redis, PostgreSQL, DynamoDB on moto): callers never share a key, an unconvertible result
+Redis, PostgreSQL, MariaDB, DynamoDB on moto): callers never share a key, an unconvertible result
 completes as not stored, an awaitable from a sync record handler releases its claim."""
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import pytest
 from idempotence import Idempotency
 from idempotence.stores import Store
 from tests import moto_server
-from tests.http.conftest import make_store, postgres_admin, redis_ok
 from tests.aws_lambda.events import FakeContext, load
 from tests.aws_lambda.test_lambda_http import anonymous, headers_of, is_problem, set_header
+from tests.http.conftest import make_store, mysql_admin, postgres_admin, redis_ok
 
 dynamodb_endpoint = moto_server.dynamodb_endpoint  # the session fixture
-__all__ = ["dynamodb_endpoint", "postgres_admin", "redis_ok"]  # fixtures used by name
+__all__ = ["dynamodb_endpoint", "mysql_admin", "postgres_admin", "redis_ok"]  # fixtures by name
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres", "dynamodb"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres", "mysql", "dynamodb"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "dynamodb":
         pytest.importorskip("boto3")

@@ -1,5 +1,5 @@
 """Observability through the Lambda adapter on every store (memory, SQLite, Redis,
-PostgreSQL, DynamoDB on moto): the handler and each batch record report one event, and the
+PostgreSQL, MariaDB, DynamoDB on moto): the handler and each batch record report one event, and the
 span of a handler call is a child of the invocation's span."""
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from tests.aws_lambda.events import FakeContext, load, redeliver
 store = on_every_store.store
 dynamodb_endpoint = on_every_store.dynamodb_endpoint
 postgres_admin = on_every_store.postgres_admin
+mysql_admin = on_every_store.mysql_admin
 redis_ok = on_every_store.redis_ok
 
 KIND = {"MemoryStore": "memory", "SQLiteStore": "sqlite", "RedisStore": "redis",
-        "PostgresStore": "postgres", "DynamoDBStore": "dynamodb"}  # fmt: skip
+        "PostgresStore": "postgres", "MySQLStore": "mysql",
+        "DynamoDBStore": "dynamodb"}  # fmt: skip
 
 
 def test_handler_and_batch_events(store: Store) -> None:

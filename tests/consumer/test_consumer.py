@@ -1,5 +1,5 @@
-"""IdempotentConsumer on every store (memory, SQLite, Redis, PostgreSQL, DynamoDB on
-moto): the message is acknowledged only once its record is completed, duplicates replay
+"""IdempotentConsumer on every store (memory, SQLite, Redis, PostgreSQL, MariaDB, DynamoDB
+on moto): the message is acknowledged only once its record is completed, duplicates replay
 and acknowledge again, and each failure maps to its documented outcome."""
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from idempotence import (
 from idempotence.consumer import Delivery, IdempotentConsumer, Outcome
 from idempotence.stores import MemoryStore, Store
 from tests import moto_server
-from tests.http.conftest import make_store, postgres_admin, redis_ok
+from tests.http.conftest import make_store, mysql_admin, postgres_admin, redis_ok
 
 dynamodb_endpoint = moto_server.dynamodb_endpoint  # the session fixture
-__all__ = ["dynamodb_endpoint", "postgres_admin", "redis_ok"]  # fixtures used by name
+__all__ = ["dynamodb_endpoint", "mysql_admin", "postgres_admin", "redis_ok"]  # fixtures by name
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres", "dynamodb"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres", "mysql", "dynamodb"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "dynamodb":
         pytest.importorskip("boto3")

@@ -1,7 +1,8 @@
 """Fixtures of the HTTP tests: every test taking ``store`` runs on each backend.
 
-Memory and SQLite always; Redis (``IDEMPOTENCE_TEST_REDIS_URL``) and PostgreSQL
-(``IDEMPOTENCE_TEST_POSTGRES_URL``) when reachable (skip locally, fail in CI; see
+Memory and SQLite always; Redis (``IDEMPOTENCE_TEST_REDIS_URL``), PostgreSQL
+(``IDEMPOTENCE_TEST_POSTGRES_URL``) and MariaDB/MySQL (``IDEMPOTENCE_TEST_MYSQL_URL``) when
+reachable (skip locally, fail in CI; see
 ``tests.conftest.backend_unavailable``).
 """
 
@@ -19,9 +20,11 @@ import pytest
 from idempotence import Idempotency
 from idempotence.stores import MemoryStore, SQLiteStore, Store
 from tests.conftest import (
+    MYSQL_URL,
     POSTGRES_URL,
     REDIS_URL,
     backend_unavailable,
+    mysql_admin_or_unavailable,
     postgres_admin_or_unavailable,
     redis_client_or_unavailable,
 )
@@ -36,6 +39,17 @@ def postgres_admin() -> Iterator[Any]:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         backend_unavailable(f"psycopg not installed: {exc}")
     conn = postgres_admin_or_unavailable(POSTGRES_URL)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def mysql_admin() -> Iterator[Any]:
+    try:
+        import pymysql  # noqa: F401 - missing fails in CI here, not a plain skip
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        backend_unavailable(f"pymysql not installed: {exc}")
+    conn = mysql_admin_or_unavailable(MYSQL_URL)
     yield conn
     conn.close()
 
@@ -70,10 +84,22 @@ def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Sto
         table = f"idem_http_{RUN}_{uuid.uuid4().hex[:8]}"
         request.addfinalizer(lambda: admin.execute(f'DROP TABLE IF EXISTS "{table}"'))
         return PostgresStore(POSTGRES_URL, table=table)
+    if kind == "mysql":
+        mysql: Any = request.getfixturevalue("mysql_admin")
+        from idempotence.stores import MySQLStore
+
+        table = f"idem_http_{RUN}_{uuid.uuid4().hex[:8]}"
+
+        def drop() -> None:
+            with mysql.cursor() as cursor:
+                cursor.execute(f"DROP TABLE IF EXISTS `{table}`")
+
+        request.addfinalizer(drop)
+        return MySQLStore(MYSQL_URL, table=table)
     raise AssertionError(kind)
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres", "mysql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     store = make_store(request.param, request, tmp_path)
     yield store

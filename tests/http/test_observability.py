@@ -24,7 +24,7 @@ from tests.http import test_asgi
 from tests.http.conftest import post_concurrently
 
 KIND = {"MemoryStore": "memory", "SQLiteStore": "sqlite", "RedisStore": "redis",
-        "PostgresStore": "postgres"}  # fmt: skip
+        "PostgresStore": "postgres", "MySQLStore": "mysql"}  # fmt: skip
 
 
 def client(store: Store) -> httpx.AsyncClient:

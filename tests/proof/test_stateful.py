@@ -29,8 +29,10 @@ from idempotence.stores import MemoryStore, SQLiteStore
 from idempotence.stores._base import Store, decide_claim
 from idempotence.testing import ManualClock, StoreDriver
 from tests.conftest import (
+    MYSQL_URL,
     POSTGRES_URL,
     REDIS_URL,
+    mysql_admin_or_unavailable,
     postgres_admin_or_unavailable,
     redis_client_or_unavailable,
 )
@@ -253,6 +255,20 @@ def postgres_store(clock: ManualClock, request: pytest.FixtureRequest) -> Iterat
     admin.close()
 
 
+def mysql_store(clock: ManualClock, request: pytest.FixtureRequest) -> Iterator[Store]:
+    admin = mysql_admin_or_unavailable(MYSQL_URL)
+    from idempotence.stores._mysql import MySQLStore
+
+    table = f"idem_proof_{uuid.uuid4().hex[:12]}"
+    store = MySQLStore(MYSQL_URL, table=table, clock=clock)
+    store.create_table()
+    yield store
+    store.close()
+    with admin.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS `{table}`")
+    admin.close()
+
+
 def dynamodb_store(clock: ManualClock, request: pytest.FixtureRequest) -> Iterator[Store]:
     pytest.importorskip("boto3")
     pytest.importorskip("aiobotocore")
@@ -272,6 +288,7 @@ STORES: dict[str, tuple[Callable[..., Iterator[Store]], int]] = {
     "sqlite": (sqlite_store, 80),
     "redis": (redis_store, 60),
     "postgres": (postgres_store, 50),
+    "mysql": (mysql_store, 50),
     "dynamodb": (dynamodb_store, 25),
 }
 
