@@ -4,6 +4,7 @@ TransactWriteItems (moto server); duplicates replay without writing."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -202,3 +203,33 @@ def test_record_item_reused_after_retention(store: Any, orders: tuple[Any, str])
     record = store.get(key)
     assert record is not None
     assert record.fence == first + 1  # the item was kept: taken over
+
+
+@dataclasses.dataclass(frozen=True)
+class Receipt:
+    order_id: str
+    amount: int
+
+
+def test_a_class_result_type_does_not_name_is_refused_before_writing(
+    store: Any, orders: tuple[Any, str]
+) -> None:
+    from idempotence import UnencodableError
+
+    client, table = orders
+    key = f"orders.create#{uuid.uuid4().hex}"
+    writes = [order_put(table, "o9", 9), ledger_add(table, 9)]
+    before = total(client, table)
+    with pytest.raises(UnencodableError, match="replay would not rebuild"):
+        dynamodb_transaction(store, key, writes, result=Receipt("o9", 9), payload={"a": 9})
+    assert total(client, table) == before  # nothing was written
+    assert store.get(key) is None
+    first = dynamodb_transaction(
+        store, key, writes, result=Receipt("o9", 9), payload={"a": 9}, result_type=Receipt
+    )
+    again = dynamodb_transaction(
+        store, key, writes, result=Receipt("x", 0), payload={"a": 9}, result_type=Receipt
+    )
+    assert (first.replayed, again.replayed) == (False, True)
+    assert again.result == Receipt("o9", 9)
+    assert total(client, table) == before + 9

@@ -117,7 +117,8 @@ def _transaction_steps(
             f"TransactWriteItems takes {_MAX_ITEMS} items including the record: "
             f"give at most {_MAX_ITEMS - 1} writes"
         )
-    data = encoder(serializer)(result)
+    # A class ``result_type`` does not name could never be replayed: refused before writing.
+    data = encoder(serializer, lambda: result_type)(result)
     delay = 0.05
     for attempt in range(_CONFLICT_ATTEMPTS):
         now = store.clock()
@@ -189,7 +190,9 @@ def dynamodb_transaction(
     writes' own conditions) re-raises botocore's ``TransactionCanceledException``;
     ``TransactionConflict`` is retried a few times. The record is the one
     :class:`~idempotence.stores.DynamoDBStore` writes, visible through ``store.get``.
-    Compute ``result`` before calling: it is committed with the writes. ``store`` is any
+    Compute ``result`` before calling: it is committed with the writes. Replays rebuild
+    only the classes ``result_type`` names: a ``result`` holding another class raises
+    :class:`~idempotence.UnencodableError` before anything is written. ``store`` is any
     store with the :class:`~idempotence.stores.capabilities.DynamoDBRecords` capability
     (``TypeError`` otherwise).
     """
