@@ -10,7 +10,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -121,6 +121,41 @@ def _claim_sql(table: str, now: str) -> str:
         f"SELECT {_COLS}, @idem_take, @idem_now FROM {table} WHERE `key` = %(key)s FOR UPDATE;\n"
         "COMMIT"
     )
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def _numbered(statement: str, i: int) -> str:
+    """``statement`` with each ``%(name)s`` placeholder renamed ``%(name_i)s``."""
+    return _PLACEHOLDER.sub(lambda m: f"%({m.group(1)}_{i})s", statement)
+
+
+def _claim_many_sql(table: str, now: str, n: int) -> str:
+    """The claims of ``n`` keys as one batch, one round trip, one transaction: the single
+    claim's ``INSERT ... ON DUPLICATE KEY UPDATE`` and ``SELECT ... FOR UPDATE`` (see
+    :func:`_claim_sql`) once per key, placeholders numbered, one clock reading."""
+    begin, clock, insert, select, commit = _claim_sql(table, now).split(";\n")
+    parts = [begin, clock]
+    for i in range(n):
+        parts += ["SET @idem_take = 1", _numbered(insert, i), _numbered(select, i)]
+    return ";\n".join([*parts, commit])
+
+
+def _owned_many_sql(owned: str, n: int) -> str:
+    """``n`` fence-conditional updates (``owned``, numbered) in one transaction."""
+    updates = [_numbered(owned, i) for i in range(n)]
+    return ";\n".join(["START TRANSACTION", *updates, "COMMIT"])
+
+
+def _parse_claims(results: _Results) -> list[Claim]:
+    rows = [found[0] for found, _ in results if found]
+    return [Claim(acquired=bool(int(r[7])), record=_record(r), now=float(r[8])) for r in rows]
+
+
+def _parse_owned(results: _Results) -> list[bool]:
+    # START TRANSACTION, one UPDATE per item (rows matched: CLIENT_FOUND_ROWS), COMMIT
+    return [count == 1 for _, count in results[1:-1]]
 
 
 def _owned(table: str, now: str, assignments: str) -> str:
@@ -383,6 +418,8 @@ class MySQLStore(Store):
         self.operation_timeout = operation_timeout
         self._connect = {**parsed["connect"], **dict(connect_kwargs or {})}
         self._sql = _Statements.build(table, _CLIENT_NOW if clock is not None else _SERVER_NOW)
+        self._now_sql = _CLIENT_NOW if clock is not None else _SERVER_NOW
+        self._table_sql = _table_sql(table)
         self._lock = threading.Lock()
         self._idle: list[Any] = []
         self._idle_pid = os.getpid()
@@ -464,6 +501,71 @@ class MySQLStore(Store):
         if self.clock is not None:
             params["now"] = float(self.clock())
         return params
+
+    # -- capability: BatchClaims (idempotence.stores.capabilities) ----------------------
+    def _claim_many_op(self, items: Sequence[tuple[str, str, float, float]]) -> _Op[list[Claim]]:
+        order = sorted(range(len(items)), key=lambda i: items[i][0])  # one lock order
+        params: dict[str, object] = self._params()
+        for n, i in enumerate(order):
+            key, fingerprint, lease, ttl = items[i]
+            params[f"key_{n}"] = key.encode()
+            params[f"fingerprint_{n}"] = fingerprint.encode()
+            params[f"lease_{n}"] = float(lease)
+            params[f"keep_{n}"] = float(max(ttl, lease))
+        query = _claim_many_sql(self._table_sql, self._now_sql, len(items))
+
+        def parse(results: _Results) -> list[Claim]:
+            claims = _parse_claims(results)
+            if len(claims) != len(items):
+                raise RuntimeError("the batch claim's SELECTs returned a row count not its own")
+            out: list[Claim | None] = [None] * len(items)
+            for n, i in enumerate(order):
+                out[i] = claims[n]
+            return [claim for claim in out if claim is not None]
+
+        return _Op(query, params, parse)
+
+    def _owned_many_op(
+        self, owned: str, items: Sequence[tuple[str, int]], extra: Sequence[dict[str, object]]
+    ) -> _Op[list[bool]]:
+        params: dict[str, object] = self._params()
+        for i, ((key, fence), more) in enumerate(zip(items, extra, strict=True)):
+            params[f"key_{i}"] = key.encode()
+            params[f"fence_{i}"] = int(fence)
+            params.update({f"{name}_{i}": value for name, value in more.items()})
+            if "now" in params:
+                params[f"now_{i}"] = params["now"]
+        return _Op(_owned_many_sql(owned, len(items)), params, _parse_owned)
+
+    def claim_many(self, items: Sequence[tuple[str, str, float, float]]) -> list[Claim]:
+        """Claim every ``(key, fingerprint, lease, ttl)`` in one multi-statement batch (one
+        round trip, one transaction). See
+        :class:`~idempotence.stores.capabilities.BatchClaims`."""
+        return self._run(self._claim_many_op(items))
+
+    def complete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[bool]:
+        """Complete every ``(key, fence, result, ttl)`` in one batch (one transaction)."""
+        pairs = [(key, fence) for key, fence, _, _ in items]
+        extra = [{"result": bytes(r), "ttl": float(t)} for _, _, r, t in items]
+        return self._run(self._owned_many_op(self._sql.complete, pairs, extra))
+
+    def release_many(self, items: Sequence[tuple[str, int]]) -> list[bool]:
+        """Release every ``(key, fence)`` in one batch (one transaction)."""
+        return self._run(self._owned_many_op(self._sql.release, items, [{}] * len(items)))
+
+    async def aclaim_many(self, items: Sequence[tuple[str, str, float, float]]) -> list[Claim]:
+        """Async :meth:`claim_many`."""
+        return await self._arun(self._claim_many_op(items))
+
+    async def acomplete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[bool]:
+        """Async :meth:`complete_many`."""
+        pairs = [(key, fence) for key, fence, _, _ in items]
+        extra = [{"result": bytes(r), "ttl": float(t)} for _, _, r, t in items]
+        return await self._arun(self._owned_many_op(self._sql.complete, pairs, extra))
+
+    async def arelease_many(self, items: Sequence[tuple[str, int]]) -> list[bool]:
+        """Async :meth:`release_many`."""
+        return await self._arun(self._owned_many_op(self._sql.release, items, [{}] * len(items)))
 
     def _claim_op(self, key: str, fingerprint: str, lease: float, ttl: float) -> _Op[Claim]:
         params = self._params(

@@ -11,12 +11,21 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .._drive import adrive, drive
 from .._errors import StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
@@ -146,11 +155,12 @@ def _ddl(table: str) -> str:
     )
 
 
-def _takeover(alias: str, now: str) -> str:
-    """SQL condition: the record ``alias`` may be claimed at ``now`` (``decide_claim``)."""
+def _takeover(alias: str, now: str, fingerprint: str = "%(fingerprint)s") -> str:
+    """SQL condition: the record ``alias`` may be claimed at ``now`` (``decide_claim``) by
+    a claim with ``fingerprint`` (an SQL expression)."""
     return (
         f"({alias}.expires_at <= {now} OR ({alias}.status = 'IN_PROGRESS' "
-        f"AND {alias}.lease_expires_at <= {now} AND {alias}.fingerprint = %(fingerprint)s))"
+        f"AND {alias}.lease_expires_at <= {now} AND {alias}.fingerprint = {fingerprint}))"
     )
 
 
@@ -205,6 +215,64 @@ UNION ALL SELECT {_COLS}, FALSE, {now} FROM raced
 """
 
 
+def _claim_many_sql(table: str, now: str) -> str:
+    """The batch claim statement: :func:`_claim_sql` over ``unnest`` of the items' arrays
+    (``n`` numbers them), with the same takeover and fence rules. Rows come back numbered;
+    an item without a row (its key inserted by a transaction that committed after the
+    statement began) is sent again. Keys are inserted in key order, so two batches with
+    common keys lock them in the same order."""
+    cols = ", ".join("t." + c for c in _COLUMNS)
+    return f"""
+WITH input AS (
+    SELECT * FROM unnest(%(keys)s::text[], %(fingerprints)s::text[], %(leases)s::float8[],
+                         %(keeps)s::float8[]) WITH ORDINALITY AS i(key, fingerprint, lease, keep, n)
+), blocked AS (
+    SELECT i.n, {cols} FROM input i JOIN {table} t ON t.key = i.key
+    WHERE NOT {_takeover("t", now, "i.fingerprint")}
+), won AS (
+    INSERT INTO {table} AS r ({_COLS})
+    SELECT i.key, 'IN_PROGRESS', i.fingerprint, {_fresh_fence(now)},
+           {now} + i.lease, {now} + i.keep, NULL
+    FROM input i WHERE i.n NOT IN (SELECT n FROM blocked) ORDER BY i.key
+    ON CONFLICT (key) DO UPDATE SET
+        status = 'IN_PROGRESS', fingerprint = EXCLUDED.fingerprint, fence = r.fence + 1,
+        lease_expires_at = EXCLUDED.lease_expires_at, expires_at = EXCLUDED.expires_at,
+        result = NULL
+    WHERE {_takeover("r", now, "EXCLUDED.fingerprint")}
+    RETURNING {", ".join("r." + c for c in _COLUMNS)}
+), raced AS (
+    SELECT i.n, {cols} FROM input i JOIN {table} t ON t.key = i.key
+    WHERE i.n NOT IN (SELECT n FROM blocked) AND i.key NOT IN (SELECT key FROM won)
+    FOR SHARE OF t
+)
+SELECT i.n, {", ".join("w." + c for c in _COLUMNS)}, TRUE, {now}
+FROM won w JOIN input i ON i.key = w.key
+UNION ALL SELECT n, {_COLS}, FALSE, {now} FROM blocked
+UNION ALL SELECT n, {_COLS}, FALSE, {now} FROM raced
+"""
+
+
+def _owned_many(table: str, now: str, assignments: str, columns: str) -> str:
+    """A fence-conditional update of many rows: ``unnest(...) AS v(key, fence, ...)``
+    gives each key its fence and values; the keys it changed come back."""
+    return (
+        f"UPDATE {table} t SET {assignments} FROM unnest({columns}) "
+        "WHERE t.key = v.key AND t.fence = v.fence AND t.status = 'IN_PROGRESS' "
+        f"AND t.expires_at > {now} RETURNING t.key"
+    )
+
+
+def _parse_numbered(rows: list[tuple[Any, ...]], rowcount: int) -> dict[int, Claim]:
+    return {
+        int(row[0]): Claim(acquired=bool(row[8]), record=_record(row[1:]), now=float(row[9]))
+        for row in rows
+    }
+
+
+def _parse_keys(rows: list[tuple[Any, ...]], rowcount: int) -> set[str]:
+    return {row[0] for row in rows}
+
+
 def _owned(table: str, now: str, assignments: str) -> str:
     return (
         f"UPDATE {table} SET {assignments} WHERE key = %(key)s::text AND fence = %(fence)s::int8 "
@@ -220,6 +288,9 @@ class _Statements:
     claim: str
     complete: str
     release: str
+    claim_many: str
+    complete_many: str
+    release_many: str
     renew: str
     get: str
     delete: str
@@ -231,6 +302,20 @@ class _Statements:
         return cls(
             ddl=_ddl(table),
             claim=_claim_sql(t, now),
+            claim_many=_claim_many_sql(t, now),
+            complete_many=_owned_many(
+                t,
+                now,
+                f"status = 'COMPLETED', result = v.result, expires_at = {now} + v.ttl",
+                "%(keys)s::text[], %(fences)s::int8[], %(results)s::bytea[], %(ttls)s::float8[]"
+                ") AS v(key, fence, result, ttl",
+            ),
+            release_many=_owned_many(
+                t,
+                now,
+                f"expires_at = {now}",
+                "%(keys)s::text[], %(fences)s::int8[]) AS v(key, fence",
+            ),
             complete=_owned(
                 t,
                 now,
@@ -1072,6 +1157,75 @@ class PostgresStore(Store):
             await entry.keeper.aclose()
         if self._owned_pool is not None:
             await asyncio.to_thread(self.close)
+
+    # -- capability: BatchClaims (idempotence.stores.capabilities) ----------------------
+    def _claim_many_steps(
+        self, items: Sequence[tuple[str, str, float, float]]
+    ) -> Generator[_Op[Any], Any, list[Claim]]:
+        """One statement claims every item; items it returned no row for (a concurrent
+        insert it could not see) are sent again."""
+        out: dict[int, Claim] = {}
+        for _ in range(_CLAIM_ATTEMPTS):
+            todo = [i for i in range(len(items)) if i not in out]
+            if not todo:
+                break
+            params = self._params(
+                keys=[items[i][0] for i in todo],
+                fingerprints=[items[i][1] for i in todo],
+                leases=[float(items[i][2]) for i in todo],
+                keeps=[float(max(items[i][3], items[i][2])) for i in todo],
+            )
+            numbered = yield _Op(self._sql.claim_many, params, _parse_numbered)
+            for n, claim in numbered.items():
+                out[todo[n - 1]] = claim
+        if len(out) < len(items):
+            raise RuntimeError(f"claim did not settle after {_CLAIM_ATTEMPTS} attempts")
+        return [out[i] for i in range(len(items))]
+
+    def _complete_many_op(self, items: Sequence[tuple[str, int, bytes, float]]) -> _Op[set[str]]:
+        params = self._params(
+            keys=[key for key, _, _, _ in items],
+            fences=[int(fence) for _, fence, _, _ in items],
+            results=[bytes(result) for _, _, result, _ in items],
+            ttls=[float(ttl) for _, _, _, ttl in items],
+        )
+        return _Op(self._sql.complete_many, params, _parse_keys)
+
+    def _release_many_op(self, items: Sequence[tuple[str, int]]) -> _Op[set[str]]:
+        params = self._params(
+            keys=[key for key, _ in items], fences=[int(fence) for _, fence in items]
+        )
+        return _Op(self._sql.release_many, params, _parse_keys)
+
+    def claim_many(self, items: Sequence[tuple[str, str, float, float]]) -> list[Claim]:
+        """Claim every ``(key, fingerprint, lease, ttl)`` in one statement (``INSERT ...
+        SELECT FROM unnest(...) ON CONFLICT ... RETURNING``, the single claim's rules).
+        See :class:`~idempotence.stores.capabilities.BatchClaims`."""
+        return drive(self._claim_many_steps(items), self._run, catch=())
+
+    def complete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[bool]:
+        """Complete every ``(key, fence, result, ttl)`` in one ``UPDATE ... FROM unnest``."""
+        done = self._run(self._complete_many_op(items))
+        return [item[0] in done for item in items]
+
+    def release_many(self, items: Sequence[tuple[str, int]]) -> list[bool]:
+        """Release every ``(key, fence)`` in one ``UPDATE ... FROM unnest``."""
+        done = self._run(self._release_many_op(items))
+        return [item[0] in done for item in items]
+
+    async def aclaim_many(self, items: Sequence[tuple[str, str, float, float]]) -> list[Claim]:
+        """Async :meth:`claim_many`."""
+        return await adrive(self._claim_many_steps(items), self._arun, catch=())
+
+    async def acomplete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[bool]:
+        """Async :meth:`complete_many`."""
+        done = await self._arun(self._complete_many_op(items))
+        return [item[0] in done for item in items]
+
+    async def arelease_many(self, items: Sequence[tuple[str, int]]) -> list[bool]:
+        """Async :meth:`release_many`."""
+        done = await self._arun(self._release_many_op(items))
+        return [item[0] in done for item in items]
 
     # -- operations: thin shells over the shared statements ------------------------------
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:

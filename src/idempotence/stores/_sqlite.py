@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -218,29 +219,95 @@ class SQLiteStore(Store):
 
     # -- operations ---------------------------------------------------------------------
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        return self.claim_many([(key, fingerprint, lease, ttl)])[0]
+
+    # -- capability: BatchClaims (idempotence.stores.capabilities) ----------------------
+    def claim_many(self, items: Sequence[tuple[str, str, float, float]]) -> list[Claim]:
+        """Claim every ``(key, fingerprint, lease, ttl)`` in one transaction (``claim`` is
+        the batch of one). See :class:`~idempotence.stores.capabilities.BatchClaims`."""
         if self._sweeper is not None:
             self._sweeper.maybe()
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
+        outcomes = []
         try:
-            row = conn.execute(
-                f"SELECT {_COLUMNS} FROM {self.table} WHERE key = ?", (key,)
-            ).fetchone()
-            outcome = decide_claim(
-                _row_to_record(row), key, fingerprint, now=self.clock(), lease=lease, ttl=ttl
-            )
-            if outcome.acquired:
-                r = outcome.record
-                conn.execute(
-                    f"INSERT OR REPLACE INTO {self.table} ({_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                    (key, r.status.value, fingerprint, r.fence, r.lease_expires_at, r.expires_at),
+            now = self.clock()
+            for key, fingerprint, lease, ttl in items:
+                row = conn.execute(
+                    f"SELECT {_COLUMNS} FROM {self.table} WHERE key = ?", (key,)
+                ).fetchone()
+                outcome = decide_claim(
+                    _row_to_record(row), key, fingerprint, now=now, lease=lease, ttl=ttl
                 )
+                if outcome.acquired:
+                    r = outcome.record
+                    conn.execute(
+                        f"INSERT OR REPLACE INTO {self.table} ({_COLUMNS}) "
+                        "VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                        (
+                            key,
+                            r.status.value,
+                            fingerprint,
+                            r.fence,
+                            r.lease_expires_at,
+                            r.expires_at,
+                        ),
+                    )
+                outcomes.append(outcome)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return outcome
+        return outcomes
+
+    def _owned_many(
+        self, writes: Sequence[tuple[str, tuple[object, ...], str, int]], now: float
+    ) -> list[bool]:
+        """Apply each ``(assignments, params, key, fence)`` if its fence owns its key, in
+        one transaction."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            done = [
+                self._update_owned(assignments, params, key, fence, now)
+                for assignments, params, key, fence in writes
+            ]
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return done
+
+    def complete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[bool]:
+        """Complete every ``(key, fence, result, ttl)`` in one transaction."""
+        now = self.clock()
+        assignments = "status = 'COMPLETED', result = ?, expires_at = ?"
+        return self._owned_many(
+            [
+                (assignments, (sqlite3.Binary(result), now + ttl), key, fence)
+                for key, fence, result, ttl in items
+            ],
+            now,
+        )
+
+    def release_many(self, items: Sequence[tuple[str, int]]) -> list[bool]:
+        """Release every ``(key, fence)`` in one transaction."""
+        now = self.clock()
+        return self._owned_many(
+            [("expires_at = ?", (now,), key, fence) for key, fence in items], now
+        )
+
+    async def aclaim_many(self, items: Sequence[tuple[str, str, float, float]]) -> list[Claim]:
+        """:meth:`claim_many` in a worker thread (SQLite has no async driver)."""
+        return await asyncio.to_thread(self.claim_many, items)
+
+    async def acomplete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[bool]:
+        """:meth:`complete_many` in a worker thread."""
+        return await asyncio.to_thread(self.complete_many, items)
+
+    async def arelease_many(self, items: Sequence[tuple[str, int]]) -> list[bool]:
+        """:meth:`release_many` in a worker thread."""
+        return await asyncio.to_thread(self.release_many, items)
 
     def _update_owned(
         self, assignments: str, params: tuple[object, ...], key: str, fence: int, now: float
