@@ -1,5 +1,6 @@
 """LargeResultStore: compression and S3 offload of large results around every store
-(memory, SQLite, Redis, PostgreSQL, DynamoDB), against S3 and DynamoDB on moto's server."""
+(memory, SQLite, Redis, PostgreSQL, MariaDB, DynamoDB), against S3 and DynamoDB on moto's
+server."""
 
 from __future__ import annotations
 
@@ -30,16 +31,16 @@ from idempotence.stores import LargeResultStore, MemoryStore, Store, store_from_
 from idempotence.stores._registry import validate_store_url
 from idempotence.testing import ManualClock, StoreContract
 from tests import moto_server
-from tests.http.conftest import make_store, postgres_admin, redis_ok
+from tests.http.conftest import make_store, mysql_admin, postgres_admin, redis_ok
 
 pytest.importorskip("boto3")
 
 dynamodb_endpoint = moto_server.dynamodb_endpoint  # the session fixture
-__all__ = ["dynamodb_endpoint", "postgres_admin", "redis_ok"]  # fixtures used by name
+__all__ = ["dynamodb_endpoint", "mysql_admin", "postgres_admin", "redis_ok"]  # fixtures by name
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "large_results"
-KINDS = ["memory", "sqlite", "redis", "postgres", "dynamodb"]
+KINDS = ["memory", "sqlite", "redis", "postgres", "mysql", "dynamodb"]
 OFFLOAD_OVER = 64 * 1024  # the non-DynamoDB stores keep 64 MiB: offload sooner in tests
 
 
