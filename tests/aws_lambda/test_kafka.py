@@ -25,11 +25,15 @@ from idempotence.aws_lambda import (
 )
 from idempotence.stores import Store
 from tests.aws_lambda.events import FakeContext, load
-from tests.aws_lambda.test_lambda_stores import store
-from tests.http.conftest import postgres_admin, redis_ok
-from tests.moto_server import dynamodb_endpoint
+from tests.aws_lambda.test_lambda_stores import (  # the store fixture and what it uses
+    dynamodb_endpoint,
+    mysql_admin,
+    postgres_admin,
+    redis_ok,
+    store,
+)
 
-__all__ = ["dynamodb_endpoint", "postgres_admin", "redis_ok", "store"]  # fixtures by name
+__all__ = ["dynamodb_endpoint", "mysql_admin", "postgres_admin", "redis_ok", "store"]
 
 KAFKA = {"msk": Source.MSK, "self_managed_kafka": Source.SELF_MANAGED_KAFKA}
 
