@@ -1087,35 +1087,32 @@ class PostgresStore(Store):
         batch_size: int = DEFAULT_BATCH,
         progress: Progress | None = None,
     ) -> int:
-        """Delete the matching rows, ``batch_size`` per statement, in key order (each its
-        own transaction). With the defaults, rows whose retention has ended and whose lease
-        is over too (an expired row that still fences a paused invocation is kept while
-        that lease is live). Returns how many were deleted.
+        """Delete the matching rows, ``batch_size`` per statement (each its own
+        transaction). With the defaults, rows whose retention has ended and whose lease is
+        over too (an expired row that still fences a paused invocation is kept while that
+        lease is live). Returns how many were deleted.
 
-        Keyset paging: each statement takes the next ``batch_size`` matching keys after the
-        last batch's (``key > last ORDER BY key LIMIT n``, on the primary key), so the whole
-        purge reads the table once however many batches it takes, instead of each batch
-        scanning again past everything (and every dead row) the earlier ones left behind.
-        The ``DELETE`` checks the condition again on the row it deletes, so a row claimed
-        again since the batch was read is kept."""
+        A batch is the first ``batch_size`` matching rows of a sequential scan, deleted by
+        key; the ``DELETE`` checks the condition again on the row it deletes, so a row
+        claimed again since the batch was read is kept. (On a table larger than a quarter
+        of ``shared_buffers``, PostgreSQL starts each sequential scan where the previous one
+        stopped, so batches do not rescan the rows earlier ones kept; paging by key instead
+        measured slower at 1M records: index order is not table order, see
+        docs/benchmarks.md.)"""
         table = _table_sql(self.table)
         total = 0
-        after: str | None = None
         with self._maintenance_conn() as (conn, now):
             where, params = self._where(now, namespace, None, None, expired)
             while True:
-                page = "" if after is None else " AND key > %(after)s"
                 row = conn.execute(
-                    f"WITH batch AS (SELECT key FROM {table} WHERE {where}{page} "
-                    "ORDER BY key LIMIT %(size)s), "
+                    f"WITH batch AS (SELECT key FROM {table} WHERE {where} LIMIT %(size)s), "
                     f"gone AS (DELETE FROM {table} WHERE key IN (SELECT key FROM batch) "
                     f"AND {where} RETURNING 1) "
-                    "SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM batch), "
-                    "(SELECT max(key) FROM batch)",
-                    {**params, "after": after, "size": batch_size},
+                    "SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM batch)",
+                    {**params, "size": batch_size},
                 ).fetchone()
                 assert row is not None
-                deleted, found, after = int(row[0]), int(row[1]), row[2]
+                deleted, found = int(row[0]), int(row[1])
                 total += deleted
                 if deleted and progress is not None:
                     progress(deleted)
