@@ -1345,3 +1345,37 @@ def test_a_stored_error_named_by_its_old_private_module_still_replays(
     with pytest.raises(KeyReuseError, match="refused"):
         f(1)
     assert calls.n == 1
+
+
+def test_async_heartbeat_renews_a_long_call_and_a_short_one_starts_no_task() -> None:
+    """The async heartbeat renews every lease / 3 while the body runs; a body that ends
+    before the first beat costs a timer only: no task exists besides the caller's."""
+    store = MemoryStore()
+    idem = Idempotency(store, lease=0.3)
+    tasks_during: list[int] = []
+
+    @idem(key="k")
+    async def short(o: dict[str, int]) -> int:
+        tasks_during.append(len(asyncio.all_tasks()))
+        return o["k"]
+
+    @idem(key="k")
+    async def slow(o: dict[str, int]) -> int:
+        await asyncio.sleep(0.8)  # well past the 0.3 s lease: only renewals keep it
+        return o["k"]
+
+    async def main() -> None:
+        assert await short({"k": 1}) == 1
+        assert tasks_during == [1]
+        running = asyncio.ensure_future(slow({"k": 2}))
+        await asyncio.sleep(0.6)
+        with pytest.raises(AlreadyInProgressError):
+            await slow({"k": 2})
+        assert await running == 2
+        await asyncio.sleep(0.3)
+        assert asyncio.all_tasks() == {asyncio.current_task()}  # the renewer is gone
+
+    asyncio.run(main())
+    record = slow.record_for({"k": 2})  # type: ignore[attr-defined]
+    assert record is not None
+    assert record.status.value == "COMPLETED"  # one claim kept alive to the end

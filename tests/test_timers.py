@@ -132,3 +132,31 @@ def test_a_lease_of_1e12_is_refused_before_it_reaches_the_timer() -> None:
 
     with pytest.raises(ValueError, match="lease"):
         Idempotency(MemoryStore(), lease=1e12)
+
+
+def test_add_and_cancel_of_a_long_delay_does_not_wake_an_idle_thread() -> None:
+    """The heartbeat adds and cancels a deadline of lease / 3 around every call: once the
+    thread sleeps with nothing registered, such adds must not wake it (a notify per call
+    was a lock hand-off and a context switch per call)."""
+    timers = Timers("test-idle")
+    timers.cancel(timers.add(20.0, lambda: None))  # starts the thread
+    wait_until(lambda: timers._next_wake != float("inf"))  # it sleeps, nothing registered
+    notified: list[int] = []
+    notify = timers._cond.notify
+    timers._cond.notify = lambda n=1: (notified.append(n), notify(n))[-1]  # type: ignore[method-assign]
+    for _ in range(100):
+        timers.cancel(timers.add(20.0, lambda: None))
+    assert notified == []
+    fired = threading.Event()
+    timers.add(0.05, fired.set)  # a shorter deadline still wakes it, and fires
+    assert fired.wait(5)
+    assert notified
+
+
+def test_an_idle_thread_still_fires_a_deadline_added_long_after() -> None:
+    timers = Timers("test-idle-late")
+    timers.cancel(timers.add(1.0, lambda: None))
+    wait_until(lambda: timers._next_wake != float("inf"))
+    fired = threading.Event()
+    timers.add(1.0, fired.set)  # no notify: the idle wake-up (<= 1 s away) finds it
+    assert fired.wait(5)

@@ -126,28 +126,39 @@ def run_sync(plan: Plan, store: Store, body: Callable[[], Any], *, heartbeat: bo
 
 
 async def _renew_forever(store: Store, key: str, fence: int, lease: float) -> None:
+    """Renew now, then every ``lease / 3``, until the lease is lost or this is cancelled."""
     import asyncio  # imported on first async use: keeps the package's cold import small
 
     while True:
-        await asyncio.sleep(lease / 3)
         try:
             if not await store.arenew(key, fence, lease=lease):
                 _lease_lost(key)
                 return
         except Exception:
             _renew_failed(key)
+        await asyncio.sleep(lease / 3)
 
 
 async def _beating(
     body: Callable[[], Awaitable[Any]], store: Store, key: str, fence: int, lease: float
 ) -> Any:
+    """``await body()`` while its lease is renewed every ``lease / 3``. The renewing task
+    is only created when the first beat is due (a ``call_later`` timer until then), so a
+    body that ends within ``lease / 3`` - nearly all - costs a timer, not a task."""
     import asyncio
 
-    task = asyncio.get_running_loop().create_task(_renew_forever(store, key, fence, lease))
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[None]] = []
+    timer = loop.call_later(
+        lease / 3,
+        lambda: tasks.append(loop.create_task(_renew_forever(store, key, fence, lease))),
+    )
     try:
         return await body()
     finally:
-        task.cancel()
+        timer.cancel()
+        for task in tasks:
+            task.cancel()
 
 
 async def run_async(

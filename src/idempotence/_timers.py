@@ -63,12 +63,18 @@ class Timers:
         self._ids = itertools.count(1)
         self._started = False  # in this process (a forked child resets it)
         self._next_wake = math.inf  # inf while the thread is awake: every add notifies
+        # With nothing registered the thread sleeps this long (the shortest delay added so
+        # far, at least 1 s), so the next add of a delay as long lands after its planned
+        # wake-up and need not wake it: the heartbeat's add/cancel per call never notifies.
+        self._idle = 3600.0
 
     def add(self, delay: float, callback: Callable[[], object], every: float = 0.0) -> int:
         """Call ``callback()`` on the timer thread in ``delay`` seconds unless cancelled,
         and then every ``every`` seconds (if given) for as long as it returns a true
         value; returns the handle for :meth:`cancel`."""
         delay, every = _clamp(delay), _clamp(every) if every else 0.0
+        if delay < self._idle:
+            self._idle = max(delay, 1.0)
         deadline = time.monotonic() + delay
         ident = next(self._ids)
         self._active[ident] = (deadline, callback, every)
@@ -114,7 +120,7 @@ class Timers:
             due = [i for i, (d, _, _) in list(self._active.items()) if d <= now]
             if not due:
                 deadlines = [d for d, _, _ in list(self._active.values())]
-                self._next_wake = min(deadlines, default=now + 3600.0)
+                self._next_wake = min(deadlines, default=now + self._idle)
                 # A bounded wait: Condition.wait overflows on huge timeouts.
                 self._cond.wait(min(self._next_wake - now, _MAX_WAIT))
                 self._next_wake = math.inf

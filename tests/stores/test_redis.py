@@ -87,8 +87,17 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
         log.append(args)
         return await async_send(self, *args, **kwargs)
 
+    # The async store pipelines concurrent calls (one write per loop iteration).
+    async_pack: Any = redis.asyncio.connection.AbstractConnection.pack_commands
+
+    def apack(self: Any, commands: Any) -> Any:
+        commands = [tuple(c) for c in commands]
+        log.extend(commands)
+        return async_pack(self, commands)
+
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_command", send)
     monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "send_command", asend)
+    monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "pack_commands", apack)
     return log
 
 
@@ -325,18 +334,14 @@ def test_recovers_after_its_connections_are_killed(
 def test_a_dead_connection_fails_one_call_at_most(
     named: tuple[StoreDriver, str], admin: Any, mode: str
 ) -> None:
-    # An async connection killed while its loop was not running is only found dead when
-    # used: that call fails closed (a script's reply lost in flight is never retried, as
-    # it may have run), and the next call reconnects.
+    # A connection the server closed while idle is found dead when taken from the pool
+    # (before anything is sent: reconnecting is safe), sync and async alike (the async
+    # calls are pipelined on a connection checked out of the pool).
     s, name = named
     key = _key()
     assert s.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
     assert _kill_connections(admin, name) >= 1
-    if mode == "async":
-        with pytest.raises(StoreError, match="ConnectionError"):
-            s.get(key)
-    else:  # the sync pool polls the socket at checkout and reconnects
-        assert s.get(key) is not None
+    assert s.get(key) is not None
     record = s.get(key)
     assert record is not None
     assert record.status is Status.IN_PROGRESS
@@ -466,3 +471,133 @@ def test_huge_ttl_does_not_expire_the_key_at_once(url: str, admin: Any, ttl: flo
     finally:
         store.delete(key)
         store.close()
+
+
+# -- async: concurrent calls on one loop are pipelined ----------------------------------------
+def test_concurrent_async_calls_share_one_pipelined_write(url: str) -> None:
+    """64 concurrent async claims on one loop go out as one pipeline on one pooled
+    connection (one write), each still its own EVALSHA with its own reply; before, each
+    took a connection of its own (64 connections, 64 writes)."""
+    client = redis.asyncio.Redis.from_url(url, protocol=2)
+    pool = client.connection_pool
+    taken: list[int] = []
+    get_connection: Any = pool.get_connection
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        taken.append(1)
+        return await get_connection(*args, **kwargs)
+
+    pool.get_connection = counted  # type: ignore[method-assign]
+    store = RedisStore(async_client=client, prefix=PREFIX)
+    keys = [_key() for _ in range(64)]
+
+    async def main() -> list[Any]:
+        await store.aget(_key())  # connected
+        taken.clear()
+        claims = await asyncio.gather(*(store.aclaim(k, "fp", lease=LEASE, ttl=TTL) for k in keys))
+        await client.aclose()
+        return claims
+
+    claims = asyncio.run(main())
+    assert [c.acquired for c in claims] == [True] * 64
+    assert [c.record.key for c in claims] == keys  # each caller gets its own reply
+    assert len(taken) == 1
+
+
+def test_an_error_reply_fails_only_its_own_call_in_a_pipelined_batch(url: str) -> None:
+    store = RedisStore(url, prefix=PREFIX)
+    failing = "return redis.error_reply('deliberate failure')"
+
+    async def main() -> list[Any]:
+        outcomes = await asyncio.gather(
+            store.aclaim(_key(), "fp", lease=LEASE, ttl=TTL),
+            store.arun_script(failing, PREFIX + _key(), []),
+            store.aclaim(_key(), "fp", lease=LEASE, ttl=TTL),
+            return_exceptions=True,
+        )
+        await store.aclose()
+        return outcomes
+
+    first, failed, last = asyncio.run(main())
+    assert isinstance(failed, redis.exceptions.ResponseError)
+    assert "deliberate failure" in str(failed)
+    assert first.acquired
+    assert last.acquired
+
+
+def test_a_flushed_script_cache_in_a_pipelined_batch_reloads_once_per_call(
+    url: str, admin: Any
+) -> None:
+    store = RedisStore(url, prefix=PREFIX)
+
+    async def main() -> list[Any]:
+        await store.aget(_key())
+        admin.script_flush()
+        claims = await asyncio.gather(
+            *(store.aclaim(_key(), "fp", lease=LEASE, ttl=TTL) for _ in range(8))
+        )
+        await store.aclose()
+        return claims
+
+    assert all(c.acquired for c in asyncio.run(main()))
+
+
+def test_a_lost_connection_fails_every_call_of_its_batch_and_the_next_reconnects(
+    url: str, admin: Any
+) -> None:
+    store = RedisStore(url, prefix=PREFIX, client_name="idempotence-batch-test")
+
+    async def main() -> tuple[list[Any], Any]:
+        await store.aget(_key())
+        for info in admin.client_list():
+            if info.get("name") == "idempotence-batch-test":
+                admin.client_kill_filter(_id=info["id"])
+        outcomes = await asyncio.gather(
+            *(store.aget(_key()) for _ in range(4)), return_exceptions=True
+        )
+        after = await store.aget(_key())
+        await store.aclose()
+        return outcomes, after
+
+    outcomes, after = asyncio.run(main())
+    # redis-py reconnects a pooled connection the server closed (or fails the batch):
+    # either way no caller hangs and each gets an answer or an exception of its own.
+    assert all(o is None or isinstance(o, Exception) for o in outcomes)
+    assert after is None
+
+
+def test_a_reply_lost_in_flight_fails_its_batch_and_nothing_is_resent(
+    url: str, sent: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The script may have run when its reply is lost: the calls of that pipelined batch
+    fail (fail closed) and no command is sent again (redis-py's own Pipeline would resend
+    the batch under its connection's retry policy)."""
+    store = RedisStore(url, prefix=PREFIX)
+    read: Any = redis.asyncio.connection.AbstractConnection.read_response
+    lost = [True]
+
+    async def read_once_lost(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if lost[0]:
+            lost[0] = False
+            raise redis.exceptions.ConnectionError("reply lost (test)")
+        return await read(self, *args, **kwargs)
+
+    keys = [_key(), _key()]
+
+    async def main() -> list[Any]:
+        await store.aget(_key())  # connected
+        sent.clear()
+        monkeypatch.setattr(
+            redis.asyncio.connection.AbstractConnection, "read_response", read_once_lost
+        )
+        outcomes = await asyncio.gather(
+            *(store.aclaim(k, "fp", lease=LEASE, ttl=TTL) for k in keys),
+            return_exceptions=True,
+        )
+        await store.aclose()
+        return outcomes
+
+    outcomes = asyncio.run(main())
+    assert all(isinstance(o, StoreError) for o in outcomes), outcomes
+    claims = [c for c in sent if c[0] == "EVALSHA"]
+    assert sorted(c[3] for c in claims) == sorted(PREFIX + k for k in keys)  # once each

@@ -419,6 +419,80 @@ class _LoopClient:
     closer: AsyncGenerator[None, None]
 
 
+class _Coalescer:
+    """Auto-pipelining of one async client on one event loop: the commands submitted
+    during one loop iteration go out as ONE pipeline (one write, one connection, the
+    replies read in order), sent at the end of that iteration. Each command is still its
+    own ``EVALSHA`` (no transaction: a command's failure is its own reply), so round trips
+    and atomicity per call are unchanged; 64 concurrent tasks cost one write and one
+    pooled connection per batch instead of 64 of each. A batch in flight does not hold up
+    the next: that one takes another pooled connection."""
+
+    __slots__ = ("client", "pending", "tasks")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self.tasks: set[asyncio.Task[None]] = set()  # batches in flight (kept referenced)
+
+    def submit(self, command: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """A future of ``command``'s reply (an error reply: its exception, as a value)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self._flush)
+        self.pending.append((command, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        try:
+            replies = await self._pipeline([command for command, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:  # the whole batch failed (e.g. the connection): each caller
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if not future.done():  # a caller cancelled meanwhile
+                future.set_result(reply)
+
+    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write on one pooled connection and read their replies
+        (an error reply is returned as its exception). Not redis-py's ``Pipeline``: that
+        one resends the whole batch after a lost connection (its connection's retry
+        policy), and a script whose reply was lost may have run, so nothing is resent:
+        the batch fails and the connection is dropped. A connection found dead when taken
+        from the pool (before anything is sent) is reconnected by the pool, which is safe."""
+        from redis.exceptions import ResponseError  # an error reply
+
+        pool = self.client.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(connection)
+        return replies
+
+
 class RedisStore(Store):
     """Records in Redis: one hash per key (``{prefix}{key}``), one Lua script per operation.
 
@@ -444,6 +518,9 @@ class RedisStore(Store):
     (``redis.Redis``) and/or ``async_client`` (``redis.asyncio.Redis``), both with
     ``decode_responses=False``; the store never closes them. With only ``client``, the async
     methods run it in a worker thread; with only ``async_client``, the sync methods fail.
+    The async methods pipeline automatically (not on a cluster, nor with ``wait_replicas``):
+    the calls made during one event-loop iteration go out as one pipeline, each its own
+    ``EVALSHA`` with its own reply (see :class:`_Coalescer`).
     Store-built clients use ``socket_timeout`` / ``socket_connect_timeout`` (5 s) and no
     command retries (a timed-out script may have run; the caller fails closed with
     :class:`~idempotence.StoreError`) and speak RESP2 (``protocol=2``; redis-py 8.1 does
@@ -540,6 +617,9 @@ class RedisStore(Store):
         self._client: Redis | None = None
         self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient]
         self._loop_clients = weakref.WeakKeyDictionary()
+        #: Each loop's auto-pipelining of its async client (see :class:`_Coalescer`).
+        self._coalescers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Coalescer]
+        self._coalescers = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     @classmethod
@@ -709,17 +789,31 @@ class RedisStore(Store):
             return await asyncio.to_thread(self._run, call)
         key, args, script = call.key, call.args, call.script
         try:
-            if isinstance(client, self._redis.asyncio.cluster.RedisCluster):
+            cluster = isinstance(client, self._redis.asyncio.cluster.RedisCluster)
+            if cluster:
                 # Locked and a no-op once done. redis-py 8.1's lazy initialisation inside a
                 # command lets concurrent first commands fail with "Connection closed by
                 # server" (64 concurrent claims on a fresh client: several fail).
                 await client.initialize()
             if self.wait_replicas and call.wrote is not None:
                 return await self._adrive(client, self._waited(call))
-            try:
-                reply = await client.evalsha(script.sha, 1 + len(call.more), key, *call.more, *args)
-            except self._redis.exceptions.NoScriptError:
-                reply = await client.eval(script.source, 1 + len(call.more), key, *call.more, *args)
+            keys = 1 + len(call.more)
+            if cluster:
+                try:
+                    reply = await client.evalsha(script.sha, keys, key, *call.more, *args)
+                except self._redis.exceptions.NoScriptError:
+                    reply = await client.eval(script.source, keys, key, *call.more, *args)
+            else:  # one pipeline per loop iteration for all concurrent calls
+                loop = asyncio.get_running_loop()
+                coalescer = self._coalescers.get(loop)
+                if coalescer is None or coalescer.client is not client:
+                    coalescer = self._coalescers[loop] = _Coalescer(client)
+                command = ("EVALSHA", script.sha, keys, key, *call.more, *args)
+                reply = await coalescer.submit(command)
+                if isinstance(reply, self._redis.exceptions.NoScriptError):
+                    reply = await client.eval(script.source, keys, key, *call.more, *args)
+                elif isinstance(reply, Exception):
+                    raise reply
         except (self._redis.exceptions.ConnectionError, _cluster_errors(self._redis)) as exc:
             failure = _connect_failure(exc)
             if failure is None:
