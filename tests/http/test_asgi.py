@@ -21,9 +21,9 @@ from starlette.routing import Route
 from idempotence import Idempotency
 from idempotence.http import HTTPIdempotency, IdempotencyMiddleware
 from idempotence.stores import MemoryStore, Store
+from tests.aws_lambda.events import load
 from tests.conftest import Counter
 from tests.http.conftest import post_concurrently
-from tests.aws_lambda.events import load
 
 
 def make_app(
@@ -292,8 +292,8 @@ def test_principal_is_read_as_the_lambda_adapter_reads_it() -> None:
     http_api = load("apigw_http")
     http_api["requestContext"]["authorizer"] = {"jwt": {"claims": None}}
     # No claims: no crash, and what the Lambda adapter says (a hash of the context).
-    from idempotence.aws_lambda._sources import detect
     from idempotence.aws_lambda._http import principal
+    from idempotence.aws_lambda._sources import detect
 
     expected = principal(detect(http_api), http_api)
     assert _principal({"aws.event": http_api}) == expected
