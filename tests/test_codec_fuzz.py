@@ -18,8 +18,8 @@ from idempotence import (
     ResultNotStoredError,
     StoredErrorReplay,
 )
-from idempotence.engine import replay_record
 from idempotence._record import Record, Status
+from idempotence.engine import replay_record
 from idempotence.http import HTTPResponse
 
 codec = JSONSerializer()

@@ -1074,7 +1074,7 @@ def test_fail_open_logs_one_line_per_call_without_traceback_or_values(
 def test_lambda_default_store_warns_once_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import idempotence.engine as module
+    import idempotence.base as module
 
     monkeypatch.setattr(module, "_lambda_default_warned", False)
     monkeypatch.delenv("IDEMPOTENCE_STORE", raising=False)

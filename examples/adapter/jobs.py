@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any
 
-from idempotence.engine import IdempotencyBase, Operation, arun, drive, is_disabled, run
+from idempotence.base import IdempotencyBase
+from idempotence.engine import Operation, arun, drive, is_disabled, run
 
 Message = dict[str, Any]
 

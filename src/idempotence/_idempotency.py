@@ -11,7 +11,8 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 from ._config import IdempotencyConfig
 from ._errors import MissingKeyError
 from ._record import Record
-from .engine import IdempotencyBase, Operation, arun, default_store_url, is_disabled, name_of, run
+from .base import IdempotencyBase, default_store_url
+from .engine import Operation, arun, is_disabled, name_of, run
 
 __all__ = [
     "Idempotency",

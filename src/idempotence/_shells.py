@@ -12,14 +12,16 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _log, observe
 from ._context import CURRENT_KEY
 from ._drive import adrive, drive
 from ._protocol import ClaimOp, CompleteOp, Op, Plan, ReleaseOp, RunOp, SleepOp, protocol
 from ._timers import Timers
-from .stores import Store
+
+if TYPE_CHECKING:
+    from .stores import Store
 
 __all__ = ["arun_op", "invocation", "run_async", "run_op", "run_sync"]
 

@@ -37,7 +37,8 @@ from . import (
     MissingDependencyError,
     MissingKeyError,
 )
-from .engine import IdempotencyBase, Operation, is_disabled, run
+from .base import IdempotencyBase
+from .engine import Operation, is_disabled, run
 
 try:
     from celery import Task
@@ -80,7 +81,7 @@ class IdempotentTask(_TaskBase):
     of ``@app.task`` or class attributes of a subclass):
 
     - ``idempotency`` (required): the :class:`~idempotence.Idempotency` (any
-      :class:`~idempotence.engine.IdempotencyBase`) whose store and default options the
+      :class:`~idempotence.base.IdempotencyBase`) whose store and default options the
       task uses.
     - ``idempotency_options``: options of this task, as for ``@idem(...)`` (``key``,
       ``fingerprint``, ``payload``, ``ttl``, ``lease``, ``heartbeat``, ``on_in_progress``,

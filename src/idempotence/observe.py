@@ -42,7 +42,6 @@ from ._errors import (
     StoreError,
 )
 from ._protocol import ClaimOp, Op, Plan, RunOp, SleepOp
-from .stores import Store
 
 __all__ = [
     "Event",
@@ -194,7 +193,7 @@ def store_kind(store: object) -> str:
     """The store kind reported in events: ``RedisStore`` -> ``"redis"``; a store that wraps
     another as its ``store`` attribute (``LargeResultStore``) reports the wrapped one's."""
     inner = getattr(store, "store", None)
-    if isinstance(inner, Store):
+    if callable(getattr(inner, "claim", None)):  # a wrapped store (the engine imports none)
         return store_kind(inner)
     cls = type(store)
     kind = _KINDS.get(cls)

@@ -26,10 +26,10 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..base import IdempotencyBase
 from ..engine import (
     ClaimOp,
     CompleteOp,
-    IdempotencyBase,
     Op,
     Operation,
     Plan,

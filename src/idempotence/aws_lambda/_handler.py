@@ -41,7 +41,8 @@ from typing import Any
 from .._codec import UnencodableError
 from .._config import IdempotencyConfig
 from .._keys import digest, is_missing
-from ..engine import IdempotencyBase, Operation, Plan, arun, is_disabled, run
+from ..base import IdempotencyBase
+from ..engine import Operation, Plan, arun, is_disabled, run
 from ..http import HTTPIdempotency, HTTPRequest, HTTPResponse, problem
 from ..stores import Store
 from ._common import DEFAULT_LEASE_MARGIN, lease_for, plan_of, sync_result

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any, Generic, Literal, TypeVar
 
-from ..engine import IdempotencyBase
+from ..base import IdempotencyBase
 from ..stores import Store
 from ._core import DEFAULT_CREDENTIAL_HEADERS, HTTPIdempotency, HTTPRequest, HTTPResponse
 

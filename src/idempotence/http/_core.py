@@ -54,7 +54,8 @@ from .._errors import (
 )
 from .._keys import check_namespace, digest, loads_exact
 from .._record import Record
-from ..engine import IdempotencyBase, LocalCache, Plan, is_disabled, not_stored
+from ..base import IdempotencyBase
+from ..engine import LocalCache, Plan, is_disabled, not_stored
 from ..engine import arun as run_async
 from ..engine import run as run_sync
 from ..stores import Store
