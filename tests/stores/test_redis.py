@@ -98,6 +98,15 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_command", send)
     monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "send_command", asend)
     monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "pack_commands", apack)
+    from idempotence.stores import _redis
+
+    pack: Any = _redis._pack
+
+    def logged_pack(command: tuple[Any, ...]) -> bytes:
+        log.append(command)
+        return pack(command)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(_redis, "_pack", logged_pack)
     return log
 
 
@@ -601,3 +610,18 @@ def test_a_reply_lost_in_flight_fails_its_batch_and_nothing_is_resent(
     assert all(isinstance(o, StoreError) for o in outcomes), outcomes
     claims = [c for c in sent if c[0] == "EVALSHA"]
     assert sorted(c[3] for c in claims) == sorted(PREFIX + k for k in keys)  # once each
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("EVALSHA", "ab" * 20, 1, PREFIX + "k#é ü 中", "", "0.5", "3600.0"),
+        ("EVALSHA", "cd" * 20, 1, "k", "12", b"\x00\xff\r\n result \r\n", "1e+300"),
+        ("EVALSHA", "ef" * 20, 2, "a", "b"),
+    ],
+)
+def test_the_async_packer_writes_the_bytes_redis_py_writes(command: tuple[Any, ...]) -> None:
+    from idempotence.stores._redis import _pack
+
+    connection = redis.asyncio.connection.Connection()
+    assert _pack(command) == b"".join(connection.pack_command(*command))

@@ -331,6 +331,16 @@ class _Refresh:
 _Waited = Generator["_Batch | _Refresh", "list[Any] | None", _T]
 
 
+def _pack(command: tuple[Any, ...]) -> bytes:
+    """``command`` in RESP, its ``str`` parts UTF-8 and numbers as text (as redis-py's
+    default encoder writes them), without redis-py's general-purpose packer."""
+    out = [b"*%d\r\n" % len(command)]
+    for part in command:
+        data = part if isinstance(part, bytes) else str(part).encode()
+        out += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(out)
+
+
 def _always(_result: Any) -> bool:
     return True
 
@@ -478,7 +488,12 @@ class _Coalescer:
         pool = self.client.connection_pool
         connection = await pool.get_connection()
         try:
-            await connection.send_packed_command(connection.pack_commands(commands))
+            encoding = getattr(connection.encoder, "encoding", "")
+            if encoding.replace("-", "").lower() == "utf8":
+                packed: Any = b"".join(map(_pack, commands))
+            else:  # an unusual client encoding: redis-py encodes
+                packed = connection.pack_commands(commands)
+            await connection.send_packed_command(packed)
             replies: list[Any] = []
             for _ in commands:
                 try:
