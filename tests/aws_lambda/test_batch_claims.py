@@ -6,9 +6,11 @@ on moto), with each record's own outcome and the partial batch semantics kept.""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import copy
 import json
+import os
 import threading
 import time
 import uuid
@@ -352,3 +354,32 @@ def test_a_failed_batch_request_fails_every_record_and_fail_open_runs_them() -> 
     opened = Idempotency(Down(), fail_open=True)
     assert failures(opened.process_batch(event, runs.append, namespace="b.down")) == []
     assert len(runs) == 2
+
+
+def test_a_result_over_dynamodbs_item_limit_completes_as_not_stored_in_a_batch(
+    dynamodb_endpoint: str,
+) -> None:
+    pytest.importorskip("boto3")
+    from idempotence.stores import DynamoDBStore
+
+    store = DynamoDBStore(
+        f"idem-batch-{uuid.uuid4().hex[:10]}", region="us-east-1", endpoint_url=dynamodb_endpoint
+    )
+    store.create_table()
+    idem = Idempotency(store, lease=30)
+    runs: list[str] = []
+
+    def handle(record: dict[str, Any]) -> str:
+        runs.append(order_of(record))
+        if order_of(record) == "big":  # ~670 KB of base64 that zlib cannot shrink enough
+            return base64.b64encode(os.urandom(500_000)).decode()
+        return "ok"
+
+    event = batch("small", "big", "other")
+    big = event["Records"][1]["messageId"]
+    # the big result cannot be kept: the key completes as "not stored" (never re-run), the
+    # record is reported; the others complete in the same transaction
+    assert failures(idem.process_batch(event, handle, namespace="b.big")) == [big]
+    assert failures(idem.process_batch(redeliver(event), handle, namespace="b.big")) == [big]
+    assert runs == ["small", "big", "other"]
+    store.close()

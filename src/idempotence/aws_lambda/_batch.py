@@ -427,7 +427,7 @@ def _sync_requests(batch: _Batch, body: Callable[[Any], Any]) -> Callable[[_Requ
 
     def grouped(call: Callable[[Any], list[Any]], ops: list[Any]) -> list[Any]:
         try:
-            return call(ops)
+            return _wrap(call(ops))
         except Exception as exc:  # the request failed: every item of it did
             return [_Raised(exc)] * len(ops)
 
@@ -476,7 +476,7 @@ def _async_requests(
 
     async def grouped(call: Callable[[Any], Awaitable[list[Any]]], ops: list[Any]) -> list[Any]:
         try:
-            return await call(ops)
+            return _wrap(await call(ops))
         except Exception as exc:
             return [_Raised(exc)] * len(ops)
 
