@@ -235,7 +235,9 @@ class BatchClaims(Protocol):
     transaction; Redis Cluster: one script per hash slot), and a conflict may cost one more
     request (DynamoDB). A failed request raises :class:`~idempotence.StoreError` for the
     whole call: some items may have been applied (a retry of a claim sees its own
-    in-progress record; of a complete, ``False``).
+    in-progress record; of a complete, ``False``). A failure of one item alone that the
+    single operation would raise (a result over the store's item limit:
+    :class:`~idempotence.ResultTooLargeError`) is returned in that item's place.
     """
 
     def claim_many(self, items: Sequence[ClaimItem]) -> list[Claim]:
