@@ -157,6 +157,10 @@ class Idempotency(IdempotencyBase):
         at the first failure and every later record is reported too. Records already done
         are replayed, not run. The lease is ``context``'s remaining time plus
         ``lease_margin`` unless ``lease=`` is given. Other ``options`` as for decorators.
+
+        The records are claimed in one store request before the first runs and completed in
+        one after the last (``docs/batch.md``); ``batch_claims=False`` sends a claim and a
+        completion per record instead.
         """
         from .aws_lambda import process_batch
 
