@@ -162,7 +162,6 @@ def classify(page: Path, start: int, lang: str, body: str) -> str:
 LEGACY_INLINE_SAMPLES = {
     "effects.md": 5,
     "http.md": 4,
-    "lambda.md": 2,
     "reliability.md": 1,
     "stores.md": 6,
 }
