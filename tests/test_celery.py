@@ -518,7 +518,7 @@ def test_missing_celery_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 # -- real workers --------------------------------------------------------------------------
-BROKER = os.environ.get("IDEMPOTENCE_TEST_CELERY_BROKER", "redis://127.0.0.1:6379/13")
+BROKER = os.environ.get("IDEMPOTENCE_TEST_CELERY_BROKER", "redis://127.0.0.1:6379/12")
 #: The workers' store; default: the broker's Redis (a SQLite file works too: shared by the
 #: processes of one machine).
 STORE = os.environ.get("IDEMPOTENCE_TEST_CELERY_STORE", "")
