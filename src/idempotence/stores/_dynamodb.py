@@ -51,8 +51,9 @@ from .._drive import adrive, drive
 from .._errors import CorruptRecordError, ResultTooLargeError, StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
-from ._base import Clock, Store, decide_claim, forget_closed_loops, fresh_fence, system_clock
+from ._base import Clock, decide_claim, forget_closed_loops, fresh_fence, system_clock
 from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, batches, matches, stats_of
+from ._operations import OperationStore
 from ._registry import merge_option, url_query
 
 if TYPE_CHECKING:
@@ -226,7 +227,7 @@ def _check_attributes(key_attr: str, sort_key_attr: str | None) -> None:
         raise ValueError("sort_key_attr must differ from key_attr")
 
 
-class DynamoDBStore(Store):
+class DynamoDBStore(OperationStore):
     """Records in a DynamoDB table, one item per key (see the module docstring for the
     layout). Needs ``pip install 'idempotence[dynamodb]'`` (boto3); the async methods
     also need aiobotocore: ``pip install 'idempotence[dynamodb-async]'``.
@@ -778,7 +779,7 @@ class DynamoDBStore(Store):
     # an in-progress item is the later of expires_at and the lease).
     _OWNED = "#fence = :fence AND #status = :in_progress AND (#expires > :now OR #lease > :now)"
 
-    def _claim_steps(self, key: str, fingerprint: str, lease: float, ttl: float) -> _Steps[Claim]:
+    def _claim_op(self, key: str, fingerprint: str, lease: float, ttl: float) -> _Steps[Claim]:
         now = self.clock()
         expires_at = now + max(ttl, lease)
         claim_id = uuid.uuid4().hex
@@ -855,7 +856,7 @@ class DynamoDBStore(Store):
             raise
         return True
 
-    def _complete_steps(self, key: str, fence: int, result: bytes, ttl: float) -> _Steps[bool]:
+    def _complete_op(self, key: str, fence: int, result: bytes, ttl: float) -> _Steps[bool]:
         now = self.clock()
         stored, encoding = _encode(result)
         size = self._item_size(key, stored, encoding)
@@ -899,13 +900,13 @@ class DynamoDBStore(Store):
         size += len(Status.COMPLETED.value) + 32 + len(encoding or "") + _FINGERPRINT_ALLOWANCE
         return size + len(stored)
 
-    def _release_steps(self, key: str, fence: int) -> _Steps[bool]:
+    def _release_op(self, key: str, fence: int) -> _Steps[bool]:
         # Keep the item and its fence (and its physical TTL): ending retention and lease
         # makes it read as absent, and the next claim takes it over with fence + 1.
         now = self.clock()
         return self._owned_steps(key, fence, "SET #expires = :now, #lease = :now", {}, now)
 
-    def _renew_steps(self, key: str, fence: int, lease: float) -> _Steps[bool]:
+    def _renew_op(self, key: str, fence: int, lease: float) -> _Steps[bool]:
         # `expiration` must stay past the lease and never shrink, but an update has no max():
         # adding the lease duration keeps it past the new lease (a renewal only succeeds
         # before the old effective retention, which `expiration` already exceeds).
@@ -918,7 +919,7 @@ class DynamoDBStore(Store):
             now,
         )
 
-    def _get_steps(self, key: str) -> _Steps[Record | None]:
+    def _get_op(self, key: str) -> _Steps[Record | None]:
         response = yield _Call(
             "get_item", {"TableName": self.table, "Key": self._key(key), "ConsistentRead": True}
         )
@@ -928,7 +929,7 @@ class DynamoDBStore(Store):
         record = self._record(item)
         return None if record.is_expired(self.clock()) else record
 
-    def _delete_steps(self, key: str) -> _Steps[bool]:
+    def _delete_op(self, key: str) -> _Steps[bool]:
         response = yield _Call(
             "delete_item",
             {"TableName": self.table, "Key": self._key(key), "ReturnValues": "ALL_OLD"},
@@ -1150,45 +1151,12 @@ class DynamoDBStore(Store):
         """Async :meth:`release_many`."""
         return await self._arun(self._release_many_steps(items))
 
-    # -- operations ---------------------------------------------------------------------
-    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
-        return self._run(self._claim_steps(key, fingerprint, lease, ttl))
-
+    # -- operations: OperationStore pairs the steps with _run/_arun -----------------------
     def complete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
         """Store ``result`` (zlib-compressed from 1 KiB) and mark the record completed, if
         ``fence`` still owns it. Raises :class:`ResultTooLargeError`, writing nothing, when
         the item would exceed DynamoDB's 400 KB limit."""
-        return self._run(self._complete_steps(key, fence, result, ttl))
-
-    def release(self, key: str, fence: int) -> bool:
-        return self._run(self._release_steps(key, fence))
-
-    def renew(self, key: str, fence: int, *, lease: float) -> bool:
-        return self._run(self._renew_steps(key, fence, lease))
-
-    def get(self, key: str) -> Record | None:
-        return self._run(self._get_steps(key))
-
-    def delete(self, key: str) -> bool:
-        return self._run(self._delete_steps(key))
-
-    async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
-        return await self._arun(self._claim_steps(key, fingerprint, lease, ttl))
-
-    async def acomplete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
-        return await self._arun(self._complete_steps(key, fence, result, ttl))
-
-    async def arelease(self, key: str, fence: int) -> bool:
-        return await self._arun(self._release_steps(key, fence))
-
-    async def arenew(self, key: str, fence: int, *, lease: float) -> bool:
-        return await self._arun(self._renew_steps(key, fence, lease))
-
-    async def aget(self, key: str) -> Record | None:
-        return await self._arun(self._get_steps(key))
-
-    async def adelete(self, key: str) -> bool:
-        return await self._arun(self._delete_steps(key))
+        return super().complete(key, fence, result, ttl=ttl)
 
     # -- table --------------------------------------------------------------------------
     def create_table(

@@ -30,8 +30,9 @@ from .._errors import StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
 from .._timers import Timers
-from ._base import Clock, Store
+from ._base import Clock
 from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, Sweeper, stats_of, sweep_interval
+from ._operations import OperationStore
 from ._registry import merge_option, option_bool, option_number, option_sweep_every, url_query
 
 if TYPE_CHECKING:
@@ -540,7 +541,7 @@ class _LoopPool:
     keeper: AsyncGenerator[None, None]
 
 
-class PostgresStore(Store):
+class PostgresStore(OperationStore):
     """Records in one PostgreSQL table; every operation is one SQL statement.
 
     Connection sources (give one): ``url`` (a ``postgresql://`` URL or libpq conninfo string;
@@ -1224,43 +1225,14 @@ class PostgresStore(Store):
         done = await self._arun(self._release_many_op(items))
         return [item[0] in done for item in items]
 
-    # -- operations: thin shells over the shared statements ------------------------------
+    # -- operations: OperationStore pairs the statements with _run/_arun; the extras -----
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
         if self._sweeper is not None:
             self._sweeper.maybe()
-        return self._run(self._claim_op(key, fingerprint, lease, ttl))
-
-    def complete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
-        return self._run(self._complete_op(key, fence, result, ttl))
+        claim: Claim = self._run(self._claim_op(key, fingerprint, lease, ttl))
+        return claim
 
     def release(self, key: str, fence: int) -> bool:
         """End retention of the in-progress record (kept with its fence; reads as absent;
         the next claim takes over with fence + 1), if ``fence`` still owns the key."""
-        return self._run(self._release_op(key, fence))
-
-    def renew(self, key: str, fence: int, *, lease: float) -> bool:
-        return self._run(self._renew_op(key, fence, lease))
-
-    def get(self, key: str) -> Record | None:
-        return self._run(self._get_op(key))
-
-    def delete(self, key: str) -> bool:
-        return self._run(self._delete_op(key))
-
-    async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
-        return await self._arun(self._claim_op(key, fingerprint, lease, ttl))
-
-    async def acomplete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
-        return await self._arun(self._complete_op(key, fence, result, ttl))
-
-    async def arelease(self, key: str, fence: int) -> bool:
-        return await self._arun(self._release_op(key, fence))
-
-    async def arenew(self, key: str, fence: int, *, lease: float) -> bool:
-        return await self._arun(self._renew_op(key, fence, lease))
-
-    async def aget(self, key: str) -> Record | None:
-        return await self._arun(self._get_op(key))
-
-    async def adelete(self, key: str) -> bool:
-        return await self._arun(self._delete_op(key))
+        return super().release(key, fence)

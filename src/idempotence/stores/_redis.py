@@ -24,8 +24,9 @@ from .._drive import adrive, drive
 from .._errors import StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
-from ._base import Clock, Store, forget_closed_loops
+from ._base import Clock, forget_closed_loops
 from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, batches, matches, stats_of
+from ._operations import OperationStore
 from ._registry import merge_option, option_number, url_query
 
 if TYPE_CHECKING:
@@ -508,7 +509,7 @@ class _Coalescer:
         return replies
 
 
-class RedisStore(Store):
+class RedisStore(OperationStore):
     """Records in Redis: one hash per key (``{prefix}{key}``), one Lua script per operation.
 
     ``claim``, ``complete``, ``release``, ``renew``, ``get`` and ``delete`` are each one
@@ -1098,26 +1099,26 @@ class RedisStore(Store):
     def _now(self) -> str:
         return "" if self.clock is None else repr(float(self.clock()))
 
-    def _claim(self, key: str, fingerprint: str, lease: float, ttl: float) -> _Call[Claim]:
+    def _claim_op(self, key: str, fingerprint: str, lease: float, ttl: float) -> _Call[Claim]:
         args = (self._now(), fingerprint, repr(float(lease)), repr(float(ttl)))
         return _Call(SCRIPTS["claim"], self.prefix + key, args, _claim_parser(key), _acquired)
 
-    def _complete(self, key: str, fence: int, result: bytes, ttl: float) -> _Call[bool]:
+    def _complete_op(self, key: str, fence: int, result: bytes, ttl: float) -> _Call[bool]:
         args = (self._now(), str(int(fence)), bytes(result), repr(float(ttl)))
         return _Call(SCRIPTS["complete"], self.prefix + key, args, _flag, _truth)
 
-    def _release(self, key: str, fence: int) -> _Call[bool]:
+    def _release_op(self, key: str, fence: int) -> _Call[bool]:
         args = (self._now(), str(int(fence)))
         return _Call(SCRIPTS["release"], self.prefix + key, args, _flag, _truth)
 
-    def _renew(self, key: str, fence: int, lease: float) -> _Call[bool]:
+    def _renew_op(self, key: str, fence: int, lease: float) -> _Call[bool]:
         args = (self._now(), str(int(fence)), repr(float(lease)))
         return _Call(SCRIPTS["renew"], self.prefix + key, args, _flag, _truth)
 
-    def _get(self, key: str) -> _Call[Record | None]:
+    def _get_op(self, key: str) -> _Call[Record | None]:
         return _Call(SCRIPTS["get"], self.prefix + key, (self._now(),), lambda r: _record(key, r))
 
-    def _delete(self, key: str) -> _Call[bool]:
+    def _delete_op(self, key: str) -> _Call[bool]:
         return _Call(SCRIPTS["delete"], self.prefix + key, (), _flag, _truth)
 
     # -- capability: BatchClaims (idempotence.stores.capabilities) ----------------------
@@ -1200,40 +1201,3 @@ class RedisStore(Store):
     async def arelease_many(self, items: Sequence[tuple[str, int]]) -> list[bool]:
         """Async :meth:`release_many`."""
         return self._merged(len(items), [await self._arun(c) for c in self._releases(items)])
-
-    # -- operations ---------------------------------------------------------------------
-    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
-        return self._run(self._claim(key, fingerprint, lease, ttl))
-
-    def complete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
-        return self._run(self._complete(key, fence, result, ttl))
-
-    def release(self, key: str, fence: int) -> bool:
-        return self._run(self._release(key, fence))
-
-    def renew(self, key: str, fence: int, *, lease: float) -> bool:
-        return self._run(self._renew(key, fence, lease))
-
-    def get(self, key: str) -> Record | None:
-        return self._run(self._get(key))
-
-    def delete(self, key: str) -> bool:
-        return self._run(self._delete(key))
-
-    async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
-        return await self._arun(self._claim(key, fingerprint, lease, ttl))
-
-    async def acomplete(self, key: str, fence: int, result: bytes, *, ttl: float) -> bool:
-        return await self._arun(self._complete(key, fence, result, ttl))
-
-    async def arelease(self, key: str, fence: int) -> bool:
-        return await self._arun(self._release(key, fence))
-
-    async def arenew(self, key: str, fence: int, *, lease: float) -> bool:
-        return await self._arun(self._renew(key, fence, lease))
-
-    async def aget(self, key: str) -> Record | None:
-        return await self._arun(self._get(key))
-
-    async def adelete(self, key: str) -> bool:
-        return await self._arun(self._delete(key))
