@@ -193,3 +193,23 @@ def test_empty_batch_and_unsupported_sources(idem: Idempotency) -> None:
     assert idem.process_batch({"Records": []}, print) == {"batchItemFailures": []}
     with pytest.raises(ValueError, match="SQS, Kinesis, DynamoDB Streams and Kafka"):
         idem.process_batch(load("sns"), print)
+
+
+@pytest.mark.parametrize("batch_claims", [True, False])
+def test_a_failed_record_is_one_warning_line_without_its_content_or_traceback(
+    idem: Idempotency, caplog: pytest.LogCaptureFixture, batch_claims: bool
+) -> None:
+    def charge(record: dict[str, Any]) -> None:
+        raise RuntimeError(f"card {record['body']} declined")  # the text quotes the record
+
+    event = load("sqs")
+    with caplog.at_level("WARNING", logger="idempotence"):
+        idem.process_batch(event, charge, context=FakeContext(), batch_claims=batch_claims)
+    lines = [r for r in caplog.records if r.name == "idempotence"]
+    assert len(lines) == len(event["Records"])
+    for line in lines:
+        assert line.exc_info is None
+        assert "RuntimeError" in line.getMessage()
+        assert line.idempotence_outcome == "record_failed"  # type: ignore[attr-defined]
+        for record in event["Records"]:
+            assert record["body"] not in line.getMessage()

@@ -172,12 +172,24 @@ def _plan(
 
 
 def _report(batch: _Batch, item: _Item, error: BaseException) -> None:
+    """One WARNING line per failed record: the source, the record's failure identifier (the
+    id Lambda redelivers it by, never its content) and the exception's class, with
+    ``extra=`` fields; the traceback goes to DEBUG (the exception's text may quote the
+    record, so it never reaches the WARNING line)."""
+    fields = {
+        "idempotence_outcome": "record_failed",
+        "idempotence_source": batch.source.value,
+        "idempotence_error": type(error).__name__,
+    }
     log.warning(
-        "%s record %s failed; reported in batchItemFailures",
+        "%s record %s failed (%s); reported in batchItemFailures",
         batch.source.value,
         item.identifier,
-        exc_info=error,
+        type(error).__name__,
+        extra=fields,
     )
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("traceback of the failed %s record", batch.source.value, exc_info=error)
 
 
 def _steps(batch: _Batch) -> Generator[_Item, Exception | None, BatchResponse]:
