@@ -20,6 +20,9 @@ values, the decoder refuses deeper records (:class:`CorruptRecordError`, never
 A stored record is an :data:`envelope`: one version byte, one kind byte, then the body:
 ``V`` a value (serializer bytes), ``E`` an exception stored through ``store_errors``, ``N``
 a result that could not be stored.
+
+One file (over 400 lines): the encoder and the decoder must agree on every type tag; the tag
+table (``_register``) keeps both directions side by side, so they cannot drift apart.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ window) instead of hiding them among the duplicates. The transactional run close
 window: a worker killed after its ledger write dies inside the open transaction, so the
 write is rolled back with the claim (as a database does for a dead connection) and the
 redelivery runs it once.
+
+One file (over 400 lines): the demo is one program with no API (the schedule, the workers,
+the three runs and the report), read top to bottom.
 """
 
 from __future__ import annotations

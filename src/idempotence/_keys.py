@@ -13,6 +13,10 @@ it would collide with (``{"1": "a"}``): the whole value is then written in a tag
 (objects as ``["d", [[key, value], ...]]``, lists as ``["l", [...]]``) behind a NUL byte
 that no JSON text starts with. Nesting deeper than :data:`MAX_DEPTH` containers is refused
 with :class:`InvalidKeyError`. The hash is SHA-256 (allowed under FIPS, unlike md5).
+
+One file (over 400 lines): canonical JSON, the hash and the selectors are the one derivation
+of a key and a fingerprint, used together by every front-end; the selectors' output is what
+canonical JSON writes.
 """
 
 from __future__ import annotations

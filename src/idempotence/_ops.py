@@ -5,6 +5,10 @@ They reach a store only through its public operations and the capabilities of
 :mod:`idempotence.stores.capabilities` (``Maintainable`` for ``list``/``stats``/``purge``).
 Every read opens the store with ``auto_create`` off where it has one, so a missing SQLite
 file, SQL table or DynamoDB table is a :class:`~idempotence.StoreError`, never created.
+
+One file (over 400 lines): the operator commands are short functions over the same private
+helpers (opening a store, reading a key, printing records); split per command they would
+import those helpers across modules.
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ once. A front-end that batches the store operations of several invocations (the 
 adapter claims a whole batch in one request) drives each :func:`invocation` itself, up to
 its :class:`ClaimOp`, and performs their :class:`RunOp` with :func:`run_op` / ``arun_op``.
 See ``docs/extending.md``.
+
+One file (over 400 lines): it is the engine's public module (``idempotence.engine``), and
+:class:`Operation` (most of it) ties together the plan, the replay and the drivers defined
+here.
 """
 
 from __future__ import annotations

@@ -36,6 +36,10 @@ timestamps) and ``md5OfBody``; Kinesis ``approximateArrivalTimestamp`` and the r
 ``bootstrapServers``/``eventSourceArn``; for every source, the fields of the id (already in
 the key). HTTP events (API Gateway REST and HTTP APIs, ALB, function URLs) are detected
 here and converted by ``_http``.
+
+One file (over 400 lines): it is the table of event sources and the small per-source
+extractors its rows name; split, every row would import its functions from another private
+module.
 """
 
 from __future__ import annotations

@@ -10,6 +10,11 @@ capability (and, on the user's own items, a plain boto3 / aiobotocore client).
 A request program is a generator yielding ``(method, request)`` pairs (or a
 :class:`Sleep`) and receiving each response; :func:`drive` / :func:`adrive` run it through
 the store's ``call`` / ``acall``, so the logic exists once for sync and async.
+
+Twins kept: each public function and its ``a``-twin (``dynamodb_transaction`` /
+``adynamodb_transaction``...) repeat only their signatures and argument checks; the work is
+the one request program above, and a shared ``**kwargs`` signature would lose the documented
+parameters.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 One ``UPDATE ... SET state = :to WHERE id = :id AND state = :from`` on a ``sqlite3`` or
 psycopg 3 connection, in the caller's transaction (see :func:`sql_transition`). The
 DynamoDB counterpart is in ``_dynamodb``.
+
+Twin kept: :func:`sql_transition` / :func:`asql_transition` repeat only their public
+signatures (the statement is one shared generator, run by ``_sql.run`` / ``arun``); a shared
+``**kwargs`` signature would lose the documented parameters.
 """
 
 from __future__ import annotations

@@ -26,6 +26,12 @@ The statements are in ``_sql_records`` (once for both dialects and both shells);
 transaction and its outcome in ``_outcome``. DynamoDB: :func:`dynamodb_transaction` (in
 ``_dynamodb``) sends the business writes and the conditional completion of the record as one
 ``TransactWriteItems``.
+
+One file (over 400 lines): it is one class, :class:`TransactionalIdempotency`, whose sync
+and async transactions share its preparation and SQL steps.
+
+Twins kept: ``transaction`` / ``atransaction`` repeat only their public signatures (both go
+through ``_prepare``); the context managers differ by the awaited calls.
 """
 
 from __future__ import annotations

@@ -1,4 +1,11 @@
-"""What the ASGI and WSGI middleware share: building the engine from their options."""
+"""What the ASGI and WSGI middleware share: building the engine from their options.
+
+Twin kept: :class:`MiddlewareBase`'s option list repeats :class:`HTTPIdempotency`'s
+signature on purpose: both are documented signatures with their defaults, and the shared
+alternative (``**options: Unpack[TypedDict]``) needs ``typing_extensions`` on Python 3.10
+(the core depends on ``jmespath`` only) and would show no defaults in the API reference. The
+engine is built in one place (``HTTPIdempotency(idempotency, **options)``).
+"""
 
 from __future__ import annotations
 

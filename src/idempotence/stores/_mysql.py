@@ -1,5 +1,9 @@
 """MariaDB / MySQL store: one InnoDB table, one round trip per operation, PyMySQL (sync) and
-aiomysql (async) sharing every statement."""
+aiomysql (async) sharing every statement.
+
+One file (over 400 lines): the store's SQL, its sync and async shells and its maintenance
+share the statement builders; split by concern it would need private cross-module imports.
+"""
 
 from __future__ import annotations
 

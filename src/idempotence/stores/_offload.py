@@ -30,6 +30,17 @@ late owner whose ``complete`` is refused deletes only the object it uploaded its
 Objects whose record is gone without ``delete`` (retention ended, ``purge()``, a backend
 TTL, a take-over of an expired record) are left to an S3 lifecycle expiration rule on the
 prefix (see ``docs/stores.md``, "Large results").
+
+One file (over 400 lines): :class:`LargeResultStore` (about 500 lines) and the capability
+mixins that forward the wrapped store's capabilities share its private request types and
+drivers.
+
+Twins kept: the public operations and their ``a``-twins are one line each around the shared
+programs (``_claim``, ``_complete``, ``_get``, ``_delete``) run by ``_run`` / ``_arun``;
+unlike ``OperationStore`` (the network stores' shared operations) they keep their own
+docstrings (what the wrapper adds), and ``release``/``renew`` call the wrapped store
+directly. The ``_Maintained`` methods restate
+:class:`~idempotence.stores.capabilities.Maintainable`'s signatures to forward them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""PostgreSQL store: one table, one statement per operation, psycopg 3 (sync and async)."""
+"""PostgreSQL store: one table, one statement per operation, psycopg 3 (sync and async).
+
+One file (over 400 lines): the store's SQL, its sync and async shells, its connection pools
+and watchdog, and its maintenance share the statement builders; split by concern it would
+need private cross-module imports.
+"""
 
 from __future__ import annotations
 

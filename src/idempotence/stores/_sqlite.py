@@ -1,4 +1,8 @@
-"""Embedded store: one SQLite file in WAL mode, safe across threads and processes."""
+"""Embedded store: one SQLite file in WAL mode, safe across threads and processes.
+
+One file (over 400 lines): one class, :class:`SQLiteStore`, whose operations, maintenance
+and DDL share its per-thread connections and row format.
+"""
 
 from __future__ import annotations
 

@@ -31,6 +31,10 @@ implementing the same methods:
 The SQL records table (shared by the SQL stores and the transactional effects, so both see
 the same records) is described by :func:`records_ddl`, :func:`quoted_table`,
 :data:`RECORD_COLUMNS`, :func:`record_from_row` and :func:`fresh_fence_sql`.
+
+One file (over 400 lines): the capability protocols and the helpers their implementations
+share (the one-at-a-time ``BatchClaims`` fallbacks, the SQL table and statement helpers) are
+one public module, so a third-party store imports all it needs from one place.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ taking ``{key}:lock`` (``SET NX EX 10``). Our take-overs honour that lock and ta
 left does not stop our own next take-over. In ``mode="cluster"`` the lock lives in another
 hash slot than the record, so it is neither read nor written: a take-over by Powertools
 racing ours is then not excluded (fresh claims and live records still are).
+
+One file (over 400 lines): the Lua scripts and the layer that runs them both encode the same
+Powertools record layout (its configurable attribute names), which is all this module is.
 """
 
 from __future__ import annotations
