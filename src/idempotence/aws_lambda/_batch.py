@@ -14,6 +14,10 @@ sans-I/O generators that :func:`process_batch` and :func:`aprocess_batch` only d
   in the engine's protocol; the generator only chooses which operations travel together.
 - :func:`_steps` (``batch_claims=False``) yields the records one at a time, each run through
   :func:`~idempotence.engine.run` / ``arun`` (a claim and a completion request each).
+
+One file (over 400 lines): the batch decisions (the generators) and their sync and async
+drivers share the private item, flow and request types; split, each half would import the
+other's internals.
 """
 
 from __future__ import annotations
