@@ -52,7 +52,16 @@ from .._errors import CorruptRecordError, ResultTooLargeError, StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
 from ._base import Clock, decide_claim, forget_closed_loops, fresh_fence, system_clock
-from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, batches, matches, stats_of
+from ._maintenance import (
+    DEFAULT_BATCH,
+    CountedByScan,
+    Progress,
+    StoreStats,
+    batches,
+    matches,
+    matching,
+    stats_of,
+)
 from ._operations import OperationStore
 from ._registry import merge_option, url_query
 
@@ -227,7 +236,7 @@ def _check_attributes(key_attr: str, sort_key_attr: str | None) -> None:
         raise ValueError("sort_key_attr must differ from key_attr")
 
 
-class DynamoDBStore(OperationStore):
+class DynamoDBStore(CountedByScan, OperationStore):
     """Records in a DynamoDB table, one item per key (see the module docstring for the
     layout). Needs ``pip install 'idempotence[dynamodb]'`` (boto3); the async methods
     also need aiobotocore: ``pip install 'idempotence[dynamodb-async]'``.
@@ -676,35 +685,14 @@ class DynamoDBStore(OperationStore):
         server). Items past their ``expiration`` that DynamoDB's TTL has not deleted yet are
         included. See :class:`~idempotence.stores.capabilities.Maintainable`."""
         now = self.clock()
-        found = 0
-        for record in self._records(namespace, status, batch_size):
-            if limit is not None and found >= limit:
-                return
-            if matches(
-                record,
-                now,
-                namespace=namespace,
-                status=status,
-                older_than=older_than,
-                expired=expired,
-            ):
-                found += 1
-                yield record
-
-    def count(
-        self,
-        *,
-        namespace: str | None = None,
-        status: Status | None = None,
-        older_than: float | None = None,
-        expired: bool = False,
-    ) -> int:
-        """How many records match (a scan)."""
-        return sum(
-            1
-            for _ in self.scan(
-                namespace=namespace, status=status, older_than=older_than, expired=expired
-            )
+        yield from matching(
+            self._records(namespace, status, batch_size),
+            now,
+            namespace,
+            status,
+            older_than,
+            expired,
+            limit,
         )
 
     def purge(

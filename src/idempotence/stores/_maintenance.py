@@ -9,20 +9,25 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._record import Record, Status
+
+if TYPE_CHECKING:
+    from .capabilities import Maintainable
 
 _log = logging.getLogger("idempotence.stores")
 
 __all__ = [
     "DEFAULT_BATCH",
+    "CountedByScan",
     "Progress",
     "StoreStats",
     "Sweeper",
     "created_at",
     "is_purgeable",
     "matches",
+    "matching",
     "namespace_of",
     "stats_of",
     "sweep_interval",
@@ -77,6 +82,50 @@ def matches(
     if older_than is not None and record.fence > (now - older_than) * 1000:
         return False
     return not expired or is_purgeable(record, now)
+
+
+def matching(
+    records: Iterable[Record],
+    now: float,
+    namespace: str | None,
+    status: Status | None,
+    older_than: float | None,
+    expired: bool,
+    limit: int | None,
+) -> Iterator[Record]:
+    """The ``scan`` of a store that filters after reading: the records of ``records`` that
+    :func:`matches` at ``now``, at most ``limit`` (reading stops at the next record once
+    ``limit`` are found)."""
+    found = 0
+    for record in records:
+        if limit is not None and found >= limit:
+            return
+        if matches(
+            record, now, namespace=namespace, status=status, older_than=older_than, expired=expired
+        ):
+            found += 1
+            yield record
+
+
+class CountedByScan:
+    """``count`` for a :class:`~idempotence.stores.capabilities.Maintainable` store that
+    has no cheaper way to count than its own ``scan`` (DynamoDB, Redis, memory)."""
+
+    def count(
+        self: Maintainable,
+        *,
+        namespace: str | None = None,
+        status: Status | None = None,
+        older_than: float | None = None,
+        expired: bool = False,
+    ) -> int:
+        """How many records match (a scan)."""
+        return sum(
+            1
+            for _ in self.scan(
+                namespace=namespace, status=status, older_than=older_than, expired=expired
+            )
+        )
 
 
 @dataclass

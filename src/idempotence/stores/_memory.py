@@ -8,13 +8,13 @@ from typing import Any
 
 from .._record import Claim, Record, Status
 from ._base import Clock, Store, _new, decide_claim, system_clock
-from ._maintenance import Progress, StoreStats, matches, stats_of
+from ._maintenance import CountedByScan, Progress, StoreStats, matches, matching, stats_of
 from ._registry import url_query
 
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore(Store):
+class MemoryStore(CountedByScan, Store):
     """Records in a dict of this process, guarded by a lock.
 
     Not shared between processes; use it in tests and for single-process programs. ``clock``
@@ -175,36 +175,7 @@ class MemoryStore(Store):
         :class:`~idempotence.stores.capabilities.Maintainable`."""
         with self._lock:
             now, records = self.clock(), list(self._records.values())
-        found = 0
-        for record in records:
-            if limit is not None and found >= limit:
-                return
-            if matches(
-                record,
-                now,
-                namespace=namespace,
-                status=status,
-                older_than=older_than,
-                expired=expired,
-            ):
-                found += 1
-                yield record
-
-    def count(
-        self,
-        *,
-        namespace: str | None = None,
-        status: Status | None = None,
-        older_than: float | None = None,
-        expired: bool = False,
-    ) -> int:
-        """How many records match the filters."""
-        return sum(
-            1
-            for _ in self.scan(
-                namespace=namespace, status=status, older_than=older_than, expired=expired
-            )
-        )
+        yield from matching(records, now, namespace, status, older_than, expired, limit)
 
     def purge(
         self,

@@ -25,7 +25,15 @@ from .._errors import StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
 from ._base import Clock, forget_closed_loops
-from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, batches, matches, stats_of
+from ._maintenance import (
+    DEFAULT_BATCH,
+    CountedByScan,
+    Progress,
+    StoreStats,
+    batches,
+    matching,
+    stats_of,
+)
 from ._operations import OperationStore
 from ._registry import merge_option, option_number, url_query
 
@@ -509,7 +517,7 @@ class _Coalescer:
         return replies
 
 
-class RedisStore(OperationStore):
+class RedisStore(CountedByScan, OperationStore):
     """Records in Redis: one hash per key (``{prefix}{key}``), one Lua script per operation.
 
     ``claim``, ``complete``, ``release``, ``renew``, ``get`` and ``delete`` are each one
@@ -1019,37 +1027,10 @@ class RedisStore(OperationStore):
         keys read with one pipelined round trip of ``HGETALL``. Records Redis already
         expired are gone. See :class:`~idempotence.stores.capabilities.Maintainable`."""
         now = self._maintenance_now()
-        found = 0
-        for keys in self._scan_batches(namespace, batch_size):
-            for record in self._fetch(keys):
-                if limit is not None and found >= limit:
-                    return
-                if matches(
-                    record,
-                    now,
-                    namespace=namespace,
-                    status=status,
-                    older_than=older_than,
-                    expired=expired,
-                ):
-                    found += 1
-                    yield record
-
-    def count(
-        self,
-        *,
-        namespace: str | None = None,
-        status: Status | None = None,
-        older_than: float | None = None,
-        expired: bool = False,
-    ) -> int:
-        """How many records match (a scan)."""
-        return sum(
-            1
-            for _ in self.scan(
-                namespace=namespace, status=status, older_than=older_than, expired=expired
-            )
+        records = (
+            r for keys in self._scan_batches(namespace, batch_size) for r in self._fetch(keys)
         )
+        yield from matching(records, now, namespace, status, older_than, expired, limit)
 
     def purge(
         self,
