@@ -26,6 +26,10 @@ Time: DynamoDB has no server clock, so the client clock (``clock``, default
 the holder of the current fence can complete, release or renew, so a skewed clock can at
 worst let a successor take over early, and the late owner then gets ``False`` (the core
 raises ``LeaseLostError``) instead of overwriting the successor.
+
+One file (over 400 lines): the request programs, the item codec and the table management
+serve only :class:`DynamoDBStore`; split, they would be private imports between the modules
+of one store.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""In-process store: a dict behind a lock. For tests and single-process tools."""
+"""In-process store: a dict behind a lock. For tests and single-process tools.
+
+Twins kept: the ``a``-methods call their sync twin inline (the dict never blocks), one line
+each; the scan filter and ``count`` are shared (``_maintenance.matching`` /
+``CountedByScan``).
+"""
 
 from __future__ import annotations
 

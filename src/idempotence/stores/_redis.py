@@ -5,6 +5,10 @@ importing this module never fails. Redis 5.0 or later (scripts that read ``TIME`
 write rely on effects replication, the default since 5.0). Redis Cluster
 (``redis+cluster://``) through redis-py's ``RedisCluster``: every script declares its one
 key, so it runs on the master owning that key's slot.
+
+One file (over 400 lines): the Lua scripts, the call objects and the client handling
+(pipelining, Cluster) serve only :class:`RedisStore`; split, they would be private imports
+between the modules of one store.
 """
 
 from __future__ import annotations

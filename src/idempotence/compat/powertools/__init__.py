@@ -54,6 +54,8 @@ from .serialization import (
     PydanticSerializer,
 )
 
+# The exception names repeat exceptions.__all__ but for BaseError, which this package does
+# not re-export: kept as one literal list of the package's public names.
 __all__ = [
     "BaseIdempotencyModelSerializer",
     "BaseIdempotencySerializer",

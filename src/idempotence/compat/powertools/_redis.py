@@ -21,6 +21,9 @@ racing ours is then not excluded (fresh claims and live records still are).
 
 One file (over 400 lines): the Lua scripts and the layer that runs them both encode the same
 Powertools record layout (its configurable attribute names), which is all this module is.
+
+Twin kept: :class:`CachePersistenceLayer`'s connection arguments repeat
+:class:`RedisConnection`'s: both mirror Powertools' public signatures as they are.
 """
 
 from __future__ import annotations
