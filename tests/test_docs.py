@@ -163,7 +163,6 @@ def classify(page: Path, start: int, lang: str, body: str) -> str:
 #: samples are included from tested files instead; these counts may only go down.
 LEGACY_INLINE_SAMPLES = {
     "effects.md": 5,
-    "http.md": 4,
     "stores.md": 6,
 }
 
