@@ -160,14 +160,6 @@ def classify(page: Path, start: int, lang: str, body: str) -> str:
     return "unchecked"
 
 
-#: Inline samples of pages written before the site existed, per page: not included from a
-#: file (some are compiled or compared by other tests in this module, most are not). New
-#: samples are included from tested files instead; these counts may only go down.
-LEGACY_INLINE_SAMPLES = {
-    "effects.md": 5,
-}
-
-
 def test_code_samples_are_included_from_tested_files() -> None:
     tests = all_test_sources()
     unchecked: dict[str, int] = {}
@@ -188,12 +180,10 @@ def test_code_samples_are_included_from_tested_files() -> None:
             elif kind == "unchecked":
                 name = page.relative_to(DOCS).as_posix()
                 unchecked[name] = unchecked.get(name, 0) + 1
-    for name, count in unchecked.items():
-        allowed = LEGACY_INLINE_SAMPLES.get(name, 0)
-        assert count <= allowed, (
-            f"docs/{name} has {count} inline code samples no test checks (at most {allowed}): "
-            'include them from a tested file with --8<-- "path" (see docs/testing.md)'
-        )
+    assert unchecked == {}, (
+        f"inline code samples no test checks (per page: {unchecked}): include them from a "
+        'tested file with --8<-- "path" (see docs/testing.md)'
+    )
 
 
 def test_cli_help_in_the_docs_is_the_real_help(monkeypatch: pytest.MonkeyPatch) -> None:
