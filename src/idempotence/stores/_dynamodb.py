@@ -44,7 +44,15 @@ import time
 import uuid
 import weakref
 import zlib
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from decimal import Decimal
@@ -230,6 +238,44 @@ async def _close_with_loop(stack: AsyncExitStack) -> AsyncGenerator[None, None]:
         yield
     finally:
         await stack.aclose()
+
+
+async def open_aio_client(
+    session: Any, service: str, **options: Any
+) -> tuple[Any, AsyncGenerator[None, None]]:
+    """An aiobotocore client of ``service`` made by ``session`` with ``options``, and the
+    suspended :func:`_close_with_loop` that closes it with the running loop."""
+    stack = AsyncExitStack()
+    client = await stack.enter_async_context(session.create_client(service, **options))
+    keeper = _close_with_loop(stack)
+    await keeper.__anext__()  # registers with the running loop's async-generator hooks
+    return client, keeper
+
+
+async def loop_client(
+    lock: threading.Lock,
+    clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any],
+    opener: Callable[[], Coroutine[Any, Any, tuple[Any, AsyncGenerator[None, None]]]],
+) -> Any:
+    """The running loop's client: ``clients`` maps each loop to the task opening its client
+    with ``opener`` (started once per loop, under ``lock``; closed loops are forgotten). A
+    failed opening is forgotten, so the next call tries again."""
+    loop = asyncio.get_running_loop()
+    with lock:
+        forget_closed_loops(clients)
+        task = clients.get(loop)
+        if task is None:
+            task = loop.create_task(opener())
+            clients[loop] = task
+    try:
+        client, _ = await asyncio.shield(task)
+    except BaseException:
+        if task.done():  # opening failed: forget it so the next call tries again
+            with lock:
+                if clients.get(loop) is task:
+                    del clients[loop]
+        raise
+    return client
 
 
 def _check_attributes(key_attr: str, sort_key_attr: str | None) -> None:
@@ -425,36 +471,16 @@ class DynamoDBStore(CountedByScan, OperationStore):
             if self._session is None:
                 self._session = require("aiobotocore.session", "dynamodb-async").get_session()
             session = self._session
-        stack = AsyncExitStack()
-        client = await stack.enter_async_context(
-            session.create_client(
-                "dynamodb",
-                region_name=self.region,
-                endpoint_url=self.endpoint_url,
-                config=self._config(aio=True),
-            )
+        return await open_aio_client(
+            session,
+            "dynamodb",
+            region_name=self.region,
+            endpoint_url=self.endpoint_url,
+            config=self._config(aio=True),
         )
-        keeper = _close_with_loop(stack)
-        await keeper.__anext__()  # registers with the running loop's async-generator hooks
-        return client, keeper
 
     async def _async_client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            forget_closed_loops(self._async_clients)
-            task = self._async_clients.get(loop)
-            if task is None:
-                task = loop.create_task(self._open_async_client())
-                self._async_clients[loop] = task
-        try:
-            client, _ = await asyncio.shield(task)
-        except BaseException:
-            if task.done():  # opening failed: forget it so the next call tries again
-                with self._lock:
-                    if self._async_clients.get(loop) is task:
-                        del self._async_clients[loop]
-            raise
-        return client
+        return await loop_client(self._lock, self._async_clients, self._open_async_client)
 
     def close(self) -> None:
         """Close the boto3 client this store opened (not a client it was given). Async

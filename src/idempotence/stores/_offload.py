@@ -55,7 +55,7 @@ import threading
 import weakref
 import zlib
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Final, NamedTuple
 from urllib.parse import unquote, urlsplit
 
@@ -299,42 +299,24 @@ class LargeResultStore(Store):
         return await getattr(self, "_a" + op.action)(client, *op.args)
 
     async def _open_async_client(self) -> tuple[Any, AsyncGenerator[None, None]]:
-        from ._dynamodb import _close_with_loop
+        from ._dynamodb import open_aio_client
 
         with self._lock:
             if self._session is None:
                 self._session = require("aiobotocore.session", "dynamodb-async").get_session()
             session = self._session
-        stack = AsyncExitStack()
-        client = await stack.enter_async_context(
-            session.create_client(
-                "s3",
-                region_name=self._region,
-                endpoint_url=self._endpoint_url,
-                config=self._config(aio=True),
-            )
+        return await open_aio_client(
+            session,
+            "s3",
+            region_name=self._region,
+            endpoint_url=self._endpoint_url,
+            config=self._config(aio=True),
         )
-        keeper = _close_with_loop(stack)
-        await keeper.__anext__()  # registers with the running loop's async-generator hooks
-        return client, keeper
 
     async def _async_client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            forget_closed_loops(self._async_clients)
-            task = self._async_clients.get(loop)
-            if task is None:
-                task = loop.create_task(self._open_async_client())
-                self._async_clients[loop] = task
-        try:
-            client, _ = await asyncio.shield(task)
-        except BaseException:
-            if task.done():  # opening failed: forget it so the next call tries again
-                with self._lock:
-                    if self._async_clients.get(loop) is task:
-                        del self._async_clients[loop]
-            raise
-        return client
+        from ._dynamodb import loop_client
+
+        return await loop_client(self._lock, self._async_clients, self._open_async_client)
 
     async def _aclose_async_client(self) -> None:
         loop = asyncio.get_running_loop()
