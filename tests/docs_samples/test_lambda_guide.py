@@ -100,3 +100,30 @@ def test_process_batch(outcomes: Counter[str]) -> None:
     records = [*first["Records"], *second["Records"]]
     assert sorted(handled) == sorted(r["messageId"] for r in records)
     assert outcomes["executed"] == 3
+
+
+def test_http_event_over_max_request_bytes_is_413() -> None:
+    """docs/lambda.md lists 413 among the refusals of HTTP events: the handler never runs."""
+    import json
+
+    from idempotence import Idempotency
+    from idempotence.stores import MemoryStore
+
+    idem = Idempotency(MemoryStore())
+    calls: list[int] = []
+
+    @idem.handler(max_request_bytes=64)
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        calls.append(1)
+        return {"statusCode": 201, "body": "{}"}
+
+    event = load("apigw_rest")
+    event["body"] = json.dumps({"note": "x" * 100})
+    response = handler(event, FakeContext())
+    assert response["statusCode"] == 413
+    assert json.loads(response["body"])["type"] == "urn:idempotence:problem:request-too-large"
+    assert "x" * 20 not in response["body"]  # the refusal never quotes the request
+    assert calls == []
+    event["body"] = json.dumps({"note": "x"})  # within the limit: it runs
+    assert handler(event, FakeContext())["statusCode"] == 201
+    assert calls == [1]
