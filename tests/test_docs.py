@@ -32,11 +32,6 @@ def test_readme_quick_start_runs_as_written(
     assert (tmp_path / "idempotency.db").exists()
 
 
-def test_docs_decorator_examples_compile() -> None:
-    for code in blocks(ROOT / "docs" / "index.md", "python"):
-        compile(code, "docs/index.md", "exec")
-
-
 def test_stores_doc_sam_snippet_matches_the_store() -> None:
     from idempotence.stores._dynamodb import CLOUDFORMATION_TEMPLATE
 
