@@ -674,29 +674,3 @@ def test_logs_and_problems_never_echo_headers_or_body(caplog: pytest.LogCaptureF
     assert problem_type(bad) == "invalid-key"
     texts = caplog.text + reused.text + bad.text
     assert not any(s in texts for s in ("tok-secret", "api-secret", "body-secret", "other-secret"))
-
-
-# -- docs -----------------------------------------------------------------------------------
-async def test_docs_stable_tenant_scope_snippet_works(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The ``scope=`` sample of docs/http.md runs as written and keeps one tenant's retry
-    after a token refresh in one scope."""
-    import re
-    from pathlib import Path
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("IDEMPOTENCE_STORE", raising=False)
-    text = (Path(__file__).parents[2] / "docs" / "http.md").read_text()
-    (code,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "def tenant" in b]
-    counter = Counter()
-    app = asgi_app(counter)
-    namespace = {"app": app, "IdempotencyMiddleware": IdempotencyMiddleware}
-    namespace["Idempotency"] = Idempotency
-    exec(code, namespace)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        first = await client.post("/orders", json={}, headers={**ALICE, "X-Verified-Tenant": "t"})
-        retry = await client.post("/orders", json={}, headers={**BOB, "X-Verified-Tenant": "t"})
-    assert first.json() == retry.json() == {"order": 1}
-    assert retry.headers["idempotent-replayed"] == "true"
