@@ -26,6 +26,7 @@ __all__ = [
     "Sweeper",
     "created_at",
     "is_purgeable",
+    "keyset_pages",
     "matches",
     "matching",
     "namespace_of",
@@ -183,6 +184,28 @@ def batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
             batch = []
     if batch:
         yield batch
+
+
+def keyset_pages(
+    fetch: Callable[[Any, int], list[Any]],
+    last_key: Callable[[Any], Any],
+    limit: int | None,
+    batch_size: int,
+) -> Iterator[Any]:
+    """The rows of a keyset-paged scan, at most ``limit``: ``fetch(after, size)`` returns
+    the next ``size`` rows in key order after the key ``after`` (``None``: from the start),
+    ``last_key(row)`` is a row's key. One query per ``batch_size`` rows; a short page ends
+    the scan. The SQL stores' ``scan`` share it."""
+    after: Any = None
+    left = limit
+    while left is None or left > 0:
+        size = batch_size if left is None else min(batch_size, left)
+        rows = fetch(after, size)
+        yield from rows
+        if len(rows) < size:
+            return
+        after = last_key(rows[-1])
+        left = None if left is None else left - len(rows)
 
 
 def sweep_interval(every: object) -> float | None:

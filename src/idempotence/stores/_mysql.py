@@ -24,7 +24,15 @@ from .._errors import StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
 from ._base import Clock
-from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, Sweeper, stats_of, sweep_interval
+from ._maintenance import (
+    DEFAULT_BATCH,
+    Progress,
+    StoreStats,
+    Sweeper,
+    keyset_pages,
+    stats_of,
+    sweep_interval,
+)
 from ._operations import OperationStore
 from ._registry import merge_option, option_bool, option_number, option_sweep_every, url_query
 
@@ -848,23 +856,18 @@ class MySQLStore(OperationStore):
         table = _table_sql(self.table)
         with self._maintenance_cursor() as (cursor, now):
             where, params = self._where(now, namespace, status, older_than, expired)
-            after: bytes | None = None
-            left = limit
-            while left is None or left > 0:
-                size = batch_size if left is None else min(batch_size, left)
+
+            def fetch(after: bytes | None, size: int) -> list[Any]:
                 page = "" if after is None else " AND `key` > %(after)s"
                 cursor.execute(
                     f"SELECT {_COLS} FROM {table} WHERE {where}{page} "
                     "ORDER BY `key` LIMIT %(size)s",
                     {**params, "after": after, "size": size},
                 )
-                rows = cursor.fetchall()
-                for row in rows:
-                    yield _record(row)
-                if len(rows) < size:
-                    return
-                after = bytes(rows[-1][0])
-                left = None if left is None else left - len(rows)
+                return list(cursor.fetchall())
+
+            for row in keyset_pages(fetch, lambda row: bytes(row[0]), limit, batch_size):
+                yield _record(row)
 
     def count(
         self,

@@ -36,7 +36,15 @@ from .._lazy import require
 from .._record import Claim, Record, Status
 from .._timers import Timers
 from ._base import Clock
-from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, Sweeper, stats_of, sweep_interval
+from ._maintenance import (
+    DEFAULT_BATCH,
+    Progress,
+    StoreStats,
+    Sweeper,
+    keyset_pages,
+    stats_of,
+    sweep_interval,
+)
 from ._operations import OperationStore
 from ._registry import merge_option, option_bool, option_number, option_sweep_every, url_query
 
@@ -1052,21 +1060,16 @@ class PostgresStore(OperationStore):
         table = _table_sql(self.table)
         with self._maintenance_conn() as (conn, now):
             where, params = self._where(now, namespace, status, older_than, expired)
-            after: str | None = None
-            left = limit
-            while left is None or left > 0:
-                size = batch_size if left is None else min(batch_size, left)
+
+            def fetch(after: str | None, size: int) -> list[Any]:
                 page = "" if after is None else " AND key > %(after)s"
-                rows = conn.execute(
+                return conn.execute(
                     f"SELECT {_COLS} FROM {table} WHERE {where}{page} ORDER BY key LIMIT %(size)s",
                     {**params, "after": after, "size": size},
                 ).fetchall()
-                for row in rows:
-                    yield _record(row)
-                if len(rows) < size:
-                    return
-                after = rows[-1][0]
-                left = None if left is None else left - len(rows)
+
+            for row in keyset_pages(fetch, lambda row: row[0], limit, batch_size):
+                yield _record(row)
 
     def count(
         self,

@@ -20,7 +20,15 @@ from urllib.parse import quote, unquote, urlsplit
 from .._errors import StoreError
 from .._record import Claim, Record, Status
 from ._base import Clock, Store, decide_claim, system_clock
-from ._maintenance import DEFAULT_BATCH, Progress, StoreStats, Sweeper, stats_of, sweep_interval
+from ._maintenance import (
+    DEFAULT_BATCH,
+    Progress,
+    StoreStats,
+    Sweeper,
+    keyset_pages,
+    stats_of,
+    sweep_interval,
+)
 from ._registry import merge_option, option_number, option_sweep_every, url_query
 
 __all__ = ["SQLiteStore"]
@@ -401,22 +409,18 @@ class SQLiteStore(Store):
         See :class:`~idempotence.stores.capabilities.Maintainable`."""
         conn, now = self._conn(), self.clock()
         where, params = self._where(now, namespace, status, older_than, expired)
-        after, left = "", limit
-        while left is None or left > 0:
-            size = batch_size if left is None else min(batch_size, left)
-            rows = conn.execute(
+
+        def fetch(after: str | None, size: int) -> list[Any]:
+            return conn.execute(
                 f"SELECT {_COLUMNS} FROM {self.table} WHERE {where} AND key > ? "
                 "ORDER BY key LIMIT ?",
-                (*params, after, size),
+                (*params, "" if after is None else after, size),
             ).fetchall()
-            for row in rows:
-                record = _row_to_record(row)
-                assert record is not None
-                yield record
-            if len(rows) < size:
-                return
-            after = str(rows[-1][0])
-            left = None if left is None else left - len(rows)
+
+        for row in keyset_pages(fetch, lambda row: str(row[0]), limit, batch_size):
+            record = _row_to_record(row)
+            assert record is not None
+            yield record
 
     def count(
         self,
