@@ -12,10 +12,12 @@ from tasks import charge
 
 # --8<-- [start:send]
 def charge_twice(order_id: str, amount_cents: int) -> tuple[dict[str, str], dict[str, str]]:
-    """The same arguments twice (two messages, two task ids): one charge, one result."""
+    """The same arguments twice (two messages, two task ids): one charge, one result. A
+    copy delivered while the first runs is retried when the running claim's lease ends
+    (60 s in tasks.py), so its result can take up to a lease to arrive."""
     first = charge.delay(order_id, amount_cents)
     second = charge.delay(order_id, amount_cents)
-    return first.get(timeout=30), second.get(timeout=30)
+    return first.get(timeout=30), second.get(timeout=90)
 
 
 def charge_with_key(request_id: str, order_id: str, amount_cents: int) -> dict[str, str]:
