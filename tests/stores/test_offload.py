@@ -1,10 +1,12 @@
 """LargeResultStore: compression and S3 offload of large results around every store
-(memory, SQLite, Redis, PostgreSQL, MariaDB, DynamoDB), against S3 and DynamoDB on moto's
-server."""
+(memory, SQLite, Redis, PostgreSQL, MariaDB, DynamoDB; batches on Redis Cluster too),
+against S3 and DynamoDB on moto's server."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
 import secrets
 import shutil
@@ -14,7 +16,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from idempotence import (
     MissingDependencyError,
     ResultNotStoredError,
     ResultTooLargeError,
+    StoreError,
 )
 from idempotence.stores import LargeResultStore, MemoryStore, Store, store_from_url
 from idempotence.stores._registry import validate_store_url
@@ -41,6 +44,8 @@ __all__ = ["dynamodb_endpoint", "mysql_admin", "postgres_admin", "redis_ok"]  # 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "large_results"
 KINDS = ["memory", "sqlite", "redis", "postgres", "mysql", "dynamodb"]
+#: Every store with BatchClaims (every built-in one), Redis Cluster included.
+BATCH_KINDS = [*KINDS, "redis-cluster"]
 OFFLOAD_OVER = 64 * 1024  # the non-DynamoDB stores keep 64 MiB: offload sooner in tests
 
 
@@ -89,6 +94,14 @@ def make_inner(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Sto
         )
         table.create_table()
         return table
+    if kind == "redis-cluster":
+        pytest.importorskip("redis")
+        from idempotence.stores import RedisStore
+        from tests.conftest import redis_cluster_url_or_unavailable
+
+        cluster = RedisStore.from_url(redis_cluster_url_or_unavailable())
+        cluster.prefix = f"idem-offload-{uuid.uuid4().hex[:8]}:"  # type: ignore[attr-defined]
+        return cluster
     return make_store(kind, request, tmp_path)
 
 
@@ -809,11 +822,16 @@ def test_the_wrapper_offers_exactly_the_capabilities_of_the_store_it_wraps(
         SQLConnections,
     )
 
-    for capability in (Maintainable, SQLConnections, AtomicScripts, DynamoDBRecords):
+    for capability in (Maintainable, SQLConnections, AtomicScripts, DynamoDBRecords, BatchClaims):
         assert isinstance(store, capability) == isinstance(inner, capability), capability
-    # The wrapped store's batch writes would bypass compression and offload: left out, so
-    # batch users fall back to one request per record through the wrapper.
-    assert not isinstance(store, BatchClaims)
+    assert isinstance(store, BatchClaims)  # every built-in store has it
+
+    class Opaque(Store):
+        """A store with no capability: its wrapper has none either."""
+
+        claim = complete = release = renew = get = delete = MemoryStore.claim  # type: ignore[assignment]
+
+    assert not isinstance(LargeResultStore(Opaque()), BatchClaims)
     assert isinstance(store, LargeResultStore)
     assert hasattr(store, "auto_create") == hasattr(inner, "auto_create")
     if isinstance(inner, AtomicScripts):
@@ -946,4 +964,536 @@ def test_state_guard_works_through_the_wrapper_on_sqlite(tmp_path: Path, s3_buck
     assert not guard.transition("order-1", None, "paid")
     assert guard.get("order-1") == "paid"
     assert StateGuard(inner).get("order-1") == "paid"  # the same table as the plain store
+    inner.close()
+
+
+# -- batches: BatchClaims through the wrapper -----------------------------------------------
+#: The wrapped store's operations (and their async twins) that are one request each.
+STORE_OPERATIONS = (
+    "claim", "complete", "release", "renew", "get", "delete",
+    "claim_many", "complete_many", "release_many",
+)  # fmt: skip
+_NESTED: contextvars.ContextVar[bool] = contextvars.ContextVar("nested", default=False)
+
+
+class StoreCalls:
+    """The operations the wrapper calls on the wrapped store, by name (``aclaim_many``...),
+    not counting those a store's operation calls on itself (an async twin running the sync
+    one). For DynamoDB, ``wire`` also counts the API requests its clients send."""
+
+    def __init__(self, inner: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[str] = []
+        self.wire: list[str] = []
+        for name in STORE_OPERATIONS:
+            for attr in (name, "a" + name):
+                monkeypatch.setattr(inner, attr, self._spy(attr, getattr(inner, attr)))
+
+    def _spy(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        if asyncio.iscoroutinefunction(method):
+
+            async def aspy(*args: Any, **kwargs: Any) -> Any:
+                if not _NESTED.get():
+                    self.names.append(name)
+                token = _NESTED.set(True)
+                try:
+                    return await method(*args, **kwargs)
+                finally:
+                    _NESTED.reset(token)
+
+            return aspy
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            if not _NESTED.get():
+                self.names.append(name)
+            token = _NESTED.set(True)
+            try:
+                return method(*args, **kwargs)
+            finally:
+                _NESTED.reset(token)
+
+        return spy
+
+    def count_wire(self, client: Any) -> None:
+        """Count the DynamoDB requests ``client`` (boto3 or aiobotocore) sends."""
+        client.meta.events.register(
+            "before-send.dynamodb",
+            lambda request, **_: self.wire.append(
+                request.headers["X-Amz-Target"].decode().rsplit(".", 1)[-1]
+            ),
+        )
+
+    def take(self) -> tuple[list[str], list[str]]:
+        taken = (self.names, self.wire)
+        self.names, self.wire = [], []
+        return taken
+
+
+class S3Calls:
+    """The S3 requests a wrapper sends, counted on its clients (``before-send``), and how
+    many of its ``PutObject`` / ``GetObject`` requests were in flight at once (async)."""
+
+    def __init__(self, store: LargeResultStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent = S3Sends()
+        self.in_flight = 0
+        self.most = 0
+        for action in ("_aput", "_afetch"):
+            monkeypatch.setattr(store, action, self._spy(getattr(store, action)))
+
+    def _spy(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        async def spy(*args: Any) -> Any:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            try:
+                return await method(*args)
+            finally:
+                self.in_flight -= 1
+
+        return spy
+
+    def count(self, client: Any) -> None:
+        client.meta.events.register("before-send.s3", self.sent)
+
+    def take(self) -> tuple[list[str], int]:
+        taken = (self.sent.take(), self.most)
+        self.most = 0
+        return taken
+
+
+def forbid_sync_s3_on_the_loop(store: LargeResultStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the wrapper's boto3 S3 client fail when it is asked for on a thread running an
+    event loop: a blocking S3 request from an async method."""
+    get_client = store.s3_client
+
+    def guarded() -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return get_client()
+        raise AssertionError("a blocking boto3 S3 request on the event loop's thread")
+
+    monkeypatch.setattr(store, "s3_client", guarded)
+
+
+class Batch:
+    """The wrapper's batch operations, sync or async on one event loop (kept for the whole
+    test: its aiobotocore clients are opened once), with the S3 client guard."""
+
+    def __init__(self, store: LargeResultStore, mode: str) -> None:
+        self.store, self.mode = store, mode
+        self.loop = asyncio.new_event_loop() if mode == "async" else None
+
+    def __call__(self, operation: str, items: list[Any]) -> list[Any]:
+        if self.loop is None:
+            result: list[Any] = getattr(self.store, operation)(items)
+            return result
+        return self.loop.run_until_complete(getattr(self.store, "a" + operation)(items))
+
+    def wait(self, coroutine: Any) -> Any:
+        assert self.loop is not None
+        return self.loop.run_until_complete(coroutine)
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.run_until_complete(self.store.aclose())
+            self.loop.close()
+        self.store.close()
+
+
+@pytest.fixture
+def batch_store(
+    kind: str,
+    inner: Store,
+    s3_bucket: str,
+    prefix: str,
+    dynamodb_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> LargeResultStore:
+    """Small thresholds (over 256 bytes compressed, over 2 KiB offloaded, over 16 KiB
+    refused) and the wrapper's own S3 clients (aiobotocore when async)."""
+    store = LargeResultStore(
+        inner, f"s3://{s3_bucket}/{prefix}", compress_over=256, offload_over=2048,
+        max_offload_bytes=16_384, endpoint_url=dynamodb_endpoint, region="us-east-1",
+    )  # fmt: skip
+    forbid_sync_s3_on_the_loop(store, monkeypatch)
+    return store
+
+
+def batch_results() -> dict[str, bytes]:
+    rows = json.dumps([{"row": i, "label": "item"} for i in range(150)]).encode()
+    return {
+        "small": b'\x01V"ok"',
+        "packed": b"\x01V" + rows,  # ~4 KB, compresses under 2 KiB: kept in the record
+        "big-1": b"\x01V" + random_text(4000).encode(),  # ~3 KB compressed: offloaded
+        "big-2": b"\x01V" + random_text(5000).encode(),
+        "huge": b"\x01V" + random_text(20_000).encode(),  # over max_offload_bytes
+    }
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("kind", BATCH_KINDS)
+def test_a_batch_is_one_store_request_plus_its_s3_requests(
+    kind: str,
+    mode: str,
+    batch_store: LargeResultStore,
+    inner: Store,
+    s3: Any,
+    s3_bucket: str,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from idempotence.stores.capabilities import BatchClaims, Maintainable
+
+    store = batch_store
+    assert isinstance(store, BatchClaims)
+    run = Batch(store, mode)
+    a = "a" if mode == "async" else ""
+    ns = f"b{uuid.uuid4().hex[:8]}"
+    results = batch_results()
+    keys = {name: f"{ns}#{name}" for name in [*results, "lost"]}
+    calls, s3_calls = StoreCalls(inner, monkeypatch), S3Calls(store, monkeypatch)
+    if mode == "sync":
+        s3_calls.count(store.s3_client())
+    else:
+        s3_calls.count(run.wait(store._async_client()))
+    if kind == "dynamodb":
+        dynamodb: Any = inner
+        calls.count_wire(
+            dynamodb._sync_client() if mode == "sync" else run.wait(dynamodb._async_client())
+        )
+    try:
+        # Fresh: one claim request, nothing from S3.
+        claims = run("claim_many", [(k, "fp", 30.0, 60.0) for k in keys.values()])
+        assert [c.acquired for c in claims] == [True] * 6
+        wire = ["TransactWriteItems"] if kind == "dynamodb" else []
+        assert calls.take() == ([f"{a}claim_many"], wire)
+        assert s3_calls.take() == ([], 0)
+        fences = {name: claims[i].record.fence for i, name in enumerate(keys)}
+
+        # One completion request; the two large results uploaded (at once when async);
+        # "huge" refused in its place; "lost" (a fence it does not hold) refused and its
+        # object deleted, as a single complete does.
+        items = [(keys[n], fences[n], body, 60.0) for n, body in results.items()]
+        items.append((keys["lost"], fences["lost"] + 1, results["big-1"], 60.0))
+        done = run("complete_many", items)
+        assert done[:4] == [True] * 4
+        assert isinstance(done[4], ResultTooLargeError)
+        assert "max_offload_bytes" in str(done[4])
+        assert done[5] is False
+        # (DynamoDB cancels the transaction for the lost fence and writes the rest again)
+        assert calls.take() == ([f"{a}complete_many"], wire * 2)
+        assert s3_calls.take() == (["PUT", "PUT", "PUT", "DELETE"], 3 if mode == "async" else 0)
+        stored = {name: inner.get(key) for name, key in keys.items()}
+        calls.take()
+        assert stored["small"].result == results["small"]  # type: ignore[union-attr]
+        assert stored["packed"].result.startswith(b"\x02Z")  # type: ignore[union-attr]
+        for name in ("big-1", "big-2"):
+            assert stored[name].result.startswith(b"\x02S")  # type: ignore[union-attr]
+        assert stored["huge"].status.value == "IN_PROGRESS"  # type: ignore[union-attr]
+        big = {store.object_key(keys[n], fences[n]) for n in ("big-1", "big-2")}
+        assert set(objects(s3, s3_bucket, prefix)) == big
+
+        # Replays: one claim request, the two objects read back (at once when async).
+        replays = run("claim_many", [(k, "fp", 30.0, 60.0) for k in keys.values()])
+        assert not any(c.acquired for c in replays)
+        for i, name in enumerate(results):
+            if name != "huge":
+                assert replays[i].record.result == results[name], name
+        assert calls.take() == ([f"{a}claim_many"], wire)
+        assert s3_calls.take() == (["GET", "GET"], 2 if mode == "async" else 0)
+
+        # Releases pass through: one request.
+        released = run("release_many", [(keys[n], fences[n]) for n in ("huge", "lost")])
+        assert released == [True, True]
+        assert calls.take() == ([f"{a}release_many"], wire)
+        assert s3_calls.take() == ([], 0)
+
+        # forget deletes its object; a purge (sync only: async, forget every key) deletes
+        # the objects of the records it deletes.
+        if mode == "sync":
+            assert store.delete(keys["big-1"])
+        else:
+            assert run.wait(store.adelete(keys["big-1"]))
+        assert set(objects(s3, s3_bucket, prefix)) == big - {
+            store.object_key(keys["big-1"], fences["big-1"])
+        }
+        if mode == "sync":
+            assert isinstance(store, Maintainable)
+            assert store.purge(namespace=ns, expired=False) == 5
+        else:
+            for name in ("small", "packed", "big-2", "huge", "lost"):
+                assert run.wait(store.adelete(keys[name]))
+        assert objects(s3, s3_bucket, prefix) == {}
+    finally:
+        run.close()
+
+
+def sqs_batch(n: int) -> dict[str, Any]:
+    from tests.aws_lambda.events import sqs_message
+
+    return {"Records": [sqs_message(f"ord-{i}") for i in range(n)]}
+
+
+def order_result(record: dict[str, Any], runs: list[str]) -> Any:
+    """ord-0: ~4 KB of random text (offloaded); ord-1: ~4 KB of rows (compressed); the
+    others small."""
+    order = json.loads(record["body"])["order_id"]
+    runs.append(order)
+    if order == "ord-0":
+        return random_text(4000)
+    if order == "ord-1":
+        return [{"row": i, "label": "item"} for i in range(150)]
+    return {"order": order}
+
+
+@pytest.mark.parametrize("kind", BATCH_KINDS)
+def test_an_sqs_batch_of_ten_is_two_store_requests(
+    kind: str,
+    batch_store: LargeResultStore,
+    inner: Store,
+    s3: Any,
+    s3_bucket: str,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """process_batch on the wrapper: a claim request and a completion request for ten new
+    records (plus the upload of the one offloaded result); a redelivery is one request and
+    the object's read."""
+    from tests.aws_lambda.events import redeliver
+
+    idem = Idempotency(batch_store, lease=30)
+    runs: list[str] = []
+    event = sqs_batch(10)
+    calls, s3_calls = StoreCalls(inner, monkeypatch), S3Calls(batch_store, monkeypatch)
+    s3_calls.count(batch_store.s3_client())
+    handler = functools.partial(order_result, runs=runs)
+    ns = f"sqs{uuid.uuid4().hex[:8]}"
+    assert idem.process_batch(event, handler, namespace=ns) == {"batchItemFailures": []}
+    assert calls.take()[0] == ["claim_many", "complete_many"]
+    assert s3_calls.take() == (["PUT"], 0)
+    assert len(objects(s3, s3_bucket, prefix)) == 1
+    again = idem.process_batch(redeliver(event), handler, namespace=ns)
+    assert again == {"batchItemFailures": []}
+    assert calls.take()[0] == ["claim_many"]
+    assert s3_calls.take() == (["GET"], 0)
+    assert runs == [f"ord-{i}" for i in range(10)]
+    batch_store.purge(namespace=ns, expired=False)  # type: ignore[attr-defined]
+    assert objects(s3, s3_bucket, prefix) == {}
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_sqs_batch_on_a_dynamodb_offload_url_is_two_requests(
+    mode: str, dynamodb_endpoint: str, s3_bucket: str, prefix: str, monkeypatch: Any
+) -> None:
+    """``dynamodb://table?offload=s3://...``: ten new records cost two DynamoDB requests
+    (``TransactWriteItems`` each), counted on the wire, sync and async (aiobotocore)."""
+    from urllib.parse import quote
+
+    from idempotence.stores import DynamoDBStore
+    from idempotence.stores.capabilities import BatchClaims
+    from tests.aws_lambda.events import redeliver
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", dynamodb_endpoint)
+    table = f"idem-offload-{uuid.uuid4().hex[:10]}"
+    url = (
+        f"dynamodb://{table}?region=us-east-1&endpoint_url={quote(dynamodb_endpoint, safe='')}"
+        f"&offload=s3://{s3_bucket}/{prefix}&compress_over=256&offload_over=2048"
+    )
+    store = store_from_url(url)
+    assert isinstance(store, LargeResultStore)
+    assert isinstance(store, BatchClaims)
+    inner: Any = store.store
+    assert isinstance(inner, DynamoDBStore)
+    inner.create_table()
+    forbid_sync_s3_on_the_loop(store, monkeypatch)
+    run = Batch(store, mode)
+    calls, s3_calls = StoreCalls(inner, monkeypatch), S3Calls(store, monkeypatch)
+    if mode == "sync":
+        calls.count_wire(inner._sync_client())
+        s3_calls.count(store.s3_client())
+    else:
+        calls.count_wire(run.wait(inner._async_client()))
+        s3_calls.count(run.wait(store._async_client()))
+    idem = Idempotency(store, lease=30)
+    runs: list[str] = []
+    handler = functools.partial(order_result, runs=runs)
+
+    async def ahandler(record: dict[str, Any]) -> Any:
+        return handler(record)
+
+    def process(event: dict[str, Any]) -> Any:
+        if mode == "sync":
+            return idem.process_batch(event, handler, namespace="sqs")
+        return run.wait(idem.aprocess_batch(event, ahandler, namespace="sqs"))
+
+    event = sqs_batch(10)
+    try:
+        assert process(event) == {"batchItemFailures": []}
+        assert calls.take()[1] == ["TransactWriteItems", "TransactWriteItems"]
+        assert s3_calls.take() == (["PUT"], 1 if mode == "async" else 0)
+        assert process(redeliver(event)) == {"batchItemFailures": []}
+        assert calls.take()[1] == ["TransactWriteItems"]  # cancelled: the records replayed
+        assert s3_calls.take() == (["GET"], 1 if mode == "async" else 0)
+        assert runs == [f"ord-{i}" for i in range(10)]
+    finally:
+        run.close()
+
+
+def test_a_batch_result_dynamodb_refuses_inline_is_offloaded(
+    dynamodb_endpoint: str, s3: Any, s3_bucket: str, prefix: str
+) -> None:
+    """As a single complete: a result under offload_over that DynamoDB refuses (over its
+    item limit) in the batch is uploaded and completed on its own; the rest of the batch
+    completes in the one transaction."""
+    from idempotence.stores import DynamoDBStore
+
+    inner = DynamoDBStore(
+        f"idem-offload-{uuid.uuid4().hex[:10]}", region="us-east-1", endpoint_url=dynamodb_endpoint
+    )
+    inner.create_table()
+    store = LargeResultStore(
+        inner, f"s3://{s3_bucket}/{prefix}", offload_over=10 * 2**20, s3_client=s3
+    )
+    keys = [f"refused-{uuid.uuid4().hex}", f"fine-{uuid.uuid4().hex}"]
+    claims = store.claim_many([(k, "fp", 30.0, 60.0) for k in keys])  # type: ignore[attr-defined]
+    refused = b"\x01V" + random_text(600_000).encode()
+    items = [(keys[0], claims[0].record.fence, refused, 60.0)]
+    items.append((keys[1], claims[1].record.fence, b"\x01Vsmall", 60.0))
+    assert store.complete_many(items) == [True, True]  # type: ignore[attr-defined]
+    assert store.get(keys[0]).result == refused  # type: ignore[union-attr]
+    assert store.get(keys[1]).result == b"\x01Vsmall"  # type: ignore[union-attr]
+    assert list(objects(s3, s3_bucket, prefix)) == [
+        store.object_key(keys[0], claims[0].record.fence)
+    ]
+    for key in keys:
+        assert store.delete(key)
+    assert objects(s3, s3_bucket, prefix) == {}
+    inner.close()
+
+
+def test_a_failed_upload_fails_only_its_item(s3_bucket: str, prefix: str, s3: Any) -> None:
+    """An S3 error on one upload is that item's StoreError; the batch's other items are
+    completed in the one request."""
+    inner = MemoryStore()
+    store = LargeResultStore(inner, f"s3://{s3_bucket}/{prefix}", offload_over=1024, s3_client=s3)
+    keys = ["a", "b", "c"]
+    claims = store.claim_many([(k, "fp", 30.0, 60.0) for k in keys])  # type: ignore[attr-defined]
+    fences = [c.record.fence for c in claims]
+    put = store._put
+
+    def flaky(bucket: str, name: str, body: bytes, checksum: str) -> None:
+        if name == store.object_key("b", fences[1]):
+            raise ConnectionError("S3 unreachable")
+        put(bucket, name, body, checksum)
+
+    store._put = flaky  # type: ignore[method-assign]
+    big = b"\x01V" + random_text(4000).encode()
+    trips = inner.round_trips
+    done = store.complete_many(  # type: ignore[attr-defined]
+        [(k, f, big, 60.0) for k, f in zip(keys, fences, strict=True)]
+    )
+    assert inner.round_trips == trips + 1
+    assert [done[0], done[2]] == [True, True]
+    assert isinstance(done[1], StoreError)
+    assert done[1].key == "b"
+    assert "ConnectionError: S3 unreachable" in str(done[1])
+    assert big.decode() not in str(done[1])
+    assert inner.get("b").status.value == "IN_PROGRESS"  # type: ignore[union-attr]
+    assert store.get("c").result == big  # type: ignore[union-attr]
+    assert sorted(objects(s3, s3_bucket, prefix)) == sorted(
+        store.object_key(k, fences[i]) for i, k in ((0, "a"), (2, "c"))
+    )
+    for key in keys:
+        store.delete(key)
+
+
+def test_a_batch_claim_reports_an_unreadable_record_in_its_place(
+    s3: Any, s3_bucket: str, prefix: str
+) -> None:
+    """A completed record whose object is gone: CorruptRecordError in that item's place (a
+    single claim raises it), the other items' claims as usual, in one store request."""
+    inner = MemoryStore()
+    store = LargeResultStore(inner, f"s3://{s3_bucket}/{prefix}", offload_over=1024, s3_client=s3)
+    big = b"\x01V" + random_text(4000).encode()
+    keys = ["gone", "kept"]
+    claims = store.claim_many([(k, "fp", 30.0, 60.0) for k in keys])  # type: ignore[attr-defined]
+    fences = [c.record.fence for c in claims]
+    items = [(k, f, big, 60.0) for k, f in zip(keys, fences, strict=True)]
+    assert store.complete_many(items) == [True, True]  # type: ignore[attr-defined]
+    s3.delete_object(Bucket=s3_bucket, Key=store.object_key("gone", fences[0]))
+    trips = inner.round_trips
+    replays = store.claim_many([(k, "fp", 30.0, 60.0) for k in [*keys, "new"]])  # type: ignore[attr-defined]
+    assert inner.round_trips == trips + 1
+    assert isinstance(replays[0], CorruptRecordError)
+    assert "forget the key" in str(replays[0])
+    assert replays[1].record.result == big
+    assert replays[2].acquired
+    with pytest.raises(CorruptRecordError, match="missing from S3"):
+        store.claim("gone", "fp", lease=30, ttl=60)
+    for key in keys:
+        store.delete(key)
+
+
+@pytest.mark.parametrize("client", ["aiobotocore", "boto3-in-a-thread"])
+def test_async_replays_on_dynamodb_never_block_the_event_loop(
+    client: str,
+    dynamodb_endpoint: str,
+    s3: Any,
+    s3_bucket: str,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every async read of an offloaded result - aclaim, aget, aclaim_many and the replay
+    of adynamodb_transaction (the record in a cancellation reason) - reads the object on
+    aiobotocore, or with boto3 in a worker thread: the boto3 client fails if it is asked
+    for on the event loop's thread."""
+    from idempotence.effects import adynamodb_transaction, dynamodb_transaction
+    from idempotence.stores import DynamoDBStore
+    from idempotence.stores._base import _to_thread as to_thread
+
+    inner = DynamoDBStore(
+        f"idem-offload-{uuid.uuid4().hex[:10]}", region="us-east-1", endpoint_url=dynamodb_endpoint
+    )
+    inner.create_table()
+    where = f"s3://{s3_bucket}/{prefix}"
+    writer = LargeResultStore(inner, where, offload_over=1024, s3_client=s3)  # sync, set-up
+    if client == "aiobotocore":
+        store = LargeResultStore(
+            inner, where, offload_over=1024, endpoint_url=dynamodb_endpoint, region="us-east-1"
+        )
+    else:  # a given boto3 client: its requests run in a worker thread
+        store = LargeResultStore(inner, where, offload_over=1024, s3_client=s3)
+    forbid_sync_s3_on_the_loop(store, monkeypatch)
+    threaded: list[str] = []
+
+    async def spy(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        threaded.append(fn.__name__)
+        return await to_thread(fn, *args, **kwargs)
+
+    monkeypatch.setattr("idempotence.stores._offload._to_thread", spy)
+    # An encoded result as a transaction writes it (compressed in the item), then written
+    # again offloaded under the key the async calls replay.
+    value = {"report": random_text(5000)}
+    first = f"txn-{uuid.uuid4().hex}"
+    assert not dynamodb_transaction(writer, first, [], result=value).replayed  # type: ignore[arg-type]
+    encoded = writer.get(first).result  # type: ignore[union-attr]
+    assert encoded is not None
+    key = f"txn-{uuid.uuid4().hex}"
+    fence = writer.claim(key, "-", lease=30, ttl=60).record.fence
+    assert writer.complete(key, fence, encoded, ttl=60)
+    assert inner.get(key).result.startswith(b"\x02S")  # type: ignore[union-attr]
+
+    async def main() -> None:
+        outcome = await adynamodb_transaction(store, key, [], result={"report": "other"})  # type: ignore[arg-type]
+        assert outcome.replayed
+        assert outcome.result == value
+        assert (await store.aclaim(key, "-", lease=30, ttl=60)).record.result == encoded
+        assert (await store.aget(key)).result == encoded  # type: ignore[union-attr]
+        (claim,) = await store.aclaim_many([(key, "-", 30.0, 60.0)])  # type: ignore[attr-defined]
+        assert claim.record.result == encoded
+        await store.aclose()
+
+    asyncio.run(main())
+    assert threaded == ([] if client == "aiobotocore" else ["_fetch"] * 4)
+    assert writer.delete(key)
+    assert objects(s3, s3_bucket, prefix) == {}
     inner.close()

@@ -8,8 +8,9 @@ capability (and, on the user's own items, a plain boto3 / aiobotocore client).
 - :func:`dynamodb_transition` and friends: compare-and-set of an attribute of a user item.
 
 A request program is a generator yielding ``(method, request)`` pairs (or a
-:class:`Sleep`) and receiving each response; :func:`drive` / :func:`adrive` run it through
-the store's ``call`` / ``acall``, so the logic exists once for sync and async.
+:class:`Sleep`, or a :class:`ReadRecord`) and receiving each response; :func:`drive` /
+:func:`adrive` run it through the store's ``call`` / ``acall``, so the logic exists once
+for sync and async.
 
 Twins kept: each public function and its ``a``-twin (``dynamodb_transaction`` /
 ``adynamodb_transaction``...) repeat only their signatures and argument checks; the work is
@@ -56,29 +57,47 @@ class Sleep:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class ReadRecord:
+    """The record an item holds (``store.record_from_item``): a request, because reading
+    it back may be one (a ``LargeResultStore``'s offloaded result is an S3 ``GetObject``,
+    awaited through its ``arecord_from_item`` in async code)."""
+
+    item: Mapping[str, Any]
+
+
 Request = tuple[str, dict[str, Any]]
-Program = Generator[Request | Sleep, Any, _T]
+Program = Generator[Request | Sleep | ReadRecord, Any, _T]
 
 
 def drive(store: DynamoDBRecords, steps: Program[_T]) -> _T:
     """Run ``steps`` with ``store.call``; a failing request is thrown into them."""
 
-    def step(request: Request | Sleep) -> Any:
+    def step(request: Request | Sleep | ReadRecord) -> Any:
         if isinstance(request, Sleep):
             time.sleep(request.seconds)
             return None
+        if isinstance(request, ReadRecord):
+            return store.record_from_item(request.item)
         return store.call(*request)
 
     return drive_steps(steps, step, catch=Exception)
 
 
 async def adrive(store: DynamoDBRecords, steps: Program[_T]) -> _T:
-    """Run ``steps`` with ``store.acall`` (the same steps as :func:`drive`)."""
+    """Run ``steps`` with ``store.acall`` (the same steps as :func:`drive`); a record is
+    read with the store's ``arecord_from_item`` when it has one (the capability does not
+    require it: ``record_from_item`` of a plain store does no I/O)."""
 
-    async def step(request: Request | Sleep) -> Any:
+    async def step(request: Request | Sleep | ReadRecord) -> Any:
         if isinstance(request, Sleep):
             await asyncio.sleep(request.seconds)
             return None
+        if isinstance(request, ReadRecord):
+            read = getattr(store, "arecord_from_item", None)
+            if read is not None:
+                return await read(request.item)
+            return store.record_from_item(request.item)
         return await store.acall(*request)
 
     return await adrive_steps(steps, step, catch=Exception)
@@ -147,7 +166,7 @@ def _transaction_steps(
                     item = response.get("Item")
                 if not item:
                     continue  # it expired and was deleted meanwhile: try again
-                record = store.record_from_item(item)
+                record = yield ReadRecord(item)
                 check_existing(Claim(acquired=False, record=record, now=now), key, fingerprint)
                 return TransactionOutcome(
                     True, replay_record(record, serializer, result_type), record

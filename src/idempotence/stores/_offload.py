@@ -14,6 +14,12 @@ Reads (``claim`` returning a completed record, ``get``) turn the stored bytes ba
 encoded result: decompress, or fetch the object (one S3 ``GetObject``), check its size and
 checksum and decompress it. ``delete`` deletes the object too.
 
+Batches (the ``BatchClaims`` capability, when the wrapped store has it): ``complete_many``
+encodes every result as ``complete`` does (uploads first, concurrently when async), then
+completes them all in one ``complete_many`` of the wrapped store; ``claim_many`` is the
+wrapped store's, each completed record read back as ``claim`` reads it (the ``GetObject``
+requests concurrently when async).
+
 Stored bytes are self-describing (the first byte of a plain encoded result is the envelope
 version, 1; a frame of this module starts with 2)::
 
@@ -31,15 +37,17 @@ Objects whose record is gone without ``delete`` (retention ended, ``purge()``, a
 TTL, a take-over of an expired record) are left to an S3 lifecycle expiration rule on the
 prefix (see ``docs/stores.md``, "Large results").
 
-One file (over 400 lines): :class:`LargeResultStore` (about 500 lines) and the capability
+One file (over 400 lines): :class:`LargeResultStore` (about 600 lines) and the capability
 mixins that forward the wrapped store's capabilities share its private request types and
 drivers.
 
 Twins kept: the public operations and their ``a``-twins are one line each around the shared
-programs (``_claim``, ``_complete``, ``_get``, ``_delete``) run by ``_run`` / ``_arun``;
+programs (``_claim``, ``_complete``, ``_get``, ``_delete``, ``_claim_many``,
+``_complete_many``) run by ``_run`` / ``_arun`` (and ``_settle`` / ``_asettle``, which run
+the sub-programs of an ``_Each`` one after the other or concurrently);
 unlike ``OperationStore`` (the network stores' shared operations) they keep their own
-docstrings (what the wrapper adds), and ``release``/``renew`` call the wrapped store
-directly. The ``_Maintained`` methods restate
+docstrings (what the wrapper adds), and ``release``/``renew``/``release_many`` call the
+wrapped store directly. The ``_Maintained`` methods restate
 :class:`~idempotence.stores.capabilities.Maintainable`'s signatures to forward them.
 """
 
@@ -60,10 +68,10 @@ from typing import Any, Final, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from .._drive import adrive, drive
-from .._errors import CorruptRecordError, ResultTooLargeError, StoreError
+from .._errors import CorruptRecordError, IdempotencyError, ResultTooLargeError, StoreError
 from .._lazy import require
 from .._record import Claim, Record, Status
-from ._base import Store, _to_thread, forget_closed_loops
+from ._base import Store, _socket_cause, _to_thread, forget_closed_loops
 from ._maintenance import Progress, StoreStats
 
 __all__ = ["LargeResultStore", "parse_offload_url"]
@@ -76,6 +84,7 @@ FRAME: Final = 2
 ZLIB: Final = ord("Z")
 S3: Final = ord("S")
 RAW: Final = ord("R")
+_FRAME_HEAD: Final = bytes((FRAME,))
 _ZLIB_HEAD: Final = bytes((FRAME, ZLIB))
 _S3_HEAD: Final = bytes((FRAME, S3))
 _RAW_HEAD: Final = bytes((FRAME, RAW))
@@ -111,7 +120,14 @@ class _S3Op(NamedTuple):
     args: tuple[Any, ...]
 
 
-_Op = _StoreOp | _S3Op
+class _Each(NamedTuple):
+    """Run every program to its end: one after the other (sync) or concurrently (async).
+    Sent back: each one's return value, or the exception it raised, in order."""
+
+    programs: tuple[Generator[Any, Any, Any], ...]
+
+
+_Op = _StoreOp | _S3Op | _Each
 _Program = Generator[_Op, Any, Any]
 
 
@@ -145,6 +161,15 @@ def _is_missing(exc: Exception) -> bool:
 
 
 _HAS_AIOBOTOCORE: Final = importlib.util.find_spec("aiobotocore") is not None
+
+
+def _framed(claim: Any) -> bool:
+    """Whether a claim returned an existing record whose stored result is a frame of this
+    module (to read back)."""
+    if not isinstance(claim, Claim) or claim.acquired:
+        return False
+    result = claim.record.result
+    return result is not None and result[:1] == _FRAME_HEAD
 
 
 def _size_option(name: str, value: Any, *, allow_none: bool = False) -> Any:
@@ -184,7 +209,9 @@ class LargeResultStore(Store):
 
     Requests: a result kept inline costs what the wrapped store costs; an offloaded one
     adds one ``PutObject`` on ``complete`` and one ``GetObject`` on each replay; ``delete``
-    reads the record first (one more store request) to find its object.
+    reads the record first (one more store request) to find its object. A batch
+    (``claim_many``, ``complete_many``, ``release_many``) costs what the wrapped store's
+    batch costs, plus those S3 requests for its offloaded results.
 
     Permissions: ``s3:PutObject``, ``s3:GetObject`` and ``s3:DeleteObject`` on
     ``arn:aws:s3:::bucket/prefix*``.
@@ -192,9 +219,11 @@ class LargeResultStore(Store):
     Capabilities: the instance offers exactly those of
     :mod:`idempotence.stores.capabilities` that ``store`` offers (its class is a subclass
     made for that set), plus ``store``'s ``auto_create`` switch, ``create_table`` and
-    ``clock``; ``BatchClaims`` excepted (batch writes would bypass compression and
-    offload). Its ``purge`` also deletes the S3 objects of the purged records. With a
-    Redis store, ``prefix`` is the Redis key prefix; the S3 one is :attr:`offload_prefix`.
+    ``clock``. Its ``purge`` also deletes the S3 objects of the purged records; its
+    ``BatchClaims`` methods compress and offload each result as ``complete`` does and read
+    back each completed record as ``claim`` does (a result refused for its size, or an S3
+    failure of one item, is returned in that item's place). With a Redis store,
+    ``prefix`` is the Redis key prefix; the S3 one is :attr:`offload_prefix`.
     """
 
     def __new__(cls, store: Store, *args: Any, **kwargs: Any) -> LargeResultStore:
@@ -484,10 +513,27 @@ class LargeResultStore(Store):
     # -- the programs shared by the sync and async methods ------------------------------
     def _claim(self, key: str, fingerprint: str, lease: float, ttl: float) -> _Program:
         claim: Claim = yield _StoreOp("claim", (key, fingerprint), {"lease": lease, "ttl": ttl})
-        if claim.acquired or not claim.record.result or claim.record.result[0] != FRAME:
+        if not _framed(claim):
             return claim
         record = yield from self._resolve(claim.record)
         return claim._replace(record=record)
+
+    def _claim_many(self, items: Sequence[tuple[str, str, float, float]]) -> _Program:
+        """The wrapped store's ``claim_many``; each completed record read back as
+        :meth:`_claim` does, the S3 reads as one :class:`_Each` (concurrent when async). A
+        record that cannot be read back gets its error in its place."""
+        claims: list[Any] = yield _StoreOp("claim_many", (items,), {})
+        todo = [i for i, claim in enumerate(claims) if _framed(claim)]
+        if not todo:
+            return claims
+        records = yield _Each(tuple(self._resolve(claims[i].record) for i in todo))
+        out = list(claims)
+        for i, record in zip(todo, records, strict=True):
+            if isinstance(record, Exception):
+                out[i] = self._item_error(record, "claim_many", claims[i].record.key)
+            else:
+                out[i] = claims[i]._replace(record=record)
+        return out
 
     def _get(self, key: str) -> _Program:
         record: Record | None = yield _StoreOp("get", (key,), {})
@@ -495,7 +541,9 @@ class LargeResultStore(Store):
             return None
         return (yield from self._resolve(record))
 
-    def _complete(self, key: str, fence: int, result: bytes, ttl: float) -> _Program:
+    def _encode(self, key: str, result: bytes) -> bytes:
+        """``result`` as it is kept (:meth:`_pack`); :class:`ResultTooLargeError` when it
+        is over the limit (nothing written)."""
         if len(result) > self._limit:
             raise ResultTooLargeError(
                 f"the encoded result is {len(result)} bytes, more than this store keeps "
@@ -505,8 +553,15 @@ class LargeResultStore(Store):
                 f"({self._limit} bytes); pass offload='s3://bucket/prefix' to keep it in S3",
                 key=key,
             )
-        data = self._pack(result)
-        if self.bucket is None or len(data) <= self.offload_over:
+        return self._pack(result)
+
+    def _inline(self, data: bytes) -> bool:
+        """Whether stored bytes ``data`` go in the record (else to S3)."""
+        return self.bucket is None or len(data) <= self.offload_over
+
+    def _complete(self, key: str, fence: int, result: bytes, ttl: float) -> _Program:
+        data = self._encode(key, result)
+        if self._inline(data):
             try:
                 return (yield _StoreOp("complete", (key, fence, data), {"ttl": ttl}))
             except ResultTooLargeError:
@@ -514,7 +569,9 @@ class LargeResultStore(Store):
                     raise
         return (yield from self._offload(key, fence, data, ttl))
 
-    def _offload(self, key: str, fence: int, data: bytes, ttl: float) -> _Program:
+    def _upload(self, key: str, fence: int, data: bytes) -> Generator[_Op, Any, bytes]:
+        """Upload ``data`` as the object of ``key`` under ``fence``; the pointer frame the
+        record keeps."""
         assert self.bucket is not None
         bucket, name = self.bucket, self.object_key(key, fence)
         checksum = hashlib.sha256(data).hexdigest()
@@ -524,12 +581,71 @@ class LargeResultStore(Store):
             separators=(",", ":"),
             sort_keys=True,
         ).encode("utf-8")
+        return _S3_HEAD + pointer
+
+    def _fenced_out(self, key: str, fence: int) -> _Program:
+        """Remove the object of ``key`` under ``fence`` after its record refused it: the
+        object is ours alone (named after our fence). Returns ``False``."""
+        assert self.bucket is not None
+        yield _S3Op("remove", (self.bucket, self.object_key(key, fence)))
+        return False
+
+    def _offload(self, key: str, fence: int, data: bytes, ttl: float) -> _Program:
+        frame = yield from self._upload(key, fence, data)
         # A failure here leaves the object (whether the record was written is unknown);
         # the lifecycle rule removes it if no record points to it.
-        done = yield _StoreOp("complete", (key, fence, _S3_HEAD + pointer), {"ttl": ttl})
-        if not done:  # fenced out: the object is ours alone (our fence), remove it
-            yield _S3Op("remove", (bucket, name))
+        done = yield _StoreOp("complete", (key, fence, frame), {"ttl": ttl})
+        if not done:
+            return (yield from self._fenced_out(key, fence))
         return done
+
+    def _complete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> _Program:
+        """Each result encoded as :meth:`_complete` does: the offloaded ones uploaded (one
+        :class:`_Each`), then one ``complete_many`` of the wrapped store with every stored
+        form; then, as one more :class:`_Each`, the objects of refused (fenced-out) items
+        removed and an inline result the wrapped store refused for its size offloaded (a
+        ``complete`` of its own). An item's own failure is returned in its place."""
+        out: list[Any] = [None] * len(items)
+        stored: dict[int, tuple[str, int, bytes, float]] = {}
+        uploads: list[int] = []
+        for i, (key, fence, result, ttl) in enumerate(items):
+            try:
+                stored[i] = (key, fence, self._encode(key, result), ttl)
+            except ResultTooLargeError as exc:
+                out[i] = exc
+                continue
+            if not self._inline(stored[i][2]):
+                uploads.append(i)
+        if uploads:
+            frames = yield _Each(tuple(self._upload(*stored[i][:3]) for i in uploads))
+            for i, frame in zip(uploads, frames, strict=True):
+                key, fence, _, ttl = stored[i]
+                if isinstance(frame, Exception):
+                    out[i] = self._item_error(frame, "complete_many", key)
+                    del stored[i]
+                else:
+                    stored[i] = (key, fence, frame, ttl)
+        order = sorted(stored)
+        if not order:
+            return out
+        answers: list[Any] = yield _StoreOp("complete_many", ([stored[i] for i in order],), {})
+        offloaded = set(uploads)
+        later: dict[int, _Program] = {}
+        for i, answer in zip(order, answers, strict=True):
+            key, fence, data, ttl = stored[i]
+            refused = isinstance(answer, Exception)
+            if i in offloaded and not refused and not answer:  # fence lost: our object
+                later[i] = self._fenced_out(key, fence)
+            elif i not in offloaded and isinstance(answer, ResultTooLargeError) and self.bucket:
+                later[i] = self._offload(key, fence, data, ttl)  # refused inline: offload
+            else:
+                out[i] = answer
+        if later:
+            settled = yield _Each(tuple(later.values()))
+            for i, value in zip(later, settled, strict=True):
+                failed = isinstance(value, Exception)
+                out[i] = self._item_error(value, "complete_many", stored[i][0]) if failed else value
+        return out
 
     def _delete(self, key: str) -> _Program:
         record: Record | None = yield _StoreOp("get", (key,), {})
@@ -539,11 +655,28 @@ class LargeResultStore(Store):
             yield _S3Op("remove", where)
         return removed
 
+    def _item_error(self, exc: Exception, operation: str, key: str) -> Exception:
+        """The error returned in one item's place: the library's own as it is, any other
+        (an S3 client's) as the :class:`~idempotence.StoreError` the single operation
+        would raise."""
+        if isinstance(exc, IdempotencyError):
+            return exc
+        error = StoreError(
+            f"{type(self).__name__}.{operation} failed for one item: {type(exc).__name__}: "
+            f"{exc}{_socket_cause(exc)}. Check that the store and the S3 bucket are reachable "
+            "and the permissions on the prefix, then retry.",
+            key=key,
+        )
+        error.__cause__ = exc
+        return error
+
     # -- drivers -----------------------------------------------------------------------
     def _run(self, program: _Program) -> Any:
         def step(op: Any) -> Any:
             if isinstance(op, _StoreOp):
                 return getattr(self.store, op.name)(*op.args, **op.kwargs)
+            if isinstance(op, _Each):
+                return [self._settle(each) for each in op.programs]
             return getattr(self, "_" + op.action)(*op.args)
 
         return drive(program, step, catch=Exception)
@@ -552,9 +685,25 @@ class LargeResultStore(Store):
         async def step(op: Any) -> Any:
             if isinstance(op, _StoreOp):
                 return await getattr(self.store, "a" + op.name)(*op.args, **op.kwargs)
+            if isinstance(op, _Each):
+                return await asyncio.gather(*map(self._asettle, op.programs))
             return await self._as3(op)
 
         return await adrive(program, step, catch=Exception)
+
+    def _settle(self, program: _Program) -> Any:
+        """:meth:`_run`, its exception returned instead of raised (an ``_Each`` item)."""
+        try:
+            return self._run(program)
+        except Exception as exc:
+            return exc
+
+    async def _asettle(self, program: _Program) -> Any:
+        """:meth:`_arun`, its exception returned instead of raised."""
+        try:
+            return await self._arun(program)
+        except Exception as exc:
+            return exc
 
     # -- the interface -----------------------------------------------------------------
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
@@ -641,9 +790,53 @@ class LargeResultStore(Store):
 # ``LargeResultStore(store)`` makes an instance of a subclass built from the mixins below
 # whose capability ``store`` has (``isinstance(store, Capability)``), so
 # ``isinstance(wrapper, Capability)`` is true exactly when it is for the wrapped store.
-# BatchClaims is the exception: the wrapped store's batch methods would write results
-# uncompressed and never offload them, so the wrapper leaves it out and its users fall back
-# to one request per record (which goes through the wrapper).
+# BatchClaims included: the wrapper's batch methods encode each result (compress, offload)
+# before the wrapped store's one batch write, and read back each completed record a batch
+# claim returns, so a batch costs the wrapped store's requests plus the S3 ones.
+
+
+class _Batches(LargeResultStore):
+    """``BatchClaims``: the wrapped store's batch requests, around the results this store
+    encodes and reads back."""
+
+    def claim_many(self, items: Sequence[tuple[str, str, float, float]]) -> list[Any]:
+        """The wrapped store's :meth:`claim_many`; each completed record's result is read
+        back as :meth:`claim` reads it (one ``GetObject`` per offloaded one). A record that
+        cannot be read back (:class:`~idempotence.CorruptRecordError`, an S3 failure) gets
+        the error in its place."""
+        claims: list[Any] = self._run(self._claim_many(items))
+        return claims
+
+    def complete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[Any]:
+        """Encode each result as :meth:`complete` does (compress; upload the large ones),
+        then one :meth:`complete_many` of the wrapped store. A result over
+        ``max_offload_bytes`` gets :class:`~idempotence.ResultTooLargeError` in its place
+        (nothing written for it), a failed upload a :class:`~idempotence.StoreError`; an
+        item whose fence was lost has its uploaded object deleted, as :meth:`complete`
+        does. A result the wrapped store refuses for its size is offloaded with a
+        ``complete`` of its own."""
+        done: list[Any] = self._run(self._complete_many(items))
+        return done
+
+    def release_many(self, items: Sequence[tuple[str, int]]) -> list[Any]:
+        """The wrapped store's :meth:`release_many`."""
+        released: list[Any] = self.store.release_many(items)  # type: ignore[attr-defined]
+        return released
+
+    async def aclaim_many(self, items: Sequence[tuple[str, str, float, float]]) -> list[Any]:
+        """Async :meth:`claim_many` (the ``GetObject`` requests concurrently)."""
+        claims: list[Any] = await self._arun(self._claim_many(items))
+        return claims
+
+    async def acomplete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[Any]:
+        """Async :meth:`complete_many` (the ``PutObject`` requests concurrently)."""
+        done: list[Any] = await self._arun(self._complete_many(items))
+        return done
+
+    async def arelease_many(self, items: Sequence[tuple[str, int]]) -> list[Any]:
+        """Async :meth:`release_many`."""
+        released: list[Any] = await self.store.arelease_many(items)  # type: ignore[attr-defined]
+        return released
 
 
 class _Maintained(LargeResultStore):
@@ -809,11 +1002,22 @@ class _Dynamo(LargeResultStore):
 
     def record_from_item(self, item: Mapping[str, Any]) -> Record:
         """The wrapped store's record of ``item``, its result read back as :meth:`get`
-        does (an offloaded one with a sync ``GetObject``)."""
+        does (an offloaded one with a sync ``GetObject``: async code uses
+        :meth:`arecord_from_item`)."""
         record: Record = self.store.record_from_item(item)  # type: ignore[attr-defined]
         if not record.result or record.result[0] != FRAME:
             return record
         resolved: Record = self._run(self._resolve(record))
+        return resolved
+
+    async def arecord_from_item(self, item: Mapping[str, Any]) -> Record:
+        """Async :meth:`record_from_item`: the ``GetObject`` of an offloaded result on the
+        event loop's aiobotocore client (or the boto3 one in a worker thread), never a
+        blocking request on the loop. The async DynamoDB effects use it."""
+        record: Record = self.store.record_from_item(item)  # type: ignore[attr-defined]
+        if not record.result or record.result[0] != FRAME:
+            return record
+        resolved: Record = await self._arun(self._resolve(record))
         return resolved
 
     def completion_write(
@@ -876,11 +1080,18 @@ class _Clocked(LargeResultStore):
 
 
 def _mixins(store: Store) -> tuple[type[LargeResultStore], ...]:
-    from .capabilities import AtomicScripts, DynamoDBRecords, Maintainable, SQLConnections
+    from .capabilities import (
+        AtomicScripts,
+        BatchClaims,
+        DynamoDBRecords,
+        Maintainable,
+        SQLConnections,
+    )
 
     found: list[type[LargeResultStore]] = []
     for capability, mixin in (
         (Maintainable, _Maintained),
+        (BatchClaims, _Batches),
         (SQLConnections, _SQL),
         (AtomicScripts, _Scripts),
         (DynamoDBRecords, _Dynamo),

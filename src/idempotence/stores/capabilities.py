@@ -23,7 +23,10 @@ implementing the same methods:
   operators (the ``idempotence`` command line: ``list``, ``stats``, ``purge``). Every
   built-in store (MySQLStore included).
 - :class:`BatchClaims`: claim, complete and release many keys in one request (or as few as
-  the backend allows). Every built-in store. Used by the AWS Lambda batch adapter
+  the backend allows). Every built-in store, and a
+  :class:`~idempotence.stores.LargeResultStore` around one (it compresses and offloads
+  each result before the one batch write, and reads back each completed record a batch
+  claim returns). Used by the AWS Lambda batch adapter
   (``process_batch``), which falls back to one request per record without it; the
   functions :func:`claim_each`, :func:`complete_each` and :func:`release_each` are that
   fallback, usable by any caller.
@@ -125,7 +128,13 @@ class AtomicScripts(Protocol):
 
 @runtime_checkable
 class DynamoDBRecords(Protocol):
-    """A store whose records are items of one DynamoDB table."""
+    """A store whose records are items of one DynamoDB table.
+
+    A store whose :meth:`record_from_item` makes a request
+    (:class:`~idempotence.stores.LargeResultStore`: the S3 ``GetObject`` of an offloaded
+    result) also offers ``async arecord_from_item(item)``, which the async effects await
+    instead; it is not required (``isinstance`` does not check it).
+    """
 
     #: The table of the records.
     table: str
@@ -236,9 +245,12 @@ class BatchClaims(Protocol):
     other in order; results come back in the items' order. The keys of one call are
     distinct (callers split repeated keys over several calls). Items may be applied in
     several requests where the backend caps a request (DynamoDB: 100 items per
-    transaction; Redis Cluster: one script per hash slot), and a conflict may cost one more
-    request (DynamoDB). A failed request raises :class:`~idempotence.StoreError` for the
-    whole call: some items may have been applied (a retry of a claim sees its own
+    transaction; Redis Cluster: one script per hash slot, the scripts of the slots one
+    master owns pipelined in one request to it, so one round trip per master, the masters
+    written to concurrently), and a conflict may cost one more request (DynamoDB). A
+    request redirected before it ran (a Redis Cluster slot that moved) is sent again; one
+    whose reply was lost is not. A failed request raises :class:`~idempotence.StoreError`
+    for the whole call: some items may have been applied (a retry of a claim sees its own
     in-progress record; of a complete, ``False``). A failure of one item alone that the
     single operation would raise (a result over the store's item limit:
     :class:`~idempotence.ResultTooLargeError`) is returned in that item's place.
