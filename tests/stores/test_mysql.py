@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -243,7 +245,16 @@ def test_url_options_and_errors() -> None:
         "mariadb://u:p%40ss@db.example:3307/app?table=app.recs&pool_size=3"
     )
     assert parsed["table"] == "app.recs"
-    assert parsed["pool_size"] == 3
+    assert (parsed["pool_size"], parsed["pool_timeout"]) == (3, 5.0)
+    timed = MySQLStore("mysql://u@h/db?pool_size=2&pool_timeout=0.5")
+    assert (timed.pool_size, timed.pool_timeout) == (2, 0.5)
+    for bad in ("pool_size=0", "pool_size=1.5", "pool_timeout=0", "pool_timeout=soon"):
+        with pytest.raises(ValueError, match="must be a positive"):
+            MySQLStore.parse_url(f"mysql://u@h/db?{bad}")
+    with pytest.raises(ValueError, match="pool_size must be a whole number"):
+        MySQLStore("mysql://u@h/db", pool_size=0)
+    with pytest.raises(ValueError, match="pool_timeout must be a number"):
+        MySQLStore("mysql://u@h/db", pool_timeout=-1)
     assert parsed["connect"]["password"] == "p@ss"
     assert (parsed["connect"]["host"], parsed["connect"]["port"]) == ("db.example", 3307)
     with pytest.raises(ValueError, match="unknown option"):
@@ -325,7 +336,7 @@ def test_sql_connection_is_not_cut_by_operation_timeout(admin: Any) -> None:
         # the store's own operations are bounded again on the same (pooled) connection
         with store.sql_connection() as conn:
             assert conn._read_timeout is None
-        assert store._idle[-1]._read_timeout == 0.3
+        assert store._pool._idle[-1]._read_timeout == 0.3
     finally:
         store.close()
 
@@ -342,3 +353,222 @@ def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
         store.get("k")
     with pytest.raises(MissingDependencyError, match=r"idempotence\[mysql\]"):
         asyncio.run(store.aget("k"))
+
+
+# -- the bounded pools ---------------------------------------------------------------------
+class _OpenConnections:
+    """The connections a store has open (PyMySQL for ``sync``, aiomysql otherwise): how
+    many at most at once, and the server's ids of all it opened."""
+
+    def __init__(self, store: MySQLStore, *, sync: bool) -> None:
+        self.now = self.peak = 0
+        self.ids: set[int] = set()
+        self._lock = threading.Lock()
+        name = "_new_connection" if sync else "_anew_connection"
+        original = getattr(store, name)
+
+        def opened(conn: Any) -> Any:
+            close = conn.close
+            with self._lock:
+                self.now += 1
+                self.peak = max(self.peak, self.now)
+                self.ids.add(conn.thread_id())
+
+            def closed() -> None:
+                with self._lock:
+                    self.now -= 1
+                close()
+
+            conn.close = closed
+            return conn
+
+        async def anew() -> Any:
+            return opened(await original())
+
+        setattr(store, name, (lambda: opened(original())) if sync else anew)
+
+    def on_server(self, admin: Any, *, settled: int | None = None) -> int:
+        """How many of the opened connections the server has; with ``settled``, polled
+        for up to 2 s until it is that many (the server ends a session a moment after the
+        client quits)."""
+        marks = ", ".join(str(i) for i in self.ids)
+        deadline = time.monotonic() + 2
+        while True:
+            with admin.cursor() as cur:
+                cur.execute(
+                    f"SELECT count(*) FROM information_schema.PROCESSLIST WHERE ID IN ({marks})"
+                )
+                count = int(cur.fetchone()[0])
+            if settled is None or count == settled or time.monotonic() > deadline:
+                return count
+            time.sleep(0.01)
+
+
+def test_pool_size_bounds_the_connections_of_threads_and_of_tasks(admin: Any) -> None:
+    """pool_size=2: 10 threads, then 10 asyncio tasks, 4 idempotent calls each (claim and
+    completion: 80 operations each way); every call succeeds on at most 2 connections."""
+    from idempotence import Idempotency
+
+    store = MySQLStore(URL, table=TABLE, pool_size=2)
+    sync, aio = _OpenConnections(store, sync=True), _OpenConnections(store, sync=False)
+    idem = Idempotency(store, namespace=f"pool-{uuid.uuid4().hex}")
+
+    @idem(key="order_id")
+    def charge(order: dict[str, str]) -> str:
+        return f"charged {order['order_id']}"
+
+    @idem(key="order_id")
+    async def acharge(order: dict[str, str]) -> str:
+        return f"charged {order['order_id']}"
+
+    barrier = threading.Barrier(10)
+
+    def caller(c: int) -> list[str]:
+        barrier.wait()
+        return [charge({"order_id": f"t{c}-{i}"}) for i in range(4)]
+
+    with ThreadPoolExecutor(10) as pool:
+        results = [r for rs in pool.map(caller, range(10)) for r in rs]
+    assert sorted(results) == sorted(f"charged t{c}-{i}" for c in range(10) for i in range(4))
+    assert sync.peak == 2  # both used, none beyond
+    assert len(sync.ids) == 2  # none replaced
+    assert sync.on_server(admin) == 2 == store._pool.open
+
+    async def tasks() -> list[str]:
+        async def task(c: int) -> list[str]:
+            return [await acharge({"order_id": f"a{c}-{i}"}) for i in range(4)]
+
+        try:
+            return [r for rs in await asyncio.gather(*(task(c) for c in range(10))) for r in rs]
+        finally:
+            assert aio.on_server(admin) == 2
+            await store.aclose()
+
+    results = asyncio.run(tasks())
+    assert sorted(results) == sorted(f"charged a{c}-{i}" for c in range(10) for i in range(4))
+    assert aio.peak == 2
+    assert len(aio.ids) == 2
+    assert (sync.now, aio.now) == (0, 0)  # aclose closed the loop's and the sync ones
+    assert sync.on_server(admin, settled=0) == 0
+    assert aio.on_server(admin, settled=0) == 0
+
+
+def test_a_full_pool_fails_after_pool_timeout_with_store_error(admin: Any, key: str) -> None:
+    """pool_size=1 and its connection held: a call waits pool_timeout, then StoreError
+    saying what to change (not the key); once the connection is returned, calls go on."""
+    store = MySQLStore(URL, table=TABLE, pool_size=1, pool_timeout=0.2)
+    expected = r"no free connection within pool_timeout=0.2s: all pool_size=1 .* Raise pool_size"
+    try:
+        with store.sql_connection():
+            started = time.monotonic()
+            with pytest.raises(StoreError, match=expected) as caught:
+                store.claim(key, "fp", lease=LEASE, ttl=TTL)
+            assert 0.2 <= time.monotonic() - started < 2
+            assert key not in str(caught.value)
+        assert store.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
+
+        async def main() -> None:
+            try:
+                source = store.asql_connection()
+                assert source is not None
+                async with source:
+                    started = time.monotonic()
+                    with pytest.raises(StoreError, match=expected) as caught:
+                        await store.aget(key)
+                    assert 0.2 <= time.monotonic() - started < 2
+                    assert key not in str(caught.value)
+                assert await store.aget(key) is not None
+            finally:
+                await store.aclose()
+
+        asyncio.run(main())
+    finally:
+        store.close()
+
+
+def test_a_waiting_caller_gets_the_returned_connection_in_arrival_order(admin: Any) -> None:
+    """pool_size=1: callers queued behind a held connection are served first come first
+    served, each on the one connection, as soon as it is returned."""
+    store = MySQLStore(URL, table=TABLE, pool_size=1, pool_timeout=5)
+    opened = _OpenConnections(store, sync=True)
+    served: list[int] = []
+
+    def wait_for_it(n: int) -> None:
+        with store.sql_connection():
+            served.append(n)
+
+    try:
+        with store.sql_connection():
+            threads = []
+            for n in range(3):
+                threads.append(threading.Thread(target=wait_for_it, args=(n,)))
+                threads[-1].start()
+                deadline = time.monotonic() + 5
+                while len(store._pool._waiters) <= n:  # queued before the next one starts
+                    assert time.monotonic() < deadline, "the caller did not queue"
+                    time.sleep(0.001)
+        for t in threads:
+            t.join(5)
+        assert served == [0, 1, 2]
+        assert opened.peak == 1
+        assert len(opened.ids) == 1
+    finally:
+        store.close()
+
+
+def test_a_connection_that_failed_is_discarded_and_close_closes_all(admin: Any) -> None:
+    store = MySQLStore(URL, table=TABLE, pool_size=2)
+    opened = _OpenConnections(store, sync=True)
+    used: list[int] = []
+
+    def fail() -> None:
+        with store.sql_connection() as conn:
+            used.append(conn.thread_id())
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        fail()
+    assert (opened.now, store._pool.open) == (0, 0)  # closed, its place free
+    with store.sql_connection() as held:
+        assert held.thread_id() not in used
+        with store.sql_connection():
+            pass  # returned: idle
+        assert (opened.now, store._pool.open) == (2, 2)
+        store.close()  # the idle one now, the held one when it is returned
+        assert (opened.now, store._pool.open) == (1, 1)
+        assert held.open
+    assert (opened.now, store._pool.open) == (0, 0)
+    assert opened.on_server(admin, settled=0) == 0
+    store.get("k")  # usable again: a new connection
+    assert opened.now == 1
+    store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_a_forked_child_opens_its_own_connections(admin: Any) -> None:
+    """The child neither uses nor closes the parent's pooled connection."""
+    store = MySQLStore(URL, table=TABLE)
+    with store.sql_connection() as conn:
+        parent = conn.thread_id()
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            with store.sql_connection() as conn:
+                os.write(write, str(conn.thread_id()).encode())
+            store.close()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    child = int(os.read(read, 64) or b"0")
+    os.close(read)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert child not in (0, parent)
+    with store.sql_connection() as conn:
+        assert conn.thread_id() == parent
+        conn.ping(reconnect=False)  # still open: the child did not close it
+    store.close()

@@ -323,6 +323,36 @@ def test_server_down_fails_fast_async() -> None:
     assert time.monotonic() - start < 4
 
 
+def test_a_full_pool_fails_after_pool_timeout_with_store_error(admin: Any, key: str) -> None:
+    """pool_size=1 and its connection held: a call waits pool_timeout, then the same
+    StoreError as MySQLStore's (what to change, not the key); then calls go on."""
+    store = PostgresStore(URL, table=TABLE, pool_size=1, pool_timeout=0.3)
+    expected = r"no free connection within pool_timeout=0.3s: all pool_size=1 .* Raise pool_size"
+    try:
+        with store.sql_connection():
+            started = time.monotonic()
+            with pytest.raises(StoreError, match=expected) as caught:
+                store.claim(key, "fp", lease=LEASE, ttl=TTL)
+            assert 0.3 <= time.monotonic() - started < 3
+            assert key not in str(caught.value)
+        assert store.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
+
+        async def main() -> None:
+            try:
+                source = store.asql_connection()
+                assert source is not None
+                async with source:
+                    with pytest.raises(StoreError, match=expected):
+                        await store.aget(key)
+                assert await store.aget(key) is not None
+            finally:
+                await store.aclose()
+
+        asyncio.run(main())
+    finally:
+        store.close()
+
+
 def _terminate(admin: psycopg.Connection[Any], app: str) -> int:
     killed = admin.execute(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",

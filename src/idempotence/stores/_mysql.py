@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -34,6 +32,14 @@ from ._maintenance import (
     sweep_interval,
 )
 from ._operations import OperationStore
+from ._pool import (
+    DEFAULT_POOL_SIZE,
+    DEFAULT_POOL_TIMEOUT,
+    AsyncPool,
+    Pool,
+    check_pool_options,
+    pool_url_options,
+)
 from ._registry import merge_option, option_bool, option_number, option_sweep_every, url_query
 
 __all__ = ["MySQLStore"]
@@ -49,8 +55,8 @@ _SERVER_NOW = "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6)) / 1e6
 _CLIENT_NOW = "(%(now)s + 0e0)"
 #: Our options in a store URL.
 _URL_OPTIONS = (
-    "table", "pool_size", "connect_timeout", "operation_timeout", "auto_create", "charset",
-    "ssl", "unix_socket", "sweep_every",
+    "table", "pool_size", "pool_timeout", "connect_timeout", "operation_timeout",
+    "auto_create", "charset", "ssl", "unix_socket", "sweep_every",
 )  # fmt: skip
 #: Server errors after which the whole statement batch is sent again: deadlock (1213; InnoDB
 #: rolled the transaction back) and "record has changed since last read" (1020, MariaDB's
@@ -369,11 +375,20 @@ class MySQLStore(OperationStore):
     operation (the claim is a batch of statements in one transaction, sent at once).
 
     ``url`` is ``mysql://user:password@host:3306/database?table=idempotency`` (or
-    ``mariadb://``). The store opens its own connections (PyMySQL for the sync methods,
-    aiomysql for the async ones, one set per running event loop), keeps up to
-    ``pool_size`` idle ones of each, and closes a connection after any error. Connections
-    run in autocommit mode with ``CLIENT_MULTI_STATEMENTS`` (the claim batch) and
-    ``CLIENT_FOUND_ROWS`` (an update reports the rows it matched).
+    ``mariadb://``). The store opens its own connections in bounded pools, as
+    :class:`~idempotence.stores.PostgresStore` does: one pool of PyMySQL connections for
+    the sync methods (shared by the process's threads) and one pool of aiomysql
+    connections per running event loop, so ``asyncio.run`` per invocation never touches a
+    connection of a dead loop. Each pool keeps at most ``pool_size`` connections (default
+    10) open, idle or in use, opened on demand; a call beyond them waits for one to be
+    returned, first come first served, up to ``pool_timeout`` seconds (default 5), then
+    fails with :class:`~idempotence.StoreError` saying to raise ``pool_size`` or make
+    fewer concurrent calls. A connection whose operation failed is closed, not returned.
+    :meth:`close` (and :meth:`aclose` in an event loop) closes the idle connections at once
+    and those in use when they are returned. In a forked child the parent's connections
+    are left to the parent and new ones are opened. Connections run in autocommit mode
+    with ``CLIENT_MULTI_STATEMENTS`` (the claim batch) and ``CLIENT_FOUND_ROWS`` (an update
+    reports the rows it matched).
 
     Time is the server's (``UTC_TIMESTAMP(6)`` as epoch seconds, independent of the
     session time zone) unless ``clock`` is given, in which case the client's ``clock()``
@@ -402,7 +417,8 @@ class MySQLStore(OperationStore):
         table: str = "idempotency",
         clock: Clock | None = None,
         connect_timeout: float = 5,
-        pool_size: int = 10,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
         auto_create: bool = True,
         operation_timeout: float | None = 5.0,
         connect_kwargs: Mapping[str, Any] | None = None,
@@ -413,7 +429,11 @@ class MySQLStore(OperationStore):
         connect_timeout = merge_option(
             "connect_timeout", connect_timeout, 5, parsed["connect_timeout"]
         )
-        pool_size = merge_option("pool_size", pool_size, 10, parsed["pool_size"])
+        pool_size = merge_option("pool_size", pool_size, DEFAULT_POOL_SIZE, parsed["pool_size"])
+        pool_timeout = merge_option(
+            "pool_timeout", pool_timeout, DEFAULT_POOL_TIMEOUT, parsed["pool_timeout"]
+        )
+        check_pool_options(pool_size, pool_timeout)
         auto_create = merge_option("auto_create", auto_create, True, parsed["auto_create"])
         operation_timeout = merge_option(
             "operation_timeout", operation_timeout, 5.0, parsed["operation_timeout"]
@@ -427,21 +447,17 @@ class MySQLStore(OperationStore):
         self.clock = clock
         self.connect_timeout = connect_timeout
         self.pool_size = pool_size
+        self.pool_timeout = pool_timeout
         self.auto_create = auto_create
         self.operation_timeout = operation_timeout
         self._connect = {**parsed["connect"], **dict(connect_kwargs or {})}
         self._sql = _Statements.build(table, _CLIENT_NOW if clock is not None else _SERVER_NOW)
         self._now_sql = _CLIENT_NOW if clock is not None else _SERVER_NOW
         self._table_sql = _table_sql(table)
-        self._lock = threading.Lock()
-        self._idle: list[Any] = []
-        self._idle_pid = os.getpid()
-        self._aidle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Any]] = (
+        self._pool: Pool[Any] = Pool(type(self).__name__, pool_size, pool_timeout, _close)
+        self._apools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPool] = (
             weakref.WeakKeyDictionary()
         )
-        self._keepers: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, AsyncGenerator[None, None]
-        ] = weakref.WeakKeyDictionary()
         if sweep is not None:
             self.start_sweep(sweep)
 
@@ -449,8 +465,10 @@ class MySQLStore(OperationStore):
     def parse_url(cls, url: str) -> dict[str, Any]:
         """The constructor arguments of ``mysql://user:password@host:3306/db?...`` (or
         ``mariadb://``), checked without connecting or importing a driver. Options:
-        ``table`` (``name`` or ``db.name``), ``pool_size``, ``connect_timeout``,
-        ``operation_timeout`` (seconds, or ``none``), ``auto_create``, ``charset``
+        ``table`` (``name`` or ``db.name``), ``pool_size`` (connections per pool),
+        ``pool_timeout`` (seconds a call waits for a connection of a full pool),
+        ``connect_timeout``, ``operation_timeout`` (seconds, or ``none``), ``auto_create``,
+        ``charset``
         (default ``utf8mb4``), ``unix_socket`` (a path), ``ssl`` (true: TLS with the
         system's CA certificates) and ``sweep_every`` (seconds: :meth:`start_sweep` at that
         interval). Anything else raises ``ValueError``."""
@@ -460,9 +478,7 @@ class MySQLStore(OperationStore):
         options = url_query(url, _URL_OPTIONS)
         table = options.get("table", "idempotency")
         _table_sql(table)
-        pool_size = option_number(options, "pool_size", 10)
-        if pool_size is None or pool_size != int(pool_size):
-            raise ValueError("store URL option 'pool_size' must be a positive whole number")
+        pool = pool_url_options(options)
         try:
             port = parts.port or 3306
         except ValueError:
@@ -488,7 +504,7 @@ class MySQLStore(OperationStore):
             "url": url,
             "table": table,
             "connect_timeout": option_number(options, "connect_timeout", 5),
-            "pool_size": int(pool_size),
+            **pool,
             "auto_create": option_bool(options, "auto_create", True),
             "operation_timeout": option_number(options, "operation_timeout", 5.0, none=True),
             "sweep_every": option_sweep_every(options),
@@ -649,57 +665,31 @@ class MySQLStore(OperationStore):
         except pymysql.OperationalError as exc:
             raise _connect_failure(exc) from exc
 
-    @contextmanager
-    def _sync_conn(self) -> Iterator[Any]:
-        """A connection of the store's idle list (or a new one), returned to it after a
-        clean exit and closed after an error (its state is then unknown)."""
-        with self._lock:
-            if self._idle_pid != os.getpid():  # inherited through fork(): not ours to use
-                self._idle, self._idle_pid = [], os.getpid()
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = self._new_connection()
-        try:
-            yield conn
-        except BaseException:
-            with contextlib.suppress(Exception):
-                conn.close()
-            raise
-        with self._lock:
-            if len(self._idle) < self.pool_size and self._idle_pid == os.getpid():
-                self._idle.append(conn)
-                return
-        conn.close()
+    def _sync_conn(self) -> contextlib.AbstractContextManager[Any]:
+        """A connection of the sync pool (see the class docstring)."""
+        return self._pool.connection(self._new_connection)
 
-    async def _loop_idle(self) -> list[Any]:
-        """The idle async connections of the running event loop. A list is created with a
-        keeper (an async generator suspended for the loop's life): ``asyncio.run`` closes
-        the loop's async generators before the loop, so the connections are closed on
-        their own loop instead of being collected after it."""
+    async def _loop_pool(self) -> AsyncPool[Any]:
+        """The pool of the running event loop. It is created with a keeper (an async
+        generator suspended for the loop's life): ``asyncio.run`` closes the loop's async
+        generators before the loop, so the connections are closed on their own loop
+        instead of being collected after it."""
         loop = asyncio.get_running_loop()
-        idle = self._aidle.get(loop)
-        if idle is None:
-            idle = self._aidle[loop] = []
-            keeper = _close_with_loop(idle)
+        entry = self._apools.get(loop)
+        if entry is None:
+            pool: AsyncPool[Any] = AsyncPool(
+                type(self).__name__, self.pool_size, self.pool_timeout, _close
+            )
+            keeper = _close_with_loop(pool)
             await keeper.__anext__()
-            self._keepers[loop] = keeper
-        return idle
+            entry = self._apools[loop] = _LoopPool(pool, keeper)
+        return entry.pool
 
     @asynccontextmanager
     async def _async_conn(self) -> AsyncIterator[Any]:
-        idle = await self._loop_idle()
-        conn = idle.pop() if idle else None
-        if conn is None:
-            conn = await self._anew_connection()
-        try:
+        pool = await self._loop_pool()
+        async with pool.connection(self._anew_connection) as conn:
             yield conn
-        except BaseException:
-            conn.close()  # aiomysql: closes the socket at once, no round trip
-            raise
-        if len(idle) < self.pool_size:
-            idle.append(conn)
-        else:
-            conn.close()
 
     # -- capability: SQLConnections (idempotence.stores.capabilities) --------------------
     @contextmanager
@@ -936,23 +926,18 @@ class MySQLStore(OperationStore):
             return stats_of(records, now)
 
     def close(self) -> None:
-        """Close the idle sync connections. Async connections belong to their event loop:
-        :meth:`aclose` closes the current loop's. The store reconnects if used again."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-            ours = self._idle_pid == os.getpid()
-        for conn in idle if ours else ():
-            with contextlib.suppress(Exception):
-                conn.close()
+        """Close the sync connections: the idle ones now, those in use when they are
+        returned. Async connections belong to their event loop: :meth:`aclose` closes the
+        current loop's (and a loop run by ``asyncio.run`` closes its own as it ends). The
+        store opens new connections if used again."""
+        self._pool.close()
 
     async def aclose(self) -> None:
-        """Close the current event loop's idle connections and the idle sync ones."""
-        loop = asyncio.get_running_loop()
-        for conn in self._aidle.pop(loop, []):
-            conn.close()
-        keeper = self._keepers.pop(loop, None)
-        if keeper is not None:
-            await keeper.aclose()
+        """Close the current event loop's connections and the sync ones (the idle ones
+        now, those in use when they are returned)."""
+        entry = self._apools.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry.keeper.aclose()  # closes its pool
         self.close()
 
     # -- operations: OperationStore pairs the statements with _run/_arun; the extras -----
@@ -968,14 +953,24 @@ class MySQLStore(OperationStore):
         return super().release(key, fence)
 
 
-async def _close_with_loop(idle: list[Any]) -> AsyncGenerator[None, None]:
-    """Suspended for the life of an event loop; closing it closes the ``idle`` connections."""
+@dataclass(slots=True)
+class _LoopPool:
+    pool: AsyncPool[Any]
+    keeper: AsyncGenerator[None, None]
+
+
+def _close(conn: Any) -> None:
+    """Close a PyMySQL or aiomysql connection (aiomysql's ``close()`` shuts the socket at
+    once, no round trip; PyMySQL's sends ``COM_QUIT`` first)."""
+    conn.close()
+
+
+async def _close_with_loop(pool: AsyncPool[Any]) -> AsyncGenerator[None, None]:
+    """Suspended for the life of an event loop; closing it closes ``pool``."""
     try:
         yield
     finally:
-        while idle:
-            with contextlib.suppress(Exception):
-                idle.pop().close()
+        pool.close()
 
 
 def _is_timeout(exc: BaseException) -> bool:

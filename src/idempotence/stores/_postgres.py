@@ -46,6 +46,13 @@ from ._maintenance import (
     sweep_interval,
 )
 from ._operations import OperationStore
+from ._pool import (
+    DEFAULT_POOL_SIZE,
+    DEFAULT_POOL_TIMEOUT,
+    check_pool_options,
+    pool_exhausted,
+    pool_url_options,
+)
 from ._registry import merge_option, option_bool, option_number, option_sweep_every, url_query
 
 if TYPE_CHECKING:
@@ -614,8 +621,8 @@ class PostgresStore(OperationStore):
         table: str = "idempotency",
         clock: Clock | None = None,
         connect_timeout: float = 5,
-        pool_size: int = 10,
-        pool_timeout: float = 5.0,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
         auto_create: bool = True,
         connect_kwargs: Mapping[str, Any] | None = None,
         operation_timeout: float | None = 5.0,
@@ -640,14 +647,17 @@ class PostgresStore(OperationStore):
             connect_timeout = merge_option(
                 "connect_timeout", connect_timeout, 5, parsed["connect_timeout"]
             )
-            pool_size = merge_option("pool_size", pool_size, 10, parsed["pool_size"])
-            pool_timeout = merge_option("pool_timeout", pool_timeout, 5.0, parsed["pool_timeout"])
+            pool_size = merge_option("pool_size", pool_size, DEFAULT_POOL_SIZE, parsed["pool_size"])
+            pool_timeout = merge_option(
+                "pool_timeout", pool_timeout, DEFAULT_POOL_TIMEOUT, parsed["pool_timeout"]
+            )
             auto_create = merge_option("auto_create", auto_create, True, parsed["auto_create"])
             operation_timeout = merge_option(
                 "operation_timeout", operation_timeout, 5.0, parsed["operation_timeout"]
             )
             sweep_every = merge_option("sweep_every", sweep_every, None, parsed["sweep_every"])
         sweep = sweep_interval(sweep_every)
+        check_pool_options(pool_size, pool_timeout)
         self.table = table
         self.clock = clock
         self.url = url
@@ -691,15 +701,11 @@ class PostgresStore(OperationStore):
         rest = [(k, v) for k, v in query if k not in _URL_OPTIONS]
         table = options.get("table", "idempotency")
         _table_sql(table)
-        pool_size = option_number(options, "pool_size", 10)
-        if pool_size is None or pool_size != int(pool_size):
-            raise ValueError("store URL option 'pool_size' must be a positive whole number")
         return {
             "url": urlunsplit(parts._replace(query=urlencode(rest))),
             "table": table,
             "connect_timeout": option_number(options, "connect_timeout", 5),
-            "pool_size": int(pool_size),
-            "pool_timeout": option_number(options, "pool_timeout", 5.0),
+            **pool_url_options(options),
             "auto_create": option_bool(options, "auto_create", True),
             "operation_timeout": option_number(options, "operation_timeout", 5.0, none=True),
             "sweep_every": option_sweep_every(options),
@@ -843,10 +849,11 @@ class PostgresStore(OperationStore):
                     yield conn
                 finally:
                     broken = conn.closed
-        except require("psycopg_pool", "postgres").PoolTimeout:
-            if owned:  # name the cause if the server cannot be reached at all
-                self._probe(self._pool_options())
-            raise
+        except require("psycopg_pool", "postgres").PoolTimeout as exc:
+            if not owned:
+                raise
+            self._probe(self._pool_options())  # name the cause if the server is unreachable
+            raise pool_exhausted(type(self).__name__, self.pool_size, self.pool_timeout) from exc
         finally:
             if broken and owned:
                 # Its idle siblings were most likely cut off by the same event.
@@ -869,10 +876,11 @@ class PostgresStore(OperationStore):
                     yield conn
                 finally:
                     broken = conn.closed
-        except require("psycopg_pool", "postgres").PoolTimeout:
-            if owned:  # name the cause if the server cannot be reached at all
-                await self._aprobe(self._pool_options())
-            raise
+        except require("psycopg_pool", "postgres").PoolTimeout as exc:
+            if not owned:
+                raise
+            await self._aprobe(self._pool_options())  # name the cause if unreachable
+            raise pool_exhausted(type(self).__name__, self.pool_size, self.pool_timeout) from exc
         finally:
             if broken and owned:
                 if hasattr(pool, "drain"):  # psycopg_pool >= 3.3
