@@ -221,6 +221,8 @@ def test_purge_expired_keeps_live_records_and_a_live_lease(made: Any) -> None:
     lease_live = d.lease_expires_at > clock()
     assert lease_live or type(store).__name__ == "DynamoDBStore"
     assert store.count(expired=True) == (1 if lease_live else 2)
+    # ``stats`` (the CLI's ``stats``) counts what ``purge`` (``purge --expired``) deletes.
+    assert store.stats().expired == (1 if lease_live else 2)
     assert store.purge() == (1 if lease_live else 2)
     kept = {"a#1", "a#2", "c#x#1", "a#3"} | ({"d#1"} if lease_live else set())
     assert {r.key for r in store.scan()} == kept

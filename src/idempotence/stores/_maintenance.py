@@ -131,8 +131,11 @@ class CountedByScan:
 
 @dataclass
 class StoreStats:
-    """Counts of a store's records. ``expired`` counts records past retention that are
-    still stored (stores without native expiry keep them until purged)."""
+    """Counts of a store's records. ``expired`` counts the records past retention that
+    are still stored and that ``purge()`` would delete now (their lease is over too; stores
+    without native expiry keep them until purged): the same set as ``count(expired=True)``.
+    A record past retention whose lease still runs (released by an owner whose lease is
+    not over) is in ``total`` but not in ``expired`` until its lease ends."""
 
     total: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
@@ -163,9 +166,9 @@ def stats_of(records: Iterable[Record], now: float) -> StoreStats:
         stats.by_status[status] = stats.by_status.get(status, 0) + 1
         ns = namespace_of(record.key)
         stats.by_namespace[ns] = stats.by_namespace.get(ns, 0) + 1
-        if record.is_expired(now):
+        if is_purgeable(record, now):
             stats.expired += 1
-        elif record.status is Status.IN_PROGRESS:
+        if record.status is Status.IN_PROGRESS and not record.is_expired(now):
             born = created_at(record)
             if born is not None and (
                 stats.oldest_in_progress is None or born < stats.oldest_in_progress
