@@ -5,6 +5,12 @@ Run: ``.venv/bin/python bench/batch.py [--quick]`` (Redis on 127.0.0.1:6379, db 
 are fresh message ids, nothing is flushed). The standalone run writes
 its figures into the "Batches" section of ``docs/benchmarks.md``.
 
+``--cluster [--rounds N]``: idempotence alone on the test Redis Cluster
+(``tests/redis_cluster.py``, 3 masters on 127.0.0.1:7000-7005; records under a fresh
+prefix, purged at the end): the median wall time of a new and a redelivered batch of 10,
+sync and async, and the round trips each costs (writes to a Redis socket, counted on
+redis-py's connections). Printed only.
+
 Method: as ``bench/run.py``: the two libraries alternate, batch after batch, so a busy
 machine slows both alike; a wall time is the median over the rounds. ``new`` batches carry
 fresh message ids (every record runs); ``redelivered`` batches are the same batch again
@@ -23,6 +29,7 @@ import sys
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -199,11 +206,95 @@ def write_section(path: Path, text: str) -> None:
     path.write_text(updated)
 
 
+def measure_cluster(rounds: int, *, wait_replicas: int = 0) -> dict[str, dict[str, float]]:
+    """On the test Redis Cluster, per mode (``sync``: ``process_batch``, ``async``:
+    ``aprocess_batch`` on one event loop): median wall time (ms) of a new and of a
+    redelivered batch of 10, and the median round trips (writes to a Redis socket) and
+    masters involved per batch."""
+    import asyncio
+
+    import redis.asyncio.connection
+    import redis.connection
+    from tests import redis_cluster
+
+    url = redis_cluster.start()
+    writes: list[int] = []  # the port of every write to a Redis socket
+    sync_send: Any = redis.connection.AbstractConnection.send_packed_command
+    async_send: Any = redis.asyncio.connection.AbstractConnection.send_packed_command
+
+    def send(self: Any, *args: Any, **kwargs: Any) -> Any:
+        writes.append(int(self.port))
+        return sync_send(self, *args, **kwargs)
+
+    async def asend(self: Any, *args: Any, **kwargs: Any) -> Any:
+        writes.append(int(self.port))
+        return await async_send(self, *args, **kwargs)
+
+    redis.connection.AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+    redis.asyncio.connection.AbstractConnection.send_packed_command = asend  # type: ignore[method-assign]
+    prefix = f"bench-cluster:{uuid.uuid4().hex}:"
+    store = RedisStore(url, prefix=prefix, wait_replicas=wait_replicas)
+    idem = Idempotency(store)
+    loop = asyncio.new_event_loop()
+
+    def record_handler(record: dict[str, Any]) -> dict[str, Any]:
+        return charge(json.loads(record["body"]))
+
+    async def arecord_handler(record: dict[str, Any]) -> dict[str, Any]:
+        return record_handler(record)
+
+    runs: dict[str, Callable[[dict[str, Any]], Any]] = {
+        "sync": lambda event: idem.process_batch(event, record_handler),
+        "async": lambda event: loop.run_until_complete(idem.aprocess_batch(event, arecord_handler)),
+    }
+    figures: dict[str, dict[str, list[float]]] = {
+        mode: {k: [] for k in ("new_ms", "replay_ms", "new_rt", "replay_rt", "masters")}
+        for mode in runs
+    }
+    try:
+        for run in runs.values():  # warm up: connections, slot map, scripts on every master
+            for _ in range(3):
+                event = sqs_batch()
+                run(event)
+                run(event)
+        for _ in range(rounds):
+            for mode, run in runs.items():
+                event = sqs_batch()
+                for what in ("new", "replay"):
+                    gc.collect()
+                    del writes[:]
+                    start = time.perf_counter_ns()
+                    response = run(event)
+                    figures[mode][f"{what}_ms"].append((time.perf_counter_ns() - start) / 1e6)
+                    figures[mode][f"{what}_rt"].append(len(writes))
+                    assert response == {"batchItemFailures": []}, response
+                    if what == "new":
+                        figures[mode]["masters"].append(len(set(writes)))
+    finally:
+        loop.run_until_complete(store.aclose())
+        loop.close()
+        redis.connection.AbstractConnection.send_packed_command = sync_send  # type: ignore[method-assign]
+        redis.asyncio.connection.AbstractConnection.send_packed_command = async_send  # type: ignore[method-assign]
+        store.purge(expired=False)
+        store.close()
+    return {
+        mode: {name: statistics.median(values) for name, values in columns.items()}
+        for mode, columns in figures.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--cluster", action="store_true", help="on the test Redis Cluster")
+    parser.add_argument("--rounds", type=int, default=51, help="rounds of --cluster")
+    parser.add_argument("--wait-replicas", type=int, default=0, help="with --cluster")
     args = parser.parse_args()
+    if args.cluster:
+        for mode, values in measure_cluster(args.rounds, wait_replicas=args.wait_replicas).items():
+            print(mode, {k: round(v, 2) for k, v in values.items()}, flush=True)
+        return
     rounds = 15 if args.quick else 201
     figures = measure(rounds)
     for name, values in figures.items():

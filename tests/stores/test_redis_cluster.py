@@ -4,6 +4,7 @@ started by ``tests/redis_cluster.py`` (skipped when it cannot start, failed in C
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import redis
@@ -634,3 +635,432 @@ def test_a_cluster_that_cannot_start_skips_locally_and_fails_in_ci(
     monkeypatch.setattr(tests.conftest, "IN_CI", True)
     with pytest.raises(pytest.fail.Exception, match="backend unavailable in CI"):
         redis_cluster_url_or_unavailable()
+
+
+# -- batches: one pipelined request per master ---------------------------------------------------
+# Self-contained: the helpers below are used by these tests only.
+def _spread(admin: Any, count: int = 10) -> list[str]:
+    """``count`` fresh keys in distinct slots, spread over the 3 masters (at most a third,
+    rounded up, on each), the masters interleaved in the list."""
+    admin.nodes_manager.initialize()  # an earlier test may have failed over or moved slots
+    quota = -(-count // 3)
+    buckets: dict[int, list[str]] = {}
+    slots: set[int] = set()
+    while sum(map(len, buckets.values())) < count:
+        key = _key()
+        slot = admin.keyslot(PREFIX + key)
+        bucket = buckets.setdefault(int(admin.get_node_from_key(PREFIX + key).port), [])
+        if slot not in slots and len(bucket) < quota:
+            slots.add(slot)
+            bucket.append(key)
+    assert len(buckets) == 3
+    return [k for row in itertools.zip_longest(*buckets.values()) for k in row if k]
+
+
+@pytest.mark.parametrize("wait", [0, 1])
+def test_a_batch_is_one_round_trip_per_master(
+    cluster_url: str, admin: Any, mode: str, wait: int, packets: list[tuple[int, bytes]]
+) -> None:
+    """claim_many, release_many, complete_many over 10 keys in 10 slots of the 3 masters:
+    one write to each master (3 round trips, not one per slot: 10), holding one EVALSHA
+    per slot that master owns and, with ``wait_replicas``, one WAIT after them; every item
+    has its single-operation outcome, in item order."""
+    s = StoreDriver(RedisStore(cluster_url, prefix=PREFIX, wait_replicas=wait), mode)
+    try:
+        for _ in range(2):  # connect to every master, load the batch scripts on each
+            warm = _spread(admin)
+            claims = s.claim_many([(k, "fp", LEASE, TTL) for k in warm])
+            s.release_many([(k, c.record.fence) for k, c in zip(warm, claims, strict=True)])
+            s.complete_many(
+                [(k, c.record.fence, b"r", TTL) for k, c in zip(warm, claims, strict=True)]
+            )
+        keys = _spread(admin)
+        owner = {k: int(admin.get_node_from_key(PREFIX + k).port) for k in keys}
+
+        def one_write_per_master(name: str, items: list[Any]) -> Any:
+            before = len(packets)
+            outcome = getattr(s, name)(items)
+            sent = packets[before:]
+            assert sorted(port for port, _ in sent) == sorted(set(owner.values())), (name, sent)
+            for port, payload in sent:
+                mine = [k for k in keys if owner[k] == port]
+                assert payload.count(b"EVALSHA") == len(mine)
+                assert all((PREFIX + k).encode() in payload for k in mine)
+                assert payload.count(b"\r\nWAIT\r\n") == wait
+            return outcome
+
+        claims = one_write_per_master("claim_many", [(k, "fp", LEASE, TTL) for k in keys])
+        assert [(c.record.key, c.acquired) for c in claims] == [(k, True) for k in keys]
+        fences = [c.record.fence for c in claims]
+        released = one_write_per_master(
+            "release_many", [(k, f) for k, f in zip(keys, fences, strict=True)]
+        )
+        assert released == [True] * 10
+        taken = s.claim_many([(k, "fp", LEASE, TTL) for k in keys])  # takeover: fence + 1
+        assert [(c.acquired, c.record.fence) for c in taken] == [(True, f + 1) for f in fences]
+        completed = one_write_per_master(
+            "complete_many",
+            [(k, c.record.fence, b"r", TTL) for k, c in zip(keys, taken, strict=True)],
+        )
+        assert completed == [True] * 10
+        replays = one_write_per_master("claim_many", [(k, "fp", LEASE, TTL) for k in keys])
+        assert [(c.acquired, c.record.result) for c in replays] == [(False, b"r")] * 10
+    finally:
+        s.close()
+        s.store.close()
+
+
+class _SlotMove:
+    """A slot of master ``source`` moving to master ``target``: :meth:`begin` marks it
+    MIGRATING / IMPORTING (a key no longer on ``source`` is answered ASK),
+    :meth:`migrate` moves keys (MIGRATE), :meth:`end` moves the rest and gives the slot to
+    ``target`` on every master, then waits until every node agrees (a client reloading
+    its slot map then learns the move; a stale one gets MOVED). :meth:`abort` undoes an
+    unfinished move."""
+
+    def __init__(self, admin: Any, key: str, target: int | None = None) -> None:
+        self.admin = admin
+        self.slot = int(admin.keyslot(PREFIX + key))
+        self.source = int(admin.get_node_from_key(PREFIX + key).port)
+        self.masters = sorted(int(n.port) for n in admin.get_primaries())
+        self.target = target or next(p for p in self.masters if p != self.source)
+        self.begun = self.ended = False
+
+    #: One client per node, kept while a test runs (see :meth:`close`): connecting for
+    #: each poll of every node would cost more than the moves themselves.
+    nodes: ClassVar[dict[int, redis.Redis]] = {}
+    ids: ClassVar[dict[int, str]] = {}
+
+    @classmethod
+    def _cluster(cls, port: int, *args: Any) -> Any:
+        if port not in cls.nodes:
+            cls.nodes[port] = _node(port)
+        return cls.nodes[port].execute_command("CLUSTER", *args)  # type: ignore[no-untyped-call]
+
+    @classmethod
+    def close(cls) -> None:
+        for node in cls.nodes.values():
+            node.close()
+        cls.nodes.clear()
+        cls.ids.clear()
+
+    def _id(self, port: int) -> str:
+        if port not in self.ids:
+            answer = self._cluster(port, "MYID")
+            self.ids[port] = answer.decode() if isinstance(answer, bytes) else str(answer)
+        return self.ids[port]
+
+    def begin(self) -> _SlotMove:
+        self._cluster(self.target, "SETSLOT", self.slot, "IMPORTING", self._id(self.source))
+        self.begun = True
+        self._cluster(self.source, "SETSLOT", self.slot, "MIGRATING", self._id(self.target))
+        return self
+
+    def migrate(self, only: str | None = None) -> None:
+        keys = self._cluster(self.source, "GETKEYSINSLOT", self.slot, 1000)
+        if only is not None:
+            keys = [k for k in keys if k == (PREFIX + only).encode()]
+        if keys:
+            self.nodes[self.source].execute_command(  # type: ignore[no-untyped-call]
+                "MIGRATE", redis_cluster.HOST, self.target, "", 0, 5000, "KEYS", *keys
+            )
+
+    def end(self) -> None:
+        _SlotMove.end_all([self])
+
+    @staticmethod
+    def end_all(moves: list[_SlotMove]) -> None:
+        """End every move of ``moves``, then wait once for every node to agree."""
+        for move in moves:
+            if not move.begun:
+                move.begin()
+            move.migrate()
+            others = [p for p in move.masters if p not in (move.source, move.target)]
+            for port in (move.target, move.source, *others):
+                move._cluster(port, "SETSLOT", move.slot, "NODE", move._id(move.target))
+            move.ended = True
+        deadline = time.monotonic() + 10
+        while any(
+            move._owner_seen_by(port) != move.target
+            for move in moves
+            for port in redis_cluster.PORTS
+        ):
+            assert time.monotonic() < deadline, "the slot's new owner did not propagate"
+            time.sleep(0.05)
+        moves[0].admin.nodes_manager.initialize()
+
+    def abort(self) -> None:
+        if self.begun and not self.ended:
+            for port in (self.source, self.target):
+                self._cluster(port, "SETSLOT", self.slot, "STABLE")
+
+    def _owner_seen_by(self, port: int) -> int | None:
+        for start, end, master, *_replicas in self._cluster(port, "SLOTS"):
+            if int(start) <= self.slot <= int(end):
+                return int(master[1])
+        return None
+
+
+def _holders(admin: Any, key: str) -> list[int]:
+    """The masters storing ``key`` (whatever their slot map says)."""
+    slot = admin.keyslot(PREFIX + key)
+    return [
+        port
+        for port in sorted(int(n.port) for n in admin.get_primaries())
+        if (PREFIX + key).encode() in _SlotMove._cluster(port, "GETKEYSINSLOT", slot, 1000)
+    ]
+
+
+def _commands(payload: bytes) -> list[list[bytes]]:
+    """The commands of one write (RESP arrays of bulk strings)."""
+    commands, at = [], 0
+    while at < len(payload):
+        end = payload.index(b"\r\n", at)
+        count, at = int(payload[at + 1 : end]), end + 2
+        parts = []
+        for _ in range(count):
+            end = payload.index(b"\r\n", at)
+            size, at = int(payload[at + 1 : end]), end + 2
+            parts.append(payload[at : at + size])
+            at += size + 2
+        commands.append(parts)
+    return commands
+
+
+def _scripts_sent(packets: list[tuple[int, bytes]], since: int, key: str) -> list[Any]:
+    """Each script call on ``key`` written since ``packets[since]``, in order: (port,
+    whether ASKING came just before it)."""
+    sent = []
+    for port, payload in packets[since:]:
+        commands = _commands(payload)
+        for i, command in enumerate(commands):
+            if command[0] in (b"EVALSHA", b"EVAL") and (PREFIX + key).encode() in command:
+                sent.append((port, i > 0 and commands[i - 1] == [b"ASKING"]))
+    return sent
+
+
+@pytest.mark.parametrize(("mode", "wait"), [("sync", 0), ("async", 1)])
+def test_a_batch_on_a_stale_slot_map_gives_each_item_its_own_outcome(
+    cluster_url: str, admin: Any, mode: str, wait: int, packets: list[tuple[int, bytes]]
+) -> None:
+    """Slots move after the store loaded its slot map. A moved slot answers MOVED (the map
+    is reloaded and only that script is sent again, to the new master); a slot being
+    migrated answers ASK for a key already moved or never there (sent again behind ASKING
+    to the importing master). claim_many, complete_many and release_many give every item
+    exactly its single-operation outcome (new / held elsewhere / completed; own fence /
+    stale fence), every other script is sent once, and each record is stored once, on its
+    slot's master, with the fence the batch returned."""
+    other = RedisStore(cluster_url, prefix=PREFIX)
+    s = StoreDriver(RedisStore(cluster_url, prefix=PREFIX, wait_replicas=wait), mode)
+    keys = _spread(admin, 9)
+    new, held, done = keys[0:3], keys[3:6], keys[6:9]
+    moves: list[_SlotMove] = []
+
+    def move(*moved: str, begin_only: bool = False) -> list[_SlotMove]:
+        started = [_SlotMove(admin, key) for key in moved]
+        moves.extend(started)
+        for m in started:
+            m.begin()
+        if not begin_only:
+            _SlotMove.end_all(started)
+        return started
+
+    def redirected(since: int, moved: list[_SlotMove], asked: list[_SlotMove]) -> None:
+        """The keys of ``moved`` slots were sent to the old then the new master, those of
+        ``asked`` to the source then behind ASKING to the target; every other key once."""
+        for key in keys:
+            slot = admin.keyslot(PREFIX + key)
+            sent = _scripts_sent(packets, since, key)
+            if m := next((m for m in moved if m.slot == slot), None):
+                assert sent == [(m.source, False), (m.target, False)], key
+            elif a := next((a for a in asked if a.slot == slot), None):
+                assert sent == [(a.source, False), (a.target, True)], key
+            else:
+                assert len(sent) == 1, (key, sent)
+
+    try:
+        fence = {k: other.claim(k, "fp", lease=LEASE, ttl=TTL).record.fence for k in held}
+        for k in done:
+            fence[k] = other.claim(k, "fp", lease=LEASE, ttl=TTL).record.fence
+            assert other.complete(k, fence[k], b"d", ttl=TTL)
+        s.get(_key())  # the store's slot map is loaded now
+        moved = move(new[0], held[0], done[0])  # with their records
+        asked = move(new[1], begin_only=True)  # migrating, the key absent: ASK
+        before = len(packets)
+        claims = s.claim_many([(k, "fp", LEASE, TTL) for k in keys])
+        redirected(before, moved, asked)
+        assert [c.record.key for c in claims] == keys
+        got = dict(zip(keys, claims, strict=True))
+        assert all(got[k].acquired and got[k].record.status.value == "IN_PROGRESS" for k in new)
+        assert [(got[k].acquired, got[k].record.fence) for k in held] == [
+            (False, fence[k]) for k in held
+        ]
+        assert [(got[k].acquired, got[k].record.result) for k in done] == [(False, b"d")] * 3
+        fence.update({k: got[k].record.fence for k in new})
+        assert _holders(admin, new[1]) == [asked[0].target]  # created on the importing side
+        asked[0].end()  # the store's map is stale again: MOVED for new[1]
+        [migrating] = move(new[2], begin_only=True)
+        migrating.migrate(only=new[2])  # its record already moved: ASK
+        before = len(packets)
+        completes = s.complete_many(
+            [(k, fence[k], b"ok", TTL) for k in new]
+            + [(k, fence[k] - 1, b"stale", TTL) for k in held]  # a stale fence
+            + [(k, fence[k], b"late", TTL) for k in done]  # already completed
+        )
+        redirected(before, asked, [migrating])
+        assert completes == [True] * 3 + [False] * 6
+        moved = [migrating, *move(held[1], begin_only=True)]  # MOVED on release
+        _SlotMove.end_all(moved)
+        before = len(packets)
+        releases = s.release_many(
+            [(k, fence[k]) for k in held]
+            + [(k, fence[k]) for k in new]
+            + [(done[0], fence[done[0]])]
+        )
+        assert releases == [True] * 3 + [False] * 4
+        keys = [*held, *new, done[0]]
+        redirected(before, moved, [])
+        keys = [*new, *held, *done]
+        final = s.claim_many([(k, "fp", LEASE, TTL) for k in keys])
+        assert [(c.acquired, c.record.result) for c in final[:3]] == [(False, b"ok")] * 3
+        assert [(c.acquired, c.record.fence) for c in final[3:6]] == [
+            (True, fence[k] + 1) for k in held
+        ]  # released: taken over with the next fence
+        assert [(c.acquired, c.record.result) for c in final[6:]] == [(False, b"d")] * 3
+        admin.nodes_manager.initialize()
+        for key, claim in zip(keys, final, strict=True):
+            owner = int(admin.get_node_from_key(PREFIX + key).port)
+            assert _holders(admin, key) == [owner], key  # stored once, on its master
+            fence_stored = _SlotMove.nodes[owner].hget(PREFIX + key, "fence")
+            assert fence_stored == str(claim.record.fence).encode()
+    finally:
+        for m in moves:
+            m.abort()
+        _SlotMove.close()
+        s.close()
+        s.store.close()
+        other.close()
+
+
+def test_a_batch_whose_reply_is_lost_fails_whole_and_resends_nothing(
+    cluster_url: str,
+    admin: Any,
+    mode: str,
+    packets: list[tuple[int, bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connection to one master breaks after the batch was written to it (its scripts
+    ran, the replies are lost): the call raises StoreError, no script is sent again
+    (running a claim twice would answer its own caller "in progress"), and the connection
+    holding the unread replies is not reused. A retry sees each item's own claim."""
+    s = StoreDriver(RedisStore(cluster_url, prefix=PREFIX), mode)
+    try:
+        s.claim_many([(k, "fp", LEASE, TTL) for k in _spread(admin)])  # scripts loaded
+        keys = _spread(admin)
+        owner = {k: int(admin.get_node_from_key(PREFIX + k).port) for k in keys}
+        victim = owner[keys[0]]
+        armed = [True]
+        sync_read: Any = redis.connection.AbstractConnection.read_response
+        async_read: Any = redis.asyncio.connection.AbstractConnection.read_response
+
+        def read(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if armed and int(self.port) == victim:
+                armed.clear()
+                raise redis.exceptions.ConnectionError("the test broke the connection")
+            return sync_read(self, *args, **kwargs)
+
+        async def aread(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if armed and int(self.port) == victim:
+                armed.clear()
+                raise redis.exceptions.ConnectionError("the test broke the connection")
+            return await async_read(self, *args, **kwargs)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "read_response", read)
+        monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "read_response", aread)
+        before = len(packets)
+        with pytest.raises(StoreError, match="the test broke the connection"):
+            s.claim_many([(k, "fp", LEASE, TTL) for k in keys])
+        assert not armed
+        assert all(_scripts_sent(packets, before, k) == [(owner[k], False)] for k in keys)
+        retry = s.claim_many([(k, "fp", LEASE, TTL) for k in keys])
+        assert [(c.record.key, c.acquired) for c in retry] == [(k, False) for k in keys]
+        for key, claim in zip(keys, retry, strict=True):  # the first call's own claims
+            assert claim.record.status.value == "IN_PROGRESS"
+            node = _node(owner[key])
+            assert node.hget(PREFIX + key, "fence") == str(claim.record.fence).encode()
+            node.close()
+    finally:
+        s.close()
+        s.store.close()
+
+
+def test_a_batch_retries_a_slot_split_by_a_migration_then_gives_up(
+    cluster_url: str, admin: Any, mode: str, packets: list[tuple[int, bytes]]
+) -> None:
+    """Two keys of one slot (a hash tag) whose slot is being migrated, one of them already
+    moved: their one script gets TRYAGAIN (it did not run) and is sent again after a pause,
+    a few times, then the call fails with StoreError; the other master's item was applied
+    once, in the first round. Once the migration ends, the batch gets every outcome."""
+    other = RedisStore(cluster_url, prefix=PREFIX)
+    s = StoreDriver(RedisStore(cluster_url, prefix=PREFIX), mode)
+    tag = uuid.uuid4().hex
+    pair = [f"{{{tag}}}a", f"{{{tag}}}b"]
+    admin.nodes_manager.initialize()
+    split = _SlotMove(admin, pair[0])
+    lone = next(
+        k for k in iter(_key, None) if int(admin.get_node_from_key(PREFIX + k).port) != split.source
+    )
+    try:
+        for key in pair:
+            claim = other.claim(key, "fp", lease=LEASE, ttl=TTL)
+            assert other.complete(key, claim.record.fence, b"d", ttl=TTL)
+        s.get(_key())  # the store's slot map is loaded now
+        split.begin()
+        split.migrate(only=pair[1])
+        items = [(k, "fp", LEASE, TTL) for k in [*pair, lone]]
+        before = len(packets)
+        with pytest.raises(StoreError, match="kept redirecting"):
+            s.claim_many(items)
+        assert len(_scripts_sent(packets, before, pair[0])) > 1  # sent again: it never ran
+        assert len(_scripts_sent(packets, before, lone)) == 1
+        split.end()
+        claims = s.claim_many(items)
+        assert [(c.acquired, c.record.result) for c in claims[:2]] == [(False, b"d")] * 2
+        assert not claims[2].acquired  # the first call's claim, seen by the retry
+        assert claims[2].record.status.value == "IN_PROGRESS"
+    finally:
+        split.abort()
+        _SlotMove.close()
+        s.close()
+        s.store.close()
+        other.close()
+
+
+@pytest.mark.parametrize("where", ["redis", "cluster"])
+def test_a_batch_whose_writes_are_not_replicated_fails_and_its_replay_is_answered(
+    cluster_url: str, admin: Any, mode: str, where: str
+) -> None:
+    """More replicas asked for than acknowledge (the single Redis has none, each cluster
+    master one): a batch that writes raises StoreError (applied on the primaries, not
+    replicated), and the same batch again, which writes nothing, is answered (as a single
+    claim that writes nothing is not held to WAIT)."""
+    if where == "redis":
+        redis_client_or_unavailable(REDIS_URL).close()
+        url, replicas, keys = REDIS_URL, 1, [_key() for _ in range(5)]
+    else:
+        url, replicas, keys = cluster_url, 2, _spread(admin, 6)
+    loader = RedisStore(url, prefix=PREFIX)  # the scripts loaded: no NOSCRIPT round below
+    loader.claim_many([(k, "fp", LEASE, TTL) for k in _spread(admin, 6)])
+    loader.close()
+    store = RedisStore(url, prefix=PREFIX, wait_replicas=replicas, wait_timeout=0.1)
+    s = StoreDriver(store, mode)
+    try:
+        items = [(k, "fp", LEASE, TTL) for k in keys]
+        with pytest.raises(StoreError, match=rf"of the {replicas} replica\(s\)"):
+            s.claim_many(items)
+        refused = s.claim_many(items)  # wrote nothing: answered
+        assert [(c.record.key, c.acquired) for c in refused] == [(k, False) for k in keys]
+        assert all(c.record.status.value == "IN_PROGRESS" for c in refused)
+    finally:
+        s.close()
+        store.close()

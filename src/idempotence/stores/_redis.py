@@ -18,6 +18,7 @@ import contextlib
 import functools
 import hashlib
 import threading
+import time
 import weakref
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -94,7 +95,8 @@ _REDIS_URL_OPTIONS = frozenset(
 
 #: URL schemes of a Redis Cluster (``limits`` spells them the same way).
 _CLUSTER_SCHEMES = frozenset(["redis+cluster", "rediss+cluster"])
-#: MOVED / ASK redirections followed by one call with ``wait_replicas`` before giving up.
+#: Rounds of MOVED / ASK redirections followed by one call with ``wait_replicas``, or by a
+#: cluster batch (with its NOSCRIPT and TRYAGAIN resends), before giving up.
 _MAX_REDIRECTS = 5
 
 # -- scripts -----------------------------------------------------------------------------
@@ -344,6 +346,108 @@ class _Refresh:
 _Waited = Generator["_Batch | _Refresh", "list[Any] | None", _T]
 
 
+@dataclass(frozen=True)
+class _Scatter:
+    """A cluster batch's scripts, sent at once: the batches going to one node (the master
+    owning each batch's key slot, or its ``ASK`` node) are pipelined on one connection of
+    that node, in order, followed by ``wait`` once when given (``WAIT`` counts the writes
+    of its own connection, so one covers that node's scripts); every node is written to
+    before any reply is read. Each batch gets back its replies, then its node's ``WAIT``
+    reply."""
+
+    batches: tuple[_Batch, ...]
+    wait: tuple[Any, ...] | None
+
+
+@dataclass(frozen=True)
+class _Pause:
+    """Wait ``seconds`` before the next round (``TRYAGAIN``: a slot's keys are on both
+    sides of a migration in progress)."""
+
+    seconds: float
+
+
+#: A cluster batch, sans-I/O: yields a :class:`_Scatter` (receives one reply list per
+#: batch) or a :class:`_Refresh` / :class:`_Pause` (receives ``None``); returns the results.
+_Scattered = Generator["_Scatter | _Refresh | _Pause", "list[list[Any]] | None", _T]
+
+
+def _by_node(client: Any, scatter: _Scatter) -> list[tuple[Any, list[int], list[Any]]]:
+    """``scatter``'s batches grouped by the node of ``client`` (a sync or async
+    ``RedisCluster``) each goes to, per its slot map: ``(node, batch indexes, commands)``,
+    the commands ending with the ``WAIT`` when there is one."""
+    groups: dict[str, tuple[Any, list[int], list[Any]]] = {}
+    for index, batch in enumerate(scatter.batches):
+        node = (
+            client.get_node(*batch.node)
+            if batch.node is not None
+            else client.get_node_from_key(batch.key)
+        )
+        if node is None:
+            raise StoreError("Redis Cluster redirected to a node it does not list; retry")
+        group = groups.setdefault(node.name, (node, [], []))
+        group[1].append(index)
+        group[2].extend(batch.commands)
+    if scatter.wait is not None:
+        for _node, _indexes, commands in groups.values():
+            commands.append(scatter.wait)
+    return list(groups.values())
+
+
+def _per_batch(
+    scatter: _Scatter, groups: list[tuple[Any, list[int], list[Any]]], replies: list[list[Any]]
+) -> list[list[Any]]:
+    """Each batch's replies (and its node's ``WAIT`` reply) out of each node's replies."""
+    out: list[list[Any]] = [[] for _ in scatter.batches]
+    for (_node, indexes, _commands), got in zip(groups, replies, strict=True):
+        at = 0
+        for index in indexes:
+            size = len(scatter.batches[index].commands)
+            out[index] = got[at : at + size]
+            at += size
+            if scatter.wait is not None:
+                out[index].append(got[-1])
+    return out
+
+
+def _read_replies(connection: Any, count: int) -> list[Any]:
+    """``count`` replies of a sync connection (an error reply as its exception)."""
+    from redis.exceptions import ResponseError
+
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(connection.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+async def _anode_pipeline(node: Any, commands: list[Any]) -> list[Any]:
+    """Send ``commands`` in one write on one connection of the async cluster ``node`` and
+    read their replies (an error reply as its exception). On any failure the connection
+    is dropped (a reply left unread must not reach the next command) and nothing is
+    resent."""
+    from redis.exceptions import ResponseError
+
+    connection = node.acquire_connection()
+    try:
+        await node.disconnect_if_needed(connection)
+        await connection.send_packed_command(connection.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await connection.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        raise
+    finally:
+        node.release(connection)
+    return replies
+
+
 def _pack(command: tuple[Any, ...]) -> bytes:
     """``command`` in RESP, its ``str`` parts UTF-8 and numbers as text (as redis-py's
     default encoder writes them), without redis-py's general-purpose packer."""
@@ -564,6 +668,8 @@ class RedisStore(CountedByScan, OperationStore):
     too). Each script runs on the master owning its key's slot, and that master's ``TIME``
     decides the record's lease and retention. Cluster clients do not retry a command after
     a lost connection either (the slot map is reloaded; the next call follows a failover).
+    A batch (``claim_many``...) runs one script per hash slot and pipelines the scripts of
+    each master's slots in one write: one round trip per master (see :meth:`_scattered`).
 
     Durability: ``wait_replicas=N`` (URL ``?wait_replicas=N``) sends ``WAIT N timeout``
     after each write script, pipelined on the same connection (one round trip, two
@@ -1107,11 +1213,21 @@ class RedisStore(CountedByScan, OperationStore):
         return _Call(SCRIPTS["delete"], self.prefix + key, (), _flag, _truth)
 
     # -- capability: BatchClaims (idempotence.stores.capabilities) ----------------------
+    # One script call over the batch's keys; on a cluster one per hash slot, and the calls
+    # of every slot a master owns pipelined in one write to that master (one round trip
+    # per master involved, the masters written to before any reply is read).
     def _many(
-        self, name: str, keys: Sequence[str], args: Sequence[tuple[str | bytes, ...]], parse: Any
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[tuple[str | bytes, ...]],
+        parse: Any,
+        wrote: Callable[[Any], bool],
     ) -> list[_Call[list[Any]]]:
         """The batch script ``name`` over ``keys`` (with each key's ``args``): one call, or
-        on a cluster one per hash slot. Each call's result is ``[(index, value)...]``."""
+        on a cluster one per hash slot. Each call's result is ``[(index, value)...]``; it
+        wrote (``wait_replicas`` applies) when ``wrote`` holds for one of its values, as
+        for the single operation (a batch that only replays does not wait)."""
         groups: dict[int, list[int]] = {}
         if self.cluster:
             key_slot = self._redis.crc.key_slot
@@ -1127,13 +1243,16 @@ class RedisStore(CountedByScan, OperationStore):
             def parsed(reply: Any, indexes: list[int] = indexes) -> list[Any]:
                 return [(i, parse(keys[i], r)) for i, r in zip(indexes, reply, strict=True)]
 
+            def any_wrote(values: list[Any]) -> bool:
+                return any(wrote(value) for _, value in values)
+
             calls.append(
                 _Call(
                     SCRIPTS[name],
                     full[0],
                     (self._now(), *flat),
                     parsed,
-                    _always,
+                    any_wrote,
                     tuple(full[1:]),
                 )
             )
@@ -1142,17 +1261,189 @@ class RedisStore(CountedByScan, OperationStore):
     def _claims(self, items: Sequence[tuple[str, str, float, float]]) -> list[_Call[list[Any]]]:
         args = [(fp, repr(float(lease)), repr(float(ttl))) for _, fp, lease, ttl in items]
         keys = [item[0] for item in items]
-        return self._many("claim_many", keys, args, lambda k, r: _claim_parser(k)(r))
+        return self._many("claim_many", keys, args, lambda k, r: _claim_parser(k)(r), _acquired)
 
     def _completes(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[_Call[list[Any]]]:
         args = [(str(int(f)), bytes(res), repr(float(ttl))) for _, f, res, ttl in items]
         keys = [item[0] for item in items]
-        return self._many("complete_many", keys, args, lambda k, r: _flag(r))
+        return self._many("complete_many", keys, args, lambda k, r: _flag(r), _truth)
 
     def _releases(self, items: Sequence[tuple[str, int]]) -> list[_Call[list[Any]]]:
         args = [(str(int(fence)),) for _, fence in items]
         keys = [item[0] for item in items]
-        return self._many("release_many", keys, args, lambda k, r: _flag(r))
+        return self._many("release_many", keys, args, lambda k, r: _flag(r), _truth)
+
+    def _run_many(self, calls: list[_Call[_T]]) -> list[_T]:
+        """Run a batch's calls: on a cluster client all at once (:meth:`_scattered`), else
+        each in turn (a single node has one call)."""
+        try:
+            client = self._sync_client()
+            if not isinstance(client, self._redis.cluster.RedisCluster):
+                return [self._run(call) for call in calls]
+
+            def step(request: Any) -> Any:
+                if isinstance(request, _Refresh):
+                    client.nodes_manager.initialize()
+                    return None
+                if isinstance(request, _Pause):
+                    time.sleep(request.seconds)
+                    return None
+                return self._scatter(client, request)
+
+            return drive(self._scattered(calls), step, catch=())
+        except (self._redis.exceptions.ConnectionError, _cluster_errors(self._redis)) as exc:
+            failure = _connect_failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+
+    async def _arun_many(self, calls: list[_Call[_T]]) -> list[_T]:
+        """Async :meth:`_run_many` (the masters written to concurrently)."""
+        client: Any = await self._async_client()
+        if client is None:
+            return await asyncio.to_thread(self._run_many, calls)
+        if not isinstance(client, self._redis.asyncio.cluster.RedisCluster):
+            return [await self._arun(call) for call in calls]
+
+        async def step(request: Any) -> Any:
+            if isinstance(request, _Refresh):
+                await client.nodes_manager.initialize()
+                return None
+            if isinstance(request, _Pause):
+                await asyncio.sleep(request.seconds)
+                return None
+            return await self._ascatter(client, request)
+
+        try:
+            await client.initialize()  # locked, a no-op once done (see _arun)
+            return await adrive(self._scattered(calls), step, catch=())
+        except (self._redis.exceptions.ConnectionError, _cluster_errors(self._redis)) as exc:
+            failure = _connect_failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+
+    def _scattered(self, calls: Sequence[_Call[_T]]) -> _Scattered[list[_T]]:
+        """The steps of a cluster batch's ``calls`` (one per hash slot; sans-I/O, run by
+        :meth:`_run_many` / :meth:`_arun_many`): each round sends every call not yet
+        answered, pipelined per master (:class:`_Scatter`), with one ``WAIT`` per master
+        when ``wait_replicas`` is set. A call is sent again only when its script did not
+        run: ``NOSCRIPT`` (then ``EVAL``), ``MOVED`` (after reloading the slot map),
+        ``ASK`` (to the named node, behind ``ASKING``), ``TRYAGAIN`` (after a pause). A
+        lost connection is not retried: its scripts may have run, and a claim run again
+        would answer its own caller "in progress", a complete or release ``False``; it
+        fails the whole batch (``StoreError``), as does any other error reply, or a write
+        that fewer than ``wait_replicas`` replicas acknowledged."""
+        errors = self._redis.exceptions
+        wait = None
+        if self.wait_replicas:
+            wait = ("WAIT", self.wait_replicas, max(1, round(self.wait_timeout * 1000)))
+        use_eval = [False] * len(calls)
+        asked: list[tuple[str, int] | None] = [None] * len(calls)
+        done: dict[int, _T] = {}
+        for _ in range(_MAX_REDIRECTS):
+            todo = [i for i in range(len(calls)) if i not in done]
+            batches = []
+            for i in todo:
+                call = calls[i]
+                script = (
+                    ("EVAL", call.script.source) if use_eval[i] else ("EVALSHA", call.script.sha)
+                )
+                command = (*script, 1 + len(call.more), call.key, *call.more, *call.args)
+                asking: tuple[tuple[Any, ...], ...] = (("ASKING",),) if asked[i] else ()
+                batches.append(_Batch(call.key, asked[i], (*asking, command)))
+            replies = yield _Scatter(tuple(batches), wait)
+            assert replies is not None
+            refresh = pause = False
+            for i, got in zip(todo, replies, strict=True):
+                reply = got[-2] if wait is not None else got[-1]
+                if isinstance(reply, errors.NoScriptError) and not use_eval[i]:
+                    use_eval[i] = True
+                elif isinstance(reply, errors.MovedError):  # (a subclass of AskError)
+                    asked[i], refresh = None, True
+                elif isinstance(reply, errors.AskError):
+                    asked[i] = (str(reply.host), int(reply.port))
+                elif isinstance(reply, errors.TryAgainError):
+                    pause = True
+                elif isinstance(reply, BaseException):
+                    raise reply
+                else:
+                    result = calls[i].parse(reply)
+                    wrote = calls[i].wrote
+                    if wait is not None and wrote is not None and wrote(result):
+                        self._check_replicated(got[-1])
+                    done[i] = result
+            if len(done) == len(calls):
+                return [done[i] for i in range(len(calls))]
+            if refresh:
+                yield _Refresh()
+            if pause:
+                yield _Pause(0.05)
+        raise StoreError(
+            "Redis Cluster kept redirecting the command (slots being migrated or a failover "
+            "in progress); retry later"
+        )
+
+    def _check_replicated(self, acked: Any) -> None:
+        """Raise unless ``WAIT`` answered ``acked`` >= ``wait_replicas``."""
+        if isinstance(acked, BaseException):
+            raise acked
+        if int(acked) < self.wait_replicas:
+            raise StoreError(
+                f"Redis applied the write on the primary, but only {int(acked)} of "
+                f"the {self.wait_replicas} replica(s) asked for (wait_replicas) "
+                f"acknowledged it within {self.wait_timeout:g} s: a failover could "
+                "lose it, so it counts as failed. Check the replicas (INFO "
+                "replication), or raise wait_timeout / lower wait_replicas."
+            )
+
+    def _scatter(self, client: Any, scatter: _Scatter) -> list[list[Any]]:
+        """Send ``scatter`` on the sync cluster ``client``: a connection to each node taken
+        (connected) first, then one write to each, then each node's replies read, so the
+        nodes work concurrently without threads. A failure drops every connection whose
+        replies were not all read; a lost connection also reloads the slot map."""
+        groups = _by_node(client, scatter)
+        taken: list[tuple[Any, Any, list[Any]]] = []  # (pool, connection, commands)
+        replies: list[list[Any]] = []
+        try:
+            for node, _indexes, commands in groups:
+                pool = client.get_redis_connection(node).connection_pool
+                taken.append((pool, pool.get_connection(), commands))
+            for _pool, connection, commands in taken:
+                connection.send_packed_command(connection.pack_commands(commands))
+            for _pool, connection, commands in taken:
+                replies.append(_read_replies(connection, len(commands)))
+        except BaseException as exc:
+            for _pool, connection, _commands in taken[len(replies) :]:
+                connection.disconnect()
+            lost = (self._redis.exceptions.ConnectionError, self._redis.exceptions.TimeoutError)
+            if isinstance(exc, lost):
+                with contextlib.suppress(Exception):
+                    client.nodes_manager.initialize()
+            raise
+        finally:
+            for pool, connection, _commands in taken:
+                pool.release(connection)
+        return _per_batch(scatter, groups, replies)
+
+    async def _ascatter(self, client: Any, scatter: _Scatter) -> list[list[Any]]:
+        """Async :meth:`_scatter`: one task per node (``asyncio.gather``); every node's
+        pipeline ends before a failure is raised."""
+        groups = _by_node(client, scatter)
+        outcomes = await asyncio.gather(
+            *(_anode_pipeline(node, commands) for node, _indexes, commands in groups),
+            return_exceptions=True,
+        )
+        replies: list[list[Any]] = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                lost = (self._redis.exceptions.ConnectionError, self._redis.exceptions.TimeoutError)
+                if isinstance(outcome, lost):
+                    with contextlib.suppress(Exception):
+                        await client.nodes_manager.initialize()
+                raise outcome
+            replies.append(outcome)
+        return _per_batch(scatter, groups, replies)
 
     @staticmethod
     def _merged(n: int, parts: Sequence[list[Any]]) -> list[Any]:
@@ -1163,26 +1454,29 @@ class RedisStore(CountedByScan, OperationStore):
         return out
 
     def claim_many(self, items: Sequence[tuple[str, str, float, float]]) -> list[Claim]:
-        """Claim every ``(key, fingerprint, lease, ttl)`` in one script (one per hash slot
-        on a cluster). See :class:`~idempotence.stores.capabilities.BatchClaims`."""
-        return self._merged(len(items), [self._run(c) for c in self._claims(items)])
+        """Claim every ``(key, fingerprint, lease, ttl)`` in one script (on a cluster one
+        per hash slot, pipelined per master: one round trip per master). See
+        :class:`~idempotence.stores.capabilities.BatchClaims`."""
+        return self._merged(len(items), self._run_many(self._claims(items)))
 
     def complete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[bool]:
-        """Complete every ``(key, fence, result, ttl)`` in one script (per hash slot)."""
-        return self._merged(len(items), [self._run(c) for c in self._completes(items)])
+        """Complete every ``(key, fence, result, ttl)`` in one script (per hash slot,
+        pipelined per master)."""
+        return self._merged(len(items), self._run_many(self._completes(items)))
 
     def release_many(self, items: Sequence[tuple[str, int]]) -> list[bool]:
-        """Release every ``(key, fence)`` in one script (per hash slot)."""
-        return self._merged(len(items), [self._run(c) for c in self._releases(items)])
+        """Release every ``(key, fence)`` in one script (per hash slot, pipelined per
+        master)."""
+        return self._merged(len(items), self._run_many(self._releases(items)))
 
     async def aclaim_many(self, items: Sequence[tuple[str, str, float, float]]) -> list[Claim]:
-        """Async :meth:`claim_many`."""
-        return self._merged(len(items), [await self._arun(c) for c in self._claims(items)])
+        """Async :meth:`claim_many` (the masters written to concurrently)."""
+        return self._merged(len(items), await self._arun_many(self._claims(items)))
 
     async def acomplete_many(self, items: Sequence[tuple[str, int, bytes, float]]) -> list[bool]:
         """Async :meth:`complete_many`."""
-        return self._merged(len(items), [await self._arun(c) for c in self._completes(items)])
+        return self._merged(len(items), await self._arun_many(self._completes(items)))
 
     async def arelease_many(self, items: Sequence[tuple[str, int]]) -> list[bool]:
         """Async :meth:`release_many`."""
-        return self._merged(len(items), [await self._arun(c) for c in self._releases(items)])
+        return self._merged(len(items), await self._arun_many(self._releases(items)))
