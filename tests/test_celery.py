@@ -46,27 +46,16 @@ from idempotence.celery import DEFAULT_HEADER, IdempotentTask
 from idempotence.stores import MemoryStore, Store
 from tests import moto_server
 from tests.conftest import backend_unavailable, redis_client_or_unavailable
-from tests.http.conftest import make_store, postgres_admin, redis_ok
+from tests.http.conftest import BACKENDS, make_store, mysql_admin, postgres_admin, redis_ok
 
 ROOT = Path(__file__).resolve().parent.parent
 dynamodb_endpoint = moto_server.dynamodb_endpoint  # the session fixture
-__all__ = ["dynamodb_endpoint", "postgres_admin", "redis_ok"]  # fixtures used by name
+__all__ = ["dynamodb_endpoint", "mysql_admin", "postgres_admin", "redis_ok"]  # fixtures by name
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres", "dynamodb"])
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "dynamodb":
-        pytest.importorskip("boto3")
-        from idempotence.stores import DynamoDBStore
-
-        endpoint = request.getfixturevalue("dynamodb_endpoint")
-        table = DynamoDBStore(
-            f"idem-celery-{uuid.uuid4().hex[:10]}", region="us-east-1", endpoint_url=endpoint
-        )
-        table.create_table()
-        made: Store = table
-    else:
-        made = make_store(request.param, request, tmp_path)
+    made = make_store(request.param, request, tmp_path)
     yield made
     made.close()
 

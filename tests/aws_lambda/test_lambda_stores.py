@@ -4,7 +4,6 @@ completes as not stored, an awaitable from a sync record handler releases its cl
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,26 +15,15 @@ from idempotence.stores import Store
 from tests import moto_server
 from tests.aws_lambda.events import FakeContext, load
 from tests.aws_lambda.test_lambda_http import anonymous, headers_of, is_problem, set_header
-from tests.http.conftest import make_store, mysql_admin, postgres_admin, redis_ok
+from tests.http.conftest import BACKENDS, make_store, mysql_admin, postgres_admin, redis_ok
 
 dynamodb_endpoint = moto_server.dynamodb_endpoint  # the session fixture
 __all__ = ["dynamodb_endpoint", "mysql_admin", "postgres_admin", "redis_ok"]  # fixtures by name
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres", "mysql", "dynamodb"])
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "dynamodb":
-        pytest.importorskip("boto3")
-        from idempotence.stores import DynamoDBStore
-
-        endpoint = request.getfixturevalue("dynamodb_endpoint")
-        table = DynamoDBStore(
-            f"idem-lambda-{uuid.uuid4().hex[:10]}", region="us-east-1", endpoint_url=endpoint
-        )
-        table.create_table()
-        made: Store = table
-    else:
-        made = make_store(request.param, request, tmp_path)
+    made = make_store(request.param, request, tmp_path)
     yield made
     made.close()
 

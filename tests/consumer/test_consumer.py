@@ -5,7 +5,6 @@ and acknowledge again, and each failure maps to its documented outcome."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,26 +23,15 @@ from idempotence import (
 from idempotence.consumer import Delivery, IdempotentConsumer, Outcome
 from idempotence.stores import MemoryStore, Store
 from tests import moto_server
-from tests.http.conftest import make_store, mysql_admin, postgres_admin, redis_ok
+from tests.http.conftest import BACKENDS, make_store, mysql_admin, postgres_admin, redis_ok
 
 dynamodb_endpoint = moto_server.dynamodb_endpoint  # the session fixture
 __all__ = ["dynamodb_endpoint", "mysql_admin", "postgres_admin", "redis_ok"]  # fixtures by name
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres", "mysql", "dynamodb"])
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "dynamodb":
-        pytest.importorskip("boto3")
-        from idempotence.stores import DynamoDBStore
-
-        endpoint = request.getfixturevalue("dynamodb_endpoint")
-        table = DynamoDBStore(
-            f"idem-consumer-{uuid.uuid4().hex[:10]}", region="us-east-1", endpoint_url=endpoint
-        )
-        table.create_table()
-        made: Store = table
-    else:
-        made = make_store(request.param, request, tmp_path)
+    made = make_store(request.param, request, tmp_path)
     yield made
     made.close()
 

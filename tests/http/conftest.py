@@ -68,6 +68,9 @@ def redis_ok() -> Iterator[None]:
 
 
 def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """A new, empty store of backend ``kind`` (one of :data:`BACKENDS`); the caller closes
+    it. Tables and key prefixes are unique to the call (SQL tables are dropped at the end
+    of the test)."""
     if kind == "memory":
         return MemoryStore()
     if kind == "sqlite":
@@ -96,7 +99,21 @@ def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Sto
 
         request.addfinalizer(drop)
         return MySQLStore(MYSQL_URL, table=table)
+    if kind == "dynamodb":  # needs the ``dynamodb_endpoint`` fixture (tests.moto_server)
+        pytest.importorskip("boto3")
+        from idempotence.stores import DynamoDBStore
+
+        endpoint = request.getfixturevalue("dynamodb_endpoint")
+        made = DynamoDBStore(
+            f"idem-{RUN}-{uuid.uuid4().hex[:8]}", region="us-east-1", endpoint_url=endpoint
+        )
+        made.create_table()
+        return made
     raise AssertionError(kind)
+
+
+#: Every backend ``make_store`` builds.
+BACKENDS = ["memory", "sqlite", "redis", "postgres", "mysql", "dynamodb"]
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis", "postgres", "mysql"])
