@@ -36,15 +36,39 @@ def cluster_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def admin(cluster_url: str) -> Iterator[Any]:
+def session_admin(cluster_url: str) -> Iterator[Any]:
     """A plain cluster client; deletes this session's keys at the end."""
     client = redis.cluster.RedisCluster(
         host=redis_cluster.HOST, port=redis_cluster.PORTS[0], socket_timeout=5
     )
     yield client
+    redis_cluster.start()  # a test may have left it failing over
+    client.nodes_manager.initialize()
     for key in client.scan_iter(match=PREFIX + "*", count=1000):
         client.delete(key)
     client.close()
+
+
+@pytest.fixture
+def admin(session_admin: Any) -> Any:
+    """The session's cluster client with a fresh slot map: which node owns a key is asked
+    of the cluster as it is now, not as it was before an earlier test failed a master over
+    or moved a slot."""
+    session_admin.nodes_manager.initialize()
+    return session_admin
+
+
+@pytest.fixture
+def reshapes_cluster(session_admin: Any) -> Iterator[None]:
+    """For a test that changes the cluster (fails a master over, kills one, migrates a slot,
+    stops a replica): it starts on a healthy cluster and leaves it healthy for the next
+    test, whatever happened (``redis_cluster.start`` waits for it to settle, restarts a
+    node left down, or rebuilds it), with the session client's slot map refreshed."""
+    redis_cluster.start()
+    session_admin.nodes_manager.initialize()
+    yield
+    redis_cluster.start()
+    session_admin.nodes_manager.initialize()
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -272,14 +296,18 @@ def test_a_write_no_replica_acknowledges_fails_closed(mode: str) -> None:
 
 
 def _owner_and_replica(admin: Any, key: str) -> tuple[int, int]:
-    """Ports of the master owning ``key``'s slot and of its replica."""
-    master = admin.get_node_from_key(key)
-    replica = admin.get_node_from_key(key, replica=True)
-    assert replica is not None
-    assert replica.port != master.port
-    return int(master.port), int(replica.port)
+    """Ports of the master owning ``key``'s slot and of its replica (as the master itself
+    reports it in ``CLUSTER NODES``)."""
+    master = int(admin.get_node_from_key(key).port)
+    view = redis_cluster.view(master)
+    assert view is not None, redis_cluster.describe()
+    assert view.role == "master", redis_cluster.describe()
+    replicas = [p.port for p in view.peers.values() if p.master_id == view.myself.id]
+    assert len(replicas) == 1, redis_cluster.describe()
+    return master, replicas[0]
 
 
+@pytest.mark.usefixtures("reshapes_cluster")
 def test_a_stalled_replica_makes_a_waited_write_fail(
     cluster_url: str, admin: Any, mode: str
 ) -> None:
@@ -306,57 +334,58 @@ def test_a_stalled_replica_makes_a_waited_write_fail(
         store.close()
 
 
-def _roles(port: int) -> dict[int, str]:
-    """Port -> "master"/"slave" as node ``port`` sees the cluster."""
-    node = _node(port)
-    try:
-        nodes = node.cluster("NODES")
-    finally:
-        node.close()
-    return {
-        int(address.rsplit(":", 1)[1]): "master" if "master" in fields["flags"] else "slave"
-        for address, fields in nodes.items()
-    }
+def _failed_over(seen: dict[int, redis_cluster.View | None], old: int, new: int) -> bool:
+    """Whether ``new`` says it is a master and ``old`` its replica, every node agrees, and
+    the cluster is healthy again (the old master resynced)."""
+    new_view, old_view = seen[new], seen[old]
+    if new_view is None or old_view is None or redis_cluster.problems(seen):
+        return False
+    new_id = new_view.myself.id
+    return (
+        new_view.role == "master"
+        and old_view.replication.get("master_port") == str(new)
+        and all(
+            v is not None and v.peers[new].role == "master" and v.peers[old].master_id == new_id
+            for v in seen.values()
+        )
+    )
 
 
-def _settled(old: int, new: int, timeout: float = 10) -> bool:
-    """Whether every node agrees, three polls in a row, that ``new`` is a master and ``old``
-    its replica (False when the promotion was undone: two manual failovers in quick
-    succession can collide on the config epoch and the older master wins the slots back)."""
-    deadline, agreed = time.monotonic() + timeout, 0
-    while time.monotonic() < deadline:
-        views = [_roles(port) for port in redis_cluster.PORTS]
-        if all(v.get(new) == "master" and v.get(old) == "slave" for v in views):
-            agreed += 1
-            if agreed == 3 and redis_cluster.healthy():
-                return True
-        else:
-            agreed = 0
-            if views[redis_cluster.PORTS.index(new)].get(new) == "slave" and time.monotonic() > (
-                deadline - timeout + 3
-            ):
-                return False
-        time.sleep(0.2)
-    return False
+def _failover(admin: Any, key: str, timeout: float = 30) -> tuple[int, int]:
+    """``CLUSTER FAILOVER`` on the replica of ``key``'s master, until every node agrees, five
+    polls in a row (about half a second), that the replica is the slot's master. Returns
+    (old, new) ports.
 
-
-def _failover(admin: Any, key: str) -> tuple[int, int]:
-    """``CLUSTER FAILOVER`` on the replica of ``key``'s master, until every node agrees the
-    replica is the slot's master (retried if Redis undid it). Returns (old, new) ports."""
-    redis_cluster.start()  # an earlier failover has settled
-    admin.nodes_manager.initialize()  # the session's client may hold a stale slot map
+    Decided from what the nodes report: FAILOVER is sent again only to a node that says it
+    is a replica, and only once the last request is over: Redis aborts a manual failover
+    after 5 s, and a promotion it undid (a failover right after another one can lose the
+    slots back to the old master) shows as the node saying master, then replica again in
+    a healthy cluster. A reply that it is a master already is no error."""
     old, new = _owner_and_replica(admin, key)
-    promoted = _node(new)
-    try:
-        for _ in range(3):
-            assert promoted.cluster("FAILOVER") in (b"OK", True, "OK")
-            if _settled(old, new):
-                return old, new
-    finally:
-        promoted.close()
-    raise AssertionError("the failover did not settle")
+    deadline, sent, promoted, agreed = time.monotonic() + timeout, -1e9, False, 0
+    seen = redis_cluster.views()
+    while agreed < 5:
+        assert time.monotonic() < deadline, (
+            f"{new} did not take over from {old} in {timeout} s:\n{redis_cluster.describe(seen)}"
+        )
+        role = (new_view := seen[new]) and new_view.role
+        promoted = promoted or role == "master"
+        over = time.monotonic() - sent > 8 or (promoted and not redis_cluster.problems(seen))
+        if role == "slave" and over:
+            try:
+                (reply,) = redis_cluster.query(new, ("CLUSTER", "FAILOVER"))
+            except OSError:
+                reply = None  # did not answer in time: looked at again below
+            sent, promoted = time.monotonic(), False
+            if isinstance(reply, redis_cluster.ReplyError) and "to a replica" not in str(reply):
+                raise AssertionError(f"CLUSTER FAILOVER on {new}: {reply}")
+        time.sleep(0.1)
+        seen = redis_cluster.views()
+        agreed = agreed + 1 if _failed_over(seen, old, new) else 0
+    return old, new
 
 
+@pytest.mark.usefixtures("reshapes_cluster")
 @pytest.mark.parametrize("wait", [0, 1])
 def test_a_waited_claim_survives_a_failover_of_its_master(
     cluster_url: str, admin: Any, mode: str, wait: int
@@ -380,7 +409,6 @@ def test_a_waited_claim_survives_a_failover_of_its_master(
         finally:
             fresh.close()
         assert s.complete(key, claim.record.fence, b"done", ttl=TTL)
-        owner = admin.get_node_from_key(PREFIX + key)
         admin.nodes_manager.initialize()
         owner = admin.get_node_from_key(PREFIX + key)
         assert (owner.port, old) == (new, old)
@@ -495,6 +523,7 @@ def _myid(port: int) -> str:
     return answer.decode() if isinstance(answer, bytes) else str(answer)
 
 
+@pytest.mark.usefixtures("reshapes_cluster")
 @pytest.mark.parametrize("wait", [0, 1])
 def test_claims_follow_a_slot_being_migrated(
     cluster_url: str, admin: Any, mode: str, wait: int
@@ -503,11 +532,15 @@ def test_claims_follow_a_slot_being_migrated(
     is sent (behind ASKING) to the importing master, where the record is created; the
     duplicate finds it there. Once the slot has moved, the stale slot map gets MOVED."""
     s = StoreDriver(RedisStore(cluster_url, prefix=PREFIX, wait_replicas=wait), mode)
-    key = _key()
-    full = PREFIX + key
-    admin.nodes_manager.initialize()
-    slot = admin.keyslot(full)
-    source = int(admin.get_node_from_key(full).port)
+    for _ in range(100):  # a slot its master holds no key in (else SETSLOT NODE refuses)
+        key = _key()
+        full = PREFIX + key
+        slot = admin.keyslot(full)
+        source = int(admin.get_node_from_key(full).port)
+        if redis_cluster.query(source, ("CLUSTER", "COUNTKEYSINSLOT", str(slot))) == [0]:
+            break
+    else:
+        raise AssertionError("no empty slot found in 100 tries")
     target = next(int(n.port) for n in admin.get_primaries() if int(n.port) != source)
     source_id, target_id = _myid(source), _myid(target)
     src, dst = _node(source), _node(target)
@@ -532,7 +565,9 @@ def test_claims_follow_a_slot_being_migrated(
         migrating = False
         deadline = time.monotonic() + 10
         while {_node_owner(admin, full, p) for p in redis_cluster.PORTS} != {target}:
-            assert time.monotonic() < deadline, "the slot's new owner did not propagate"
+            assert time.monotonic() < deadline, (
+                f"slot {slot}'s new owner {target} did not propagate:\n{redis_cluster.describe()}"
+            )
             time.sleep(0.2)
         assert s.complete(key, claim.record.fence, b"moved", ttl=TTL)  # MOVED, then sent on
         assert s.claim(key, "fp", lease=LEASE, ttl=TTL).record.result == b"moved"
@@ -559,6 +594,7 @@ def _node_owner(admin: Any, key: str, port: int) -> int | None:
         node.close()
 
 
+@pytest.mark.usefixtures("reshapes_cluster")
 def test_a_waited_claim_survives_its_master_being_killed(
     cluster_url: str, admin: Any, mode: str
 ) -> None:
@@ -569,8 +605,6 @@ def test_a_waited_claim_survives_its_master_being_killed(
     url = f"{cluster_url}?prefix={PREFIX}&wait_replicas=1"
     s = StoreDriver(store_from_url(url), mode)
     key = _key()
-    redis_cluster.start()  # an earlier failover has settled
-    admin.nodes_manager.initialize()
     old, new = _owner_and_replica(admin, PREFIX + key)
     victim = _node(old)
     pid = int(victim.info("server")["process_id"])
@@ -580,8 +614,11 @@ def test_a_waited_claim_survives_its_master_being_killed(
         assert claim.acquired
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while _roles(new).get(new) != "master" or _node_owner(admin, PREFIX + key, new) != new:
-            assert time.monotonic() < deadline, "the replica did not take over"
+        while not _took_over(admin, PREFIX + key, new):
+            assert time.monotonic() < deadline, (
+                f"{new} did not take over from the killed {old} in 30 s:\n"
+                f"{redis_cluster.describe()}"
+            )
             time.sleep(0.2)
         for attempt in range(50):  # the first calls may still reach the dead master
             try:
@@ -600,24 +637,26 @@ def test_a_waited_claim_survives_its_master_being_killed(
     finally:
         s.close()
         s.store.close()
-        _rejoin(old)
+        if not redis_cluster.listening(old):  # the test failed before: reshapes_cluster waits
+            redis_cluster.run_node(old)
 
 
-def _rejoin(port: int) -> None:
-    """Restart the node of ``port`` if it is down; wait until the cluster is healthy."""
-    if _roles_or_none(port) is None:
-        redis_cluster.run_node(port)
-    deadline = time.monotonic() + 60
-    while not redis_cluster.healthy():
-        assert time.monotonic() < deadline, "the killed node did not rejoin"
-        time.sleep(0.3)
+def _took_over(admin: Any, key: str, new: int) -> bool:
+    """Whether node ``new`` says it is a master and owns ``key``'s slot."""
+    view = redis_cluster.view(new)
+    return view is not None and view.role == "master" and _node_owner(admin, key, new) == new
 
 
-def _roles_or_none(port: int) -> dict[int, str] | None:
-    try:
-        return _roles(port)
-    except redis.exceptions.ConnectionError:
-        return None
+def _rejoin(port: int, timeout: float = 60) -> None:
+    """Restart the node of ``port``; wait until it has rejoined and the cluster is healthy."""
+    redis_cluster.run_node(port)
+    deadline = time.monotonic() + timeout
+    while problems := redis_cluster.problems():
+        assert time.monotonic() < deadline, (
+            f"the killed node {port} did not rejoin in {timeout} s ({'; '.join(problems)}):\n"
+            f"{redis_cluster.describe()}"
+        )
+        time.sleep(0.2)
 
 
 def test_a_cluster_that_cannot_start_skips_locally_and_fails_in_ci(
@@ -839,6 +878,7 @@ def _scripts_sent(packets: list[tuple[int, bytes]], since: int, key: str) -> lis
     return sent
 
 
+@pytest.mark.usefixtures("reshapes_cluster")
 @pytest.mark.parametrize(("mode", "wait"), [("sync", 0), ("async", 1)])
 def test_a_batch_on_a_stale_slot_map_gives_each_item_its_own_outcome(
     cluster_url: str, admin: Any, mode: str, wait: int, packets: list[tuple[int, bytes]]
@@ -994,6 +1034,7 @@ def test_a_batch_whose_reply_is_lost_fails_whole_and_resends_nothing(
         s.store.close()
 
 
+@pytest.mark.usefixtures("reshapes_cluster")
 def test_a_batch_retries_a_slot_split_by_a_migration_then_gives_up(
     cluster_url: str, admin: Any, mode: str, packets: list[tuple[int, bytes]]
 ) -> None:
