@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import os
 import threading
 import time
+import types
 import weakref
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -311,7 +313,7 @@ SCRIPTS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: that costs a setattr call per field, per operation
 class _Call(Generic[_T]):
     """One operation, transport-agnostic: a script, its one key, its ARGV, a parser of
     the reply and ``wrote(result)``: whether the script changed the key (``None``: it never
@@ -448,7 +450,7 @@ async def _anode_pipeline(node: Any, commands: list[Any]) -> list[Any]:
     return replies
 
 
-def _pack(command: tuple[Any, ...]) -> bytes:
+def _resp(command: tuple[Any, ...]) -> bytes:
     """``command`` in RESP, its ``str`` parts UTF-8 and numbers as text (as redis-py's
     default encoder writes them), without redis-py's general-purpose packer."""
     out = [b"*%d\r\n" % len(command)]
@@ -456,6 +458,29 @@ def _pack(command: tuple[Any, ...]) -> bytes:
         data = part if isinstance(part, bytes) else str(part).encode()
         out += (b"$%d\r\n" % len(data), data, b"\r\n")
     return b"".join(out)
+
+
+#: The packer :func:`_pack` uses: :func:`_resp`, or hiredis's ``pack_command`` (the same
+#: bytes for ``str``, ``bytes`` and ``int`` parts, about four times faster) once a store
+#: was built with hiredis installed (:func:`_load_packer`).
+_packer: Callable[[tuple[Any, ...]], bytes] = _resp
+
+
+def _load_packer() -> None:
+    """Use hiredis's C packer from now on when it is installed (not at import: the
+    module imports no backend library)."""
+    global _packer
+    try:
+        from hiredis import pack_command
+    except ImportError:
+        return
+    _packer = pack_command
+
+
+def _pack(command: tuple[Any, ...]) -> bytes:
+    """``command`` (parts ``str``, ``bytes`` or ``int``) in RESP, as redis-py's default
+    encoder writes it (the sync single-node path and the async pipelines)."""
+    return _packer(command)
 
 
 def _always(_result: Any) -> bool:
@@ -500,19 +525,26 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+#: ``Status`` by value: a dict lookup (``Status(value)`` goes through ``EnumMeta.__call__``).
+_STATUS = {status.value: status for status in Status}
+
+
 def _record(key: str, flat: list[Any]) -> Record | None:
+    """The record of an ``HGETALL``-style flat reply (``KeyError`` or ``ValueError`` when
+    it holds none). Positional construction and the lookup above: a claim's reply parses
+    in half the time of keyword construction with ``Status(...)``."""
     if not flat:
         return None
-    fields = {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+    fields = dict(zip(map(_text, flat[::2]), flat[1::2], strict=True))
     result = fields.get("result")
     return Record(
-        key=key,
-        status=Status(_text(fields["status"])),
-        fingerprint=_text(fields["fingerprint"]),
-        fence=int(fields["fence"]),
-        lease_expires_at=float(fields["lease_expires_at"]),
-        expires_at=float(fields["expires_at"]),
-        result=bytes(result) if result is not None else None,
+        key,
+        _STATUS[_text(fields["status"])],
+        _text(fields["fingerprint"]),
+        int(fields["fence"]),
+        float(fields["lease_expires_at"]),
+        float(fields["expires_at"]),
+        None if result is None else bytes(result),
     )
 
 
@@ -521,7 +553,7 @@ def _claim_parser(key: str) -> Callable[[Any], Claim]:
         acquired, now, flat = reply
         record = _record(key, flat)
         assert record is not None
-        return Claim(acquired=bool(int(acquired)), record=record, now=float(now))
+        return Claim(int(acquired) == 1, record, float(now))
 
     return parse
 
@@ -625,6 +657,169 @@ class _Coalescer:
         return replies
 
 
+class _Direct:
+    """The sync single-node path of one ``redis.Redis`` (not a cluster): one script call
+    takes one connection, packs its command here (:func:`_pack`), writes it with
+    ``send_packed_command`` and reads the reply with ``read_response`` (hiredis parses
+    it when installed), then gives the connection back. Not ``execute_command``: per
+    command that adds a pool checkout and release (each with a lock, a pid check, four
+    metrics hooks and an event), a retry wrapper and its closures, and redis-py's generic
+    packer, which measured more client CPU per new-key call than the two round trips
+    themselves (docs/benchmarks.md).
+
+    What the generic path guarantees is kept: the socket's ``socket_timeout`` bounds every
+    read and write; after any failure between the write and the end of the reply (a lost
+    connection, a timeout, an interruption) the connection is disconnected, so no reply
+    is ever left pending on a connection that is used again, and nothing is resent (the
+    script may have run); ``NOSCRIPT`` is answered by ``EVAL`` on the same connection; an
+    error reply (read in full) leaves the connection in use; a connection found dead or
+    with unread data when taken (before anything is sent) is reconnected, as the pool
+    does.
+
+    ``keep`` (a client the store built and owns): connections stay checked out of its
+    pool between calls, in ``spare`` (a list: ``pop`` and ``append`` are atomic, so
+    threads sharing the store never share a connection); after a fork the child drops
+    the parent's. Otherwise (an injected client, whose pool others may share) each call
+    checks a connection out of the pool and releases it.
+
+    Only for a plain setup (:meth:`of`); anything else takes redis-py's generic path, as
+    does a call while ``execute_command`` is wrapped or patched (instrumentation, e.g.
+    OpenTelemetry's) or redis-py's own metrics are on (:meth:`plain`).
+    """
+
+    __slots__ = (
+        "client",
+        "error_reply",
+        "keep",
+        "noscript",
+        "observability",
+        "pid",
+        "pool",
+        "spare",
+        "unusable",
+        "utf8",
+    )
+
+    def __init__(self, redis: Any, client: Any, *, keep: bool) -> None:
+        self.client = client
+        self.pool = client.connection_pool
+        self.keep = keep
+        self.spare: list[Any] = []
+        self.pid = os.getpid()
+        encoding = str(self.pool.connection_kwargs.get("encoding", "utf-8"))
+        self.utf8 = encoding.replace("-", "").lower() == "utf8"
+        self.noscript: type[Exception] = redis.exceptions.NoScriptError
+        self.error_reply: type[Exception] = redis.exceptions.ResponseError
+        try:  # redis-py's metrics switch (redis-py 7.1+)
+            from redis.observability.providers import get_observability_instance
+        except ImportError:
+            self.observability: Callable[[], Any] | None = None
+        else:
+            self.observability = get_observability_instance
+        errors = redis.exceptions
+        self.unusable: tuple[type[Exception], ...] = (
+            errors.ConnectionError,
+            errors.TimeoutError,
+            OSError,
+        )
+
+    @classmethod
+    def of(cls, redis: Any, client: Any, *, keep: bool) -> _Direct | None:
+        """The direct path of ``client``, or ``None`` when it is not a plain
+        ``redis.Redis``: a pooled client (no ``single_connection_client``) on a
+        ``ConnectionPool`` / ``BlockingConnectionPool`` of TCP, TLS or Unix socket
+        connections, speaking RESP2, without client-side caching, a credential provider
+        (it re-authenticates on release) or command retries (the generic path honours
+        ``retry=`` / ``retry_on_timeout`` / ``retry_on_error``; the store's own client
+        has none)."""
+        if not isinstance(client, redis.Redis) or client.connection is not None:
+            return None
+        pool = client.connection_pool
+        kwargs = pool.connection_kwargs
+        retry = kwargs.get("retry")
+        retries = (
+            retry.get_retries()
+            if retry is not None
+            else int(bool(kwargs.get("retry_on_timeout") or kwargs.get("retry_on_error")))
+        )
+        plain = (
+            type(pool) in (redis.ConnectionPool, redis.BlockingConnectionPool)
+            and pool.connection_class
+            in (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection)
+            and kwargs.get("protocol") in (None, 2, "2")
+            and getattr(pool, "cache", None) is None
+            and kwargs.get("credential_provider") is None
+            and retries == 0
+        )
+        return cls(redis, client, keep=keep) if plain else None
+
+    def plain(self) -> bool:
+        """Whether this call may bypass ``execute_command``: it is redis-py's own (not
+        wrapped on the class nor replaced on the client) and redis-py's observability
+        (its command metrics) is off."""
+        method = type(self.client).execute_command
+        if (
+            type(method) is not types.FunctionType
+            or method.__module__ != "redis.client"
+            or "execute_command" in vars(self.client)
+        ):
+            return False
+        return self.observability is None or self.observability().get_provider_manager() is None
+
+    def execute(self, script: _Script, rest: tuple[Any, ...]) -> Any:
+        """``EVALSHA script rest...`` (``EVAL`` after ``NOSCRIPT``) and its reply; an error
+        reply raises its ``ResponseError``."""
+        connection = self._take()
+        try:
+            try:
+                reply = self._round_trip(connection, ("EVALSHA", script.sha, *rest))
+            except self.noscript:
+                reply = self._round_trip(connection, ("EVAL", script.source, *rest))
+        except self.error_reply:  # read in full: the connection is clean
+            self._give(connection)
+            raise
+        except BaseException:  # the reply may be on its way: never read it as another's
+            connection.disconnect()
+            self.pool.release(connection)
+            raise
+        self._give(connection)
+        return reply
+
+    def _round_trip(self, connection: Any, command: tuple[Any, ...]) -> Any:
+        if self.utf8:
+            connection.send_packed_command((_pack(command),))
+        else:  # an unusual client encoding: redis-py encodes
+            connection.send_packed_command(connection.pack_command(*command))
+        return connection.read_response()
+
+    def _take(self) -> Any:
+        """A connected connection with nothing pending: a spare one when kept (checked as
+        the pool checks: no unread data, not closed by the server; else reconnected, which
+        is safe since nothing was sent), or one from the pool (which checks the same)."""
+        if self.keep:
+            if self.pid != os.getpid():  # a forked child: the parent's sockets are not ours
+                self.spare, self.pid = [], os.getpid()
+            try:
+                connection = self.spare.pop()
+            except IndexError:
+                pass
+            else:
+                try:
+                    if not connection.can_read():
+                        return connection
+                except self.unusable:  # closed by the server, or the socket failed
+                    pass
+                connection.disconnect()
+                self.pool.release(connection)
+        return self.pool.get_connection()
+
+    def _give(self, connection: Any) -> None:
+        if self.keep:
+            self.spare.append(connection)
+        else:
+            self.pool.release(connection)
+
+
 class RedisStore(CountedByScan, OperationStore):
     """Records in Redis: one hash per key (``{prefix}{key}``), one Lua script per operation.
 
@@ -652,7 +847,11 @@ class RedisStore(CountedByScan, OperationStore):
     methods run it in a worker thread; with only ``async_client``, the sync methods fail.
     The async methods pipeline automatically (not on a cluster, nor with ``wait_replicas``):
     the calls made during one event-loop iteration go out as one pipeline, each its own
-    ``EVALSHA`` with its own reply (see :class:`_Coalescer`).
+    ``EVALSHA`` with its own reply (see :class:`_Coalescer`). The sync methods on a single
+    node write each command on a connection directly, not through redis-py's
+    ``execute_command`` (see :class:`_Direct`: the same commands and guarantees, half the
+    client CPU); a client with command retries, or whose ``execute_command`` is wrapped
+    (instrumentation) or redis-py metrics are on, goes through ``execute_command``.
     Store-built clients use ``socket_timeout`` / ``socket_connect_timeout`` (5 s) and no
     command retries (a timed-out script may have run; the caller fails closed with
     :class:`~idempotence.StoreError`) and speak RESP2 (``protocol=2``; redis-py 8.1 does
@@ -697,6 +896,7 @@ class RedisStore(CountedByScan, OperationStore):
         **options: Any,
     ) -> None:
         self._redis = require("redis", "redis")
+        _load_packer()
         require("redis.asyncio", "redis")  # binds self._redis.asyncio
         require("redis.asyncio.cluster", "redis")
         if url is None and client is None and async_client is None:
@@ -749,6 +949,11 @@ class RedisStore(CountedByScan, OperationStore):
             or isinstance(async_client, self._redis.asyncio.cluster.RedisCluster)
         )
         self._client: Redis | None = None
+        #: The sync single-node path without ``execute_command`` (see :class:`_Direct`):
+        #: of an injected plain client now, of the store's own client once built.
+        self._direct: _Direct | None = None
+        if client is not None and not self.cluster:
+            self._direct = _Direct.of(self._redis, client, keep=False)
         self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient]
         self._loop_clients = weakref.WeakKeyDictionary()
         #: Each loop's auto-pipelining of its async client (see :class:`_Coalescer`).
@@ -816,6 +1021,7 @@ class RedisStore(CountedByScan, OperationStore):
                     )
                 else:
                     client = self._redis.Redis.from_url(self.url, **self._options)
+                    self._direct = _Direct.of(self._redis, client, keep=True)
                 self._client = client
             return self._client
 
@@ -886,6 +1092,8 @@ class RedisStore(CountedByScan, OperationStore):
         left open."""
         with self._lock:
             client, self._client = self._client, None
+            if self._injected_client is None:  # its spare connections close with the client
+                self._direct = None
             forget_closed_loops(self._loop_clients)
         if client is not None:
             client.close()
@@ -903,6 +1111,14 @@ class RedisStore(CountedByScan, OperationStore):
     def _run(self, call: _Call[_T]) -> _T:
         key, args, script = call.key, call.args, call.script
         try:
+            direct = self._direct
+            if (
+                direct is not None
+                and not (self.wait_replicas and call.wrote is not None)
+                and direct.plain()
+            ):
+                reply = direct.execute(script, (1 + len(call.more), key, *call.more, *args))
+                return call.parse(reply)
             client = self._sync_client()
             if self.wait_replicas and call.wrote is not None:
                 return self._drive(client, self._waited(call))
