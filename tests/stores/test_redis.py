@@ -612,6 +612,91 @@ def test_a_reply_lost_in_flight_fails_its_batch_and_nothing_is_resent(
     assert sorted(c[3] for c in claims) == sorted(PREFIX + k for k in keys)  # once each
 
 
+def _slow_replies(monkeypatch: pytest.MonkeyPatch, delays: list[float]) -> None:
+    """Each async read of a reply first waits the next of ``delays`` (then none)."""
+    read: Any = redis.asyncio.connection.AbstractConnection.read_response
+
+    async def slow_read(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if delays:
+            await asyncio.sleep(delays.pop(0))
+        return await read(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "read_response", slow_read)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="one timer per batch from Python 3.11")
+def test_a_reply_later_than_socket_timeout_fails_its_batch_and_the_next_reconnects(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's timer (see ``_replies``) bounds each read: a reply that does not come
+    fails the calls of its batch (the script may have run: fail closed) within 1.5 times
+    ``socket_timeout``, and the connection, which may still receive it, is dropped."""
+    store = RedisStore(url, prefix=PREFIX, socket_timeout=0.2)
+
+    async def main() -> tuple[list[Any], float, Any]:
+        await store.aget(_key())  # connected: no timer in the way of connecting
+        _slow_replies(monkeypatch, [30.0])
+        start = time.perf_counter()
+        outcomes = await asyncio.gather(
+            *(store.aclaim(_key(), "fp", lease=LEASE, ttl=TTL) for _ in range(2)),
+            return_exceptions=True,
+        )
+        elapsed = time.perf_counter() - start
+        after = await store.aclaim(_key(), "fp", lease=LEASE, ttl=TTL)
+        await store.aclose()
+        return outcomes, elapsed, after
+
+    outcomes, elapsed, after = asyncio.run(main())
+    assert all(isinstance(o, StoreError) for o in outcomes), outcomes
+    assert all("Timeout" in str(o.__cause__) for o in outcomes)
+    assert 0.2 <= elapsed < 1.5
+    assert after.acquired
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="one timer per batch from Python 3.11")
+def test_each_reply_of_a_batch_gets_the_whole_socket_timeout(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One timer per batch, but moved forward as its replies come: four replies that each
+    take half of ``socket_timeout`` (two timeouts in all) are all read."""
+    store = RedisStore(url, prefix=PREFIX, socket_timeout=0.2)
+
+    async def main() -> list[Any]:
+        await store.aget(_key())
+        _slow_replies(monkeypatch, [0.1] * 4)
+        claims = await asyncio.gather(
+            *(store.aclaim(_key(), "fp", lease=LEASE, ttl=TTL) for _ in range(4))
+        )
+        await store.aclose()
+        return claims
+
+    assert all(claim.acquired for claim in asyncio.run(main()))
+
+
+def test_aclose_then_a_call_on_the_same_loop_uses_a_new_client(url: str, admin: Any) -> None:
+    """After ``aclose`` the next call on the loop builds (and pipelines on) a new client,
+    which the next ``aclose`` closes: no call goes to the closed one."""
+    name = f"idem-test-{uuid.uuid4().hex[:12]}"
+    store = RedisStore(url, prefix=PREFIX, client_name=name)
+
+    def connections() -> int:
+        return len([c for c in admin.client_list() if c.get("name") == name])
+
+    async def main() -> list[int]:
+        counts = []
+        for _ in range(2):
+            claims = await asyncio.gather(
+                *(store.aclaim(_key(), "fp", lease=LEASE, ttl=TTL) for _ in range(3))
+            )
+            assert all(claim.acquired for claim in claims)
+            counts.append(connections())
+            await store.aclose()
+            counts.append(connections())
+        return counts
+
+    assert asyncio.run(main()) == [1, 0, 1, 0]
+
+
 @pytest.mark.parametrize(
     "command",
     [

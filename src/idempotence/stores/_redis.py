@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import math
 import os
 import threading
 import time
@@ -643,18 +644,64 @@ class _Coalescer:
             else:  # an unusual client encoding: redis-py encodes
                 packed = connection.pack_commands(commands)
             await connection.send_packed_command(packed)
-            replies: list[Any] = []
-            for _ in commands:
+            timeout = connection.socket_timeout
+            if _batch_timeout is None or timeout is None:  # Python 3.10, or no timeout
+                replies = await _replies(connection, len(commands), ResponseError, None)
+            else:
                 try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
+                    async with _batch_timeout(None) as deadline:
+                        replies = await _replies(
+                            connection, len(commands), ResponseError, (deadline, timeout)
+                        )
+                except TimeoutError:
+                    from redis.exceptions import TimeoutError as ReadTimeout
+
+                    raise ReadTimeout("Timeout reading a pipeline's replies from Redis") from None
         except BaseException:
             await connection.disconnect(nowait=True)
             raise
         finally:
             await pool.release(connection)
         return replies
+
+
+#: ``asyncio.timeout`` (Python 3.11+): one timer for a batch's replies, see :func:`_replies`.
+_batch_timeout: Callable[[float | None], Any] | None = getattr(asyncio, "timeout", None)
+
+
+async def _replies(
+    connection: Any, n: int, error_reply: type[Exception], deadline: tuple[Any, float] | None
+) -> list[Any]:
+    """The next ``n`` replies on ``connection`` (an error reply as its exception).
+
+    ``deadline`` (``asyncio.timeout`` context, ``socket_timeout``): the replies are read
+    under that one timer, moved forward only when a read starts less than
+    ``socket_timeout`` before it (to ``1.5 * socket_timeout`` from then), so each reply is
+    waited for at least ``socket_timeout`` and at most 1.5 times it, and a batch of 64
+    replies costs one timer, not 64 (redis-py's ``read_response`` arms and cancels one per
+    read: ``timeout=math.inf`` turns that off in redis-py 8.1+). ``None``: redis-py's own
+    timeout per read."""
+    replies: list[Any] = []
+    if deadline is None:
+        for _ in range(n):
+            try:
+                replies.append(await connection.read_response())
+            except error_reply as exc:
+                replies.append(exc)
+        return replies
+    timer, timeout = deadline
+    loop = asyncio.get_running_loop()
+    due = 0.0
+    for _ in range(n):
+        now = loop.time()
+        if now + timeout > due:
+            due = now + 1.5 * timeout
+            timer.reschedule(due)
+        try:
+            replies.append(await connection.read_response(timeout=math.inf))
+        except error_reply as exc:
+            replies.append(exc)
+    return replies
 
 
 class _Direct:
@@ -1101,8 +1148,10 @@ class RedisStore(CountedByScan, OperationStore):
     async def aclose(self) -> None:
         """Close this loop's async client and the sync client the store built (both are
         rebuilt on next use). Injected clients are left open."""
+        loop = asyncio.get_running_loop()
         with self._lock:
-            entry = self._loop_clients.pop(asyncio.get_running_loop(), None)
+            entry = self._loop_clients.pop(loop, None)
+            self._coalescers.pop(loop, None)  # the next call takes the slow path: a new client
         if entry is not None:
             await entry.closer.aclose()  # its `finally` closes the loop's client
         self.close()
@@ -1134,6 +1183,13 @@ class RedisStore(CountedByScan, OperationStore):
         return call.parse(reply)
 
     async def _arun(self, call: _Call[_T]) -> _T:
+        # The fast path: this loop's single-node client is built and its coalescer set up
+        # (registered below on the first call, dropped by aclose()), so no client lookup
+        # under the lock nor cluster check (``isinstance`` of redis-py's RedisCluster, a
+        # Protocol subclass, costs more than a claim's packing) per call.
+        coalescer = self._coalescers.get(asyncio.get_running_loop())
+        if coalescer is not None and not (self.wait_replicas and call.wrote is not None):
+            return await self._coalesced(coalescer, call)
         client = await self._async_client()
         if client is None:
             return await asyncio.to_thread(self._run, call)
@@ -1158,13 +1214,29 @@ class RedisStore(CountedByScan, OperationStore):
                 coalescer = self._coalescers.get(loop)
                 if coalescer is None or coalescer.client is not client:
                     coalescer = self._coalescers[loop] = _Coalescer(client)
-                command = ("EVALSHA", script.sha, keys, key, *call.more, *args)
-                reply = await coalescer.submit(command)
-                if isinstance(reply, self._redis.exceptions.NoScriptError):
-                    reply = await client.eval(script.source, keys, key, *call.more, *args)
-                elif isinstance(reply, Exception):
-                    raise reply
+                return await self._coalesced(coalescer, call)
         except (self._redis.exceptions.ConnectionError, _cluster_errors(self._redis)) as exc:
+            failure = _connect_failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+        return call.parse(reply)
+
+    async def _coalesced(self, coalescer: _Coalescer, call: _Call[_T]) -> _T:
+        """``call`` in this loop iteration's pipeline (see :class:`_Coalescer`); ``EVAL``
+        on the client after ``NOSCRIPT``; connection failures mapped as in :meth:`_arun`."""
+        keys = 1 + len(call.more)
+        errors = self._redis.exceptions
+        try:
+            command = ("EVALSHA", call.script.sha, keys, call.key, *call.more, *call.args)
+            reply = await coalescer.submit(command)
+            if isinstance(reply, Exception):
+                if not isinstance(reply, errors.NoScriptError):
+                    raise reply
+                reply = await coalescer.client.eval(
+                    call.script.source, keys, call.key, *call.more, *call.args
+                )
+        except (errors.ConnectionError, _cluster_errors(self._redis)) as exc:
             failure = _connect_failure(exc)
             if failure is None:
                 raise
