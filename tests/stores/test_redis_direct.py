@@ -491,3 +491,40 @@ def test_tls(admin: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     finally:
         store.close()
         proxy.close()
+
+
+@pytest.mark.parametrize("retry", ["default", "none"])
+def test_an_injected_client_that_resends_a_claim_never_runs_the_function_twice(
+    proxy: Proxy, retry: str
+) -> None:
+    """docs/stores.md: the claim's reply comes after socket_timeout. A ``redis.Redis(...)``
+    built with its default retry policy resends the script, which finds the claim it made
+    and answers "in progress" (the function does not run; the record stays claimed until
+    its lease ends); with ``retry=None`` the call fails closed with ``StoreError``. The
+    function never runs in either case, and a later duplicate does not run it either."""
+    from idempotence import AlreadyInProgressError
+
+    options: dict[str, Any] = {} if retry == "default" else {"retry": None}
+    client = redis.Redis(
+        host="127.0.0.1", port=proxy.port, db=int(DB), socket_timeout=0.2, **options
+    )
+    idem = Idempotency(RedisStore(client=client, prefix=PREFIX), lease=30)
+    runs: list[str] = []
+
+    @idem(key="order_id")
+    def charge(order: dict[str, Any]) -> str:
+        runs.append(order["order_id"])
+        return "charged"
+
+    order = {"order_id": _key()}
+    try:
+        client.ping()
+        proxy.delay_next = 0.5
+        expected = AlreadyInProgressError if retry == "default" else StoreError
+        with pytest.raises(expected):
+            charge(order)
+        with pytest.raises(AlreadyInProgressError):  # the first claim holds the key
+            charge(order)
+        assert runs == []
+    finally:
+        client.close()
