@@ -1379,3 +1379,58 @@ def test_async_heartbeat_renews_a_long_call_and_a_short_one_starts_no_task() -> 
     record = slow.record_for({"k": 2})  # type: ignore[attr-defined]
     assert record is not None
     assert record.status.value == "COMPLETED"  # one claim kept alive to the end
+
+
+def test_async_heartbeats_of_different_leases_share_a_timer_and_each_keeps_its_lease() -> None:
+    """Concurrent bodies with leases of 0.2 s and 0.4 s, running 0.5 s (past both leases)
+    among short calls, each renewed on time (one timer per loop serves them all); once
+    the loop is done nothing of it is kept (its heartbeat state holds it weakly)."""
+    import gc
+    import weakref
+
+    from idempotence import _shells
+
+    renewals: dict[str, list[float]] = {}
+
+    class Recording(MemoryStore):
+        async def arenew(self, key: str, fence: int, *, lease: float) -> bool:
+            renewals.setdefault(key, []).append(time.monotonic())
+            return await super().arenew(key, fence, lease=lease)
+
+    async def body(o: dict[str, Any]) -> int:
+        await asyncio.sleep(o["t"])
+        return int(o["k"])
+
+    store = Recording()
+    fns = {
+        lease: Idempotency(store, lease=lease)(key="k", namespace=f"n{lease}")(body)
+        for lease in (0.2, 0.4)
+    }
+    loops: list[Any] = []
+
+    async def main() -> list[Any]:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        start = time.monotonic()
+        results = await asyncio.gather(
+            fns[0.2]({"k": 1, "t": 0.5}),
+            fns[0.4]({"k": 2, "t": 0.5}),
+            *(fns[0.2]({"k": 10 + i, "t": 0.01}) for i in range(5)),
+        )
+        renewals["start"] = [start]
+        return results
+
+    assert asyncio.run(main()) == [1, 2, 10, 11, 12, 13, 14]
+    start = renewals.pop("start")[0]
+    by_lease = {0.2 if key.startswith("n0.2") else 0.4: at for key, at in renewals.items()}
+    assert set(by_lease) == {0.2, 0.4}  # only the two long bodies were renewed
+    for lease, at in by_lease.items():
+        gaps = [b - a for a, b in zip([start, *at], at, strict=False)]
+        assert gaps[0] >= lease / 3 * 15 / 16 - 0.01  # not before its first beat is due
+        assert all(gap < lease * 0.9 for gap in gaps)  # never near losing the lease
+    for fn in fns.values():
+        for k in (1, 2):
+            record = fn.record_for({"k": k, "t": 0.5})  # type: ignore[attr-defined]
+            assert record is None or record.status.value == "COMPLETED"
+    gc.collect()
+    assert loops[0]() is None
+    assert not [loop for loop in _shells._loop_beats if loop is not None and loop.is_closed()]

@@ -10,7 +10,11 @@ the other awaits the async methods under an asyncio heartbeat task.
 from __future__ import annotations
 
 import functools
+import itertools
+import math
+import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -141,26 +145,87 @@ async def _renew_forever(store: Store, key: str, fence: int, lease: float) -> No
         await asyncio.sleep(lease / 3)
 
 
+class _Beats:
+    """The heartbeats of one event loop's running invocations, on ONE timer: a body that
+    starts adds ``(due, store, key, fence, lease)`` to a dict and removes it when it ends
+    (nearly all end before their first beat); the timer is armed at the earliest due. When
+    it fires, each entry due within 1/16 of its interval (``lease / 3``) gets its renewing
+    task (:func:`_renew_forever`: renew now, then every ``lease / 3``), so the first beat
+    comes between 15/16 of ``lease / 3`` and ``lease / 3`` after the start, and a timer
+    firing serves all the entries due about then. Per call: two dict operations, not a
+    ``call_later`` timer (a heap push and a cancellation on the loop's timer heap).
+
+    It holds its loop only through its timer and tasks, dropped when no body runs, so the
+    loop (the key of :data:`_loop_beats`) can be collected once it is done."""
+
+    __slots__ = ("count", "due", "running", "tasks", "timer")
+
+    def __init__(self) -> None:
+        self.running: dict[int, tuple[float, Store, str, int, float]] = {}
+        self.tasks: dict[int, Any] = {}  # token -> its renewing task, once started
+        self.count = itertools.count()
+        self.due = math.inf  # when ``timer`` fires
+        self.timer: Any = None
+
+    def add(self, loop: Any, store: Store, key: str, fence: int, lease: float) -> int:
+        token = next(self.count)
+        due = loop.time() + lease / 3
+        self.running[token] = (due, store, key, fence, lease)
+        if due < self.due:
+            self._arm(loop, due)
+        return token
+
+    def remove(self, token: int) -> None:
+        del self.running[token]
+        if not self.running and self.timer is not None:  # nothing left to beat for
+            self.timer.cancel()
+            self.due, self.timer = math.inf, None
+        if self.tasks:
+            task = self.tasks.pop(token, None)
+            if task is not None:
+                task.cancel()
+
+    def _arm(self, loop: Any, due: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.due, self.timer = due, loop.call_at(due, self._fire, loop)
+
+    def _fire(self, loop: Any) -> None:
+        self.due, self.timer = math.inf, None
+        now, tasks, earliest = loop.time(), self.tasks, math.inf
+        for token, (due, store, key, fence, lease) in self.running.items():
+            if token in tasks:
+                continue
+            if due - lease / 48 <= now:
+                tasks[token] = loop.create_task(_renew_forever(store, key, fence, lease))
+            elif due < earliest:
+                earliest = due
+        if earliest < math.inf:
+            self._arm(loop, earliest)
+
+
+#: Each event loop's :class:`_Beats` (set up on its first heartbeat, under the lock).
+_loop_beats: weakref.WeakKeyDictionary[Any, _Beats] = weakref.WeakKeyDictionary()
+_loop_beats_lock = threading.Lock()
+
+
 async def _beating(
     body: Callable[[], Awaitable[Any]], store: Store, key: str, fence: int, lease: float
 ) -> Any:
-    """``await body()`` while its lease is renewed every ``lease / 3``. The renewing task
-    is only created when the first beat is due (a ``call_later`` timer until then), so a
-    body that ends within ``lease / 3`` - nearly all - costs a timer, not a task."""
+    """``await body()`` while its lease is renewed every ``lease / 3`` (see :class:`_Beats`:
+    a body that ends before the first beat costs no timer nor task of its own)."""
     import asyncio
 
     loop = asyncio.get_running_loop()
-    tasks: list[asyncio.Task[None]] = []
-    timer = loop.call_later(
-        lease / 3,
-        lambda: tasks.append(loop.create_task(_renew_forever(store, key, fence, lease))),
-    )
+    beats = _loop_beats.get(loop)
+    if beats is None:
+        with _loop_beats_lock:
+            beats = _loop_beats.setdefault(loop, _Beats())
+    token = beats.add(loop, store, key, fence, lease)
     try:
         return await body()
     finally:
-        timer.cancel()
-        for task in tasks:
-            task.cancel()
+        beats.remove(token)
 
 
 async def run_async(

@@ -1188,8 +1188,30 @@ class RedisStore(CountedByScan, OperationStore):
         # under the lock nor cluster check (``isinstance`` of redis-py's RedisCluster, a
         # Protocol subclass, costs more than a claim's packing) per call.
         coalescer = self._coalescers.get(asyncio.get_running_loop())
-        if coalescer is not None and not (self.wait_replicas and call.wrote is not None):
-            return await self._coalesced(coalescer, call)
+        if coalescer is None or (self.wait_replicas and call.wrote is not None):
+            return await self._arun_client(call)
+        keys = 1 + len(call.more)
+        errors = self._redis.exceptions
+        try:
+            command = ("EVALSHA", call.script.sha, keys, call.key, *call.more, *call.args)
+            reply = await coalescer.submit(command)
+            if isinstance(reply, Exception):
+                if not isinstance(reply, errors.NoScriptError):
+                    raise reply
+                reply = await coalescer.client.eval(
+                    call.script.source, keys, call.key, *call.more, *call.args
+                )
+        except (errors.ConnectionError, _cluster_errors(self._redis)) as exc:
+            failure = _connect_failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+        return call.parse(reply)
+
+    async def _arun_client(self, call: _Call[_T]) -> _T:
+        """:meth:`_arun` before this loop's coalescer exists (it is set up here for a
+        single node), on a cluster, with ``wait_replicas``, or in a worker thread when the
+        store has only a sync client."""
         client = await self._async_client()
         if client is None:
             return await asyncio.to_thread(self._run, call)
@@ -1213,30 +1235,9 @@ class RedisStore(CountedByScan, OperationStore):
                 loop = asyncio.get_running_loop()
                 coalescer = self._coalescers.get(loop)
                 if coalescer is None or coalescer.client is not client:
-                    coalescer = self._coalescers[loop] = _Coalescer(client)
-                return await self._coalesced(coalescer, call)
+                    self._coalescers[loop] = _Coalescer(client)
+                return await self._arun(call)  # now on the fast path
         except (self._redis.exceptions.ConnectionError, _cluster_errors(self._redis)) as exc:
-            failure = _connect_failure(exc)
-            if failure is None:
-                raise
-            raise failure from exc
-        return call.parse(reply)
-
-    async def _coalesced(self, coalescer: _Coalescer, call: _Call[_T]) -> _T:
-        """``call`` in this loop iteration's pipeline (see :class:`_Coalescer`); ``EVAL``
-        on the client after ``NOSCRIPT``; connection failures mapped as in :meth:`_arun`."""
-        keys = 1 + len(call.more)
-        errors = self._redis.exceptions
-        try:
-            command = ("EVALSHA", call.script.sha, keys, call.key, *call.more, *call.args)
-            reply = await coalescer.submit(command)
-            if isinstance(reply, Exception):
-                if not isinstance(reply, errors.NoScriptError):
-                    raise reply
-                reply = await coalescer.client.eval(
-                    call.script.source, keys, call.key, *call.more, *call.args
-                )
-        except (errors.ConnectionError, _cluster_errors(self._redis)) as exc:
             failure = _connect_failure(exc)
             if failure is None:
                 raise
