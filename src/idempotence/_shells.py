@@ -153,45 +153,41 @@ class _Beats:
     task (:func:`_renew_forever`: renew now, then every ``lease / 3``), so the first beat
     comes between 15/16 of ``lease / 3`` and ``lease / 3`` after the start, and a timer
     firing serves all the entries due about then. Per call: two dict operations, not a
-    ``call_later`` timer (a heap push and a cancellation on the loop's timer heap).
+    ``call_later`` timer (a heap push and a cancellation on the loop's timer heap): the
+    timer is never cancelled. One armed for an earlier due replaces it (``due``: the one
+    that counts); a replaced timer, or one that finds nothing due, does nothing when it
+    fires, and none is re-armed while no body runs.
 
-    It holds its loop only through its timer and tasks, dropped when no body runs, so the
-    loop (the key of :data:`_loop_beats`) can be collected once it is done."""
+    It never holds its loop (its timer is held by the loop; its tasks only while their
+    bodies run), so the loop (the key of :data:`_loop_beats`) is collected once done."""
 
-    __slots__ = ("count", "due", "running", "tasks", "timer")
+    __slots__ = ("count", "due", "running", "tasks")
 
     def __init__(self) -> None:
         self.running: dict[int, tuple[float, Store, str, int, float]] = {}
         self.tasks: dict[int, Any] = {}  # token -> its renewing task, once started
         self.count = itertools.count()
-        self.due = math.inf  # when ``timer`` fires
-        self.timer: Any = None
+        self.due = math.inf  # when the timer that counts fires (inf: none armed)
 
     def add(self, loop: Any, store: Store, key: str, fence: int, lease: float) -> int:
         token = next(self.count)
         due = loop.time() + lease / 3
         self.running[token] = (due, store, key, fence, lease)
         if due < self.due:
-            self._arm(loop, due)
+            self.due = due
+            loop.call_at(due, self._fire, loop, due)
         return token
 
     def remove(self, token: int) -> None:
         del self.running[token]
-        if not self.running and self.timer is not None:  # nothing left to beat for
-            self.timer.cancel()
-            self.due, self.timer = math.inf, None
         if self.tasks:
             task = self.tasks.pop(token, None)
             if task is not None:
                 task.cancel()
 
-    def _arm(self, loop: Any, due: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.due, self.timer = due, loop.call_at(due, self._fire, loop)
-
-    def _fire(self, loop: Any) -> None:
-        self.due, self.timer = math.inf, None
+    def _fire(self, loop: Any, armed: float) -> None:
+        if armed != self.due:  # replaced by a timer armed for an earlier due
+            return
         now, tasks, earliest = loop.time(), self.tasks, math.inf
         for token, (due, store, key, fence, lease) in self.running.items():
             if token in tasks:
@@ -200,8 +196,9 @@ class _Beats:
                 tasks[token] = loop.create_task(_renew_forever(store, key, fence, lease))
             elif due < earliest:
                 earliest = due
+        self.due = earliest
         if earliest < math.inf:
-            self._arm(loop, earliest)
+            loop.call_at(earliest, self._fire, loop, earliest)
 
 
 #: Each event loop's :class:`_Beats` (set up on its first heartbeat, under the lock).
