@@ -483,10 +483,14 @@ def test_huge_ttl_does_not_expire_the_key_at_once(url: str, admin: Any, ttl: flo
 
 
 # -- async: concurrent calls on one loop are pipelined ----------------------------------------
-def test_concurrent_async_calls_share_one_pipelined_write(url: str) -> None:
-    """64 concurrent async claims on one loop go out as one pipeline on one pooled
-    connection (one write), each still its own EVALSHA with its own reply; before, each
-    took a connection of its own (64 connections, 64 writes)."""
+def test_concurrent_async_calls_share_pipelined_writes_of_up_to_32(url: str) -> None:
+    """70 concurrent async claims on one loop go out as three pipelines (32, 32 and 6
+    commands: a full batch is written at once, so the server runs it while the client
+    prepares the next), each on one pooled connection (one write), each command still its
+    own EVALSHA with its own reply; before auto-pipelining, each took a connection of its
+    own (70 connections, 70 writes)."""
+    from idempotence.stores import _redis
+
     client = redis.asyncio.Redis.from_url(url, protocol=2)
     pool = client.connection_pool
     taken: list[int] = []
@@ -498,19 +502,29 @@ def test_concurrent_async_calls_share_one_pipelined_write(url: str) -> None:
 
     pool.get_connection = counted  # type: ignore[method-assign]
     store = RedisStore(async_client=client, prefix=PREFIX)
-    keys = [_key() for _ in range(64)]
+    keys = [_key() for _ in range(70)]
+    written: list[int] = []
+    pipeline: Any = _redis._Coalescer._pipeline
+
+    async def recorded(self: Any, commands: list[Any]) -> Any:
+        written.append(len(commands))
+        return await pipeline(self, commands)
 
     async def main() -> list[Any]:
         await store.aget(_key())  # connected
         taken.clear()
+        written.clear()
         claims = await asyncio.gather(*(store.aclaim(k, "fp", lease=LEASE, ttl=TTL) for k in keys))
         await client.aclose()
         return claims
 
-    claims = asyncio.run(main())
-    assert [c.acquired for c in claims] == [True] * 64
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_redis._Coalescer, "_pipeline", recorded)
+        claims = asyncio.run(main())
+    assert [c.acquired for c in claims] == [True] * 70
     assert [c.record.key for c in claims] == keys  # each caller gets its own reply
-    assert len(taken) == 1
+    assert written == [32, 32, 6]
+    assert len(taken) == 3
 
 
 def test_an_error_reply_fails_only_its_own_call_in_a_pipelined_batch(url: str) -> None:

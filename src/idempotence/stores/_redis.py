@@ -579,14 +579,23 @@ class _LoopClient:
     closer: AsyncGenerator[None, None]
 
 
+#: The most commands of one pipelined write (see :class:`_Coalescer`). A full batch goes
+#: out at once, so the server runs it while the client prepares the next: 64 asyncio
+#: tasks in one batch left the client idle about a third of the time (waiting for the
+#: server's 64 scripts), in two batches of 32 about 1 %, for +30-50 % calls/s and the same
+#: CPU per call (8 or 16 cost CPU per call: more writes). See docs/benchmarks.md.
+_MAX_BATCH = 32
+
+
 class _Coalescer:
     """Auto-pipelining of one async client on one event loop: the commands submitted
-    during one loop iteration go out as ONE pipeline (one write, one connection, the
-    replies read in order), sent at the end of that iteration. Each command is still its
-    own ``EVALSHA`` (no transaction: a command's failure is its own reply), so round trips
-    and atomicity per call are unchanged; 64 concurrent tasks cost one write and one
-    pooled connection per batch instead of 64 of each. A batch in flight does not hold up
-    the next: that one takes another pooled connection."""
+    during one loop iteration go out as one pipeline (one write, one connection, the
+    replies read in order), sent at the end of that iteration, or as soon as it holds
+    :data:`_MAX_BATCH` commands. Each command is still its own ``EVALSHA`` (no
+    transaction: a command's failure is its own reply), so round trips and atomicity per
+    call are unchanged; 64 concurrent tasks cost two writes and pooled connections per
+    round instead of 64 of each. A batch in flight does not hold up the next: that one
+    takes another pooled connection."""
 
     __slots__ = ("client", "pending", "tasks")
 
@@ -599,13 +608,18 @@ class _Coalescer:
         """A future of ``command``'s reply (an error reply: its exception, as a value)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        if not self.pending:
+        pending = self.pending
+        if not pending:
             loop.call_soon(self._flush)
-        self.pending.append((command, future))
+        pending.append((command, future))
+        if len(pending) >= _MAX_BATCH:
+            self._flush()
         return future
 
     def _flush(self) -> None:
         batch, self.pending = self.pending, []
+        if not batch:  # flushed early (a full batch): the scheduled flush finds none
+            return
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -893,9 +907,9 @@ class RedisStore(CountedByScan, OperationStore):
     ``decode_responses=False``; the store never closes them. With only ``client``, the async
     methods run it in a worker thread; with only ``async_client``, the sync methods fail.
     The async methods pipeline automatically (not on a cluster, nor with ``wait_replicas``):
-    the calls made during one event-loop iteration go out as one pipeline, each its own
-    ``EVALSHA`` with its own reply (see :class:`_Coalescer`). The sync methods on a single
-    node write each command on a connection directly, not through redis-py's
+    the calls made during one event-loop iteration go out as one pipeline (up to 32 calls
+    each), each its own ``EVALSHA`` with its own reply (see :class:`_Coalescer`). The sync
+    methods on a single node write each command on a connection directly, not through redis-py's
     ``execute_command`` (see :class:`_Direct`: the same commands and guarantees, half the
     client CPU); a client with command retries, or whose ``execute_command`` is wrapped
     (instrumentation) or redis-py metrics are on, goes through ``execute_command``.
