@@ -155,7 +155,7 @@ local expires_at = now + math.max(tonumber(ARGV[4]), lease)
 local fields = {'status', 'IN_PROGRESS', 'fingerprint', ARGV[2],
   'fence', string.format('%d', fence), 'lease_expires_at', num(now + lease),
   'expires_at', num(expires_at)}
-redis.call('DEL', key)
+if #flat > 0 then redis.call('DEL', key) end -- a taken-over record's result goes
 redis.call('HSET', key, unpack(fields))
 redis.call('PEXPIRE', key, key_ttl(expires_at))
 return {1, num(now), fields}
