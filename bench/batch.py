@@ -11,10 +11,16 @@ prefix, purged at the end): the median wall time of a new and a redelivered batc
 sync and async, and the round trips each costs (writes to a Redis socket, counted on
 redis-py's connections). Printed only.
 
+``--delay-ms D [--rounds N]``: both libraries as above, but Redis behind
+``bench/delay_proxy.py`` (each direction delayed by D ms: Redis across a network, where
+Powertools pays 20 round trips per new batch and idempotence 2). Prints the round trip
+measured through the proxy and the figures; printed only.
+
 Method: as ``bench/run.py``: the two libraries alternate, batch after batch, so a busy
 machine slows both alike; a wall time is the median over the rounds. ``new`` batches carry
 fresh message ids (every record runs); ``redelivered`` batches are the same batch again
-(every record replays). Redis commands are counted on each library's own client.
+(every record replays). Redis commands are writes to a Redis socket (one per command,
+one per pipeline), counted on redis-py's connection class.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import copy
 import gc
 import json
 import os
+import socket
 import statistics
 import sys
 import time
@@ -82,8 +89,11 @@ class Commands:
     made: the libraries run one after the other, so the process-wide count before and
     after a batch is that batch's."""
 
+    #: Where the clients connect (``--delay-ms``: a delaying proxy in front of it).
+    url = REDIS_URL
+
     def __init__(self) -> None:
-        self.client = redis.Redis.from_url(REDIS_URL)
+        self.client = redis.Redis.from_url(self.url)
 
     @property
     def n(self) -> int:
@@ -305,17 +315,54 @@ def main() -> None:
     parser.add_argument("--cluster", action="store_true", help="on the test Redis Cluster")
     parser.add_argument("--rounds", type=int, default=51, help="rounds of --cluster")
     parser.add_argument("--wait-replicas", type=int, default=0, help="with --cluster")
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="Redis behind a proxy delaying each direction by this much (printed only; "
+        "--rounds rounds)",
+    )
     args = parser.parse_args()
     if args.cluster:
         for mode, values in measure_cluster(args.rounds, wait_replicas=args.wait_replicas).items():
             print(mode, {k: round(v, 2) for k, v in values.items()}, flush=True)
         return
     rounds = 15 if args.quick else 201
+    if args.delay_ms:
+        from bench.delay_proxy import started
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with started(port, "127.0.0.1", 6379, args.delay_ms):
+            Commands.url = f"redis://127.0.0.1:{port}/10"
+            print(f"round trip through the proxy: {round_trip_ms(Commands.url):.3f} ms "
+                  f"(without: {round_trip_ms(REDIS_URL):.3f} ms)", flush=True)  # fmt: skip
+            figures = measure(args.rounds)
+        for name, values in figures.items():
+            print(name, {k: round(v, 2) for k, v in values.items()}, flush=True)
+        o, p = figures["ours"], figures["pt"]
+        print(f"ratio new {o['new_ms'] / p['new_ms']:.2f}x, "
+              f"redelivered {o['replay_ms'] / p['replay_ms']:.2f}x")  # fmt: skip
+        return
     figures = measure(rounds)
     for name, values in figures.items():
         print(name, {k: round(v, 2) for k, v in values.items()}, flush=True)
     write_section(args.out, section(figures, rounds))
     print(f"wrote the batch section of {args.out}")
+
+
+def round_trip_ms(url: str) -> float:
+    """The median ``PING`` round trip (ms) to the Redis at ``url``."""
+    client = redis.Redis.from_url(url)
+    client.ping()
+    times = []
+    for _ in range(200):
+        start = time.perf_counter()
+        client.ping()
+        times.append(time.perf_counter() - start)
+    client.close()
+    return statistics.median(times) * 1000
 
 
 if __name__ == "__main__":
