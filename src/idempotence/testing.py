@@ -17,26 +17,70 @@ Every test runs against the sync methods and again against the async twins (``ac
 each on an event loop of its own. A store that only lives in one process (like
 ``MemoryStore``) sets ``test_concurrent_claims_processes = None`` in its subclass.
 Requires pytest.
+
+The cross-process test starts its processes with :func:`start_process`: on Linux and macOS
+each one is a fork of a small ``forkserver`` process that imported idempotence, pytest and
+the installed store clients once (see :func:`process_context`), elsewhere a fresh
+interpreter (``spawn``). Either way a child shares no connection, thread or socket with the
+test process, builds its store from ``store_url`` after it started, and sees the test
+process's environment as it was at start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import queue
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from ._record import Claim, Record, Status
 from .stores import Store, store_from_url
 
-__all__ = ["ManualClock", "StoreContract", "StoreDriver"]
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkServerContext, SpawnContext
+
+__all__ = ["ManualClock", "StoreContract", "StoreDriver", "process_context", "start_process"]
 
 LEASE = 30.0
 TTL = 3600.0
+#: Seconds the cross-process test gives its whole group of processes to start, connect,
+#: claim and answer (one deadline for the group, not one per process).
+PROCESS_GROUP_DEADLINE = 90.0
+
+#: What the forkserver of :func:`process_context` imports before it forks anything: the
+#: modules a child of the conformance suite needs (idempotence, pytest, the sync clients of
+#: the built-in stores), so no child imports them again. A module that is not installed is
+#: skipped. The async-only clients (aiomysql, aiobotocore) are left out: the children claim
+#: through the sync methods. ``"__main__"`` is left out too: under ``python -m pytest`` the
+#: main module is pytest's ``__main__``, which a child never imports again, and under the
+#: ``pytest`` script a child runs that script again as ``__mp_main__``, which only imports
+#: pytest (already loaded).
+FORKSERVER_PRELOAD = (
+    "idempotence",
+    "idempotence.stores",
+    "idempotence.testing",
+    "sqlite3",
+    "redis",
+    "redis.asyncio",  # RedisStore binds both clients when it is built
+    "redis.asyncio.cluster",
+    "redis.cluster",
+    "psycopg",
+    "psycopg_pool",
+    "pymysql",
+    "boto3",
+    "botocore.config",
+)
+
+_context_lock = threading.Lock()
+_context: ForkServerContext | SpawnContext | None = None
 
 
 class ManualClock:
@@ -76,12 +120,106 @@ class StoreDriver:
             self.loop.close()
 
 
-def _claim_in_process(url: str, key: str, barrier: Any, results: Any) -> None:
-    store = store_from_url(url)
-    barrier.wait()
-    outcome = store.claim(key, "fp", lease=LEASE, ttl=TTL)
-    results.put(outcome.acquired)
-    store.close()
+def process_context() -> ForkServerContext | SpawnContext:
+    """The :mod:`multiprocessing` context of the cross-process tests: ``forkserver`` where the
+    platform has it (Linux, macOS), else ``spawn``.
+
+    The first call sets the forkserver's preload list to :data:`FORKSERVER_PRELOAD`; the
+    server itself starts with the first process. It is a fresh interpreter (not a fork of
+    the test process), single-threaded, that imports those modules once; each child is a
+    fork of it, so it starts in milliseconds instead of starting Python and importing
+    pytest, idempotence and a store client again, and inherits no socket, thread or
+    connection of the test process. If something in the test process started the
+    forkserver before with other preloads, that server is used as it is (children then
+    import what they need themselves, as under ``spawn``).
+
+    Use :func:`start_process` to start a child: a forked child otherwise sees the
+    environment the server started with, not the test process's current one.
+    """
+    global _context
+    with _context_lock:
+        if _context is None:
+            if "forkserver" in multiprocessing.get_all_start_methods():
+                ctx = multiprocessing.get_context("forkserver")
+                ctx.set_forkserver_preload(list(FORKSERVER_PRELOAD))
+                _context = ctx
+            else:
+                _context = multiprocessing.get_context("spawn")
+        return _context
+
+
+def _with_environ(environ: dict[str, str], target: Callable[..., object], args: Any) -> None:
+    os.environ.clear()
+    os.environ.update(environ)
+    target(*args)
+
+
+def start_process(target: Callable[..., object], *args: Any) -> BaseProcess:
+    """Start ``target(*args)`` in a new process of :func:`process_context` and return it.
+
+    The child runs with this process's ``os.environ`` as it is now (as a spawned one would:
+    a forkserver's child would otherwise see the server's), and its working directory and
+    ``sys.path``. ``target`` and ``args`` are pickled: a module-level function, and values,
+    :mod:`multiprocessing` queues or locks of :func:`process_context`, never a client or
+    connection (each child makes its own). The child is a daemon: it cannot start processes
+    of its own, and it is terminated if the test process exits before it."""
+    process = process_context().Process(
+        target=_with_environ, args=(dict(os.environ), target, args), daemon=True
+    )
+    process.start()
+    return process
+
+
+def _claim_in_process(url: str, key: str, barrier: Any, results: Any, deadline: float) -> None:
+    started = False
+    try:
+        store = store_from_url(url)
+        try:
+            barrier.wait(timeout=max(0.0, deadline - time.time()))
+            started = True
+            outcome = store.claim(key, "fp", lease=LEASE, ttl=TTL)
+        finally:
+            store.close()
+    except Exception as exc:  # reported to the test, which fails naming it
+        if not started:
+            barrier.abort()  # the others stop waiting for this one
+        results.put((os.getpid(), f"{type(exc).__name__}: {exc}"))
+        raise
+    results.put((os.getpid(), outcome.acquired))
+
+
+def _gather(
+    results: Any, procs: Sequence[BaseProcess], deadline: float, what: str
+) -> dict[int, object]:
+    """One answer per process of ``procs`` (pid -> answer) before ``deadline`` (``time.time``),
+    else a test failure naming how many answered and how the others ended. A process that
+    ended without answering fails the test at once (a second later), not at the deadline."""
+    answers: dict[int, object] = {}
+    last_call = False  # every silent process has ended: one more second for their answers
+    while len(answers) < len(procs):
+        remaining = deadline - time.time()
+        try:
+            pid, answer = results.get(timeout=min(1.0, max(0.01, remaining)))
+        except queue.Empty:
+            pass
+        else:
+            answers[pid] = answer
+            continue
+        silent = [p for p in procs if p.pid not in answers]
+        if remaining > 0 and any(p.exitcode is None for p in silent):
+            continue
+        if remaining > 0 and not last_call:
+            last_call = True
+            continue
+        states = ", ".join(
+            "still running" if p.exitcode is None else f"exit code {p.exitcode}" for p in silent
+        )
+        late = f" within {PROCESS_GROUP_DEADLINE:.0f} s" if remaining <= 0 else ""
+        pytest.fail(
+            f"{len(answers)} of {len(procs)} processes answered {what}{late}; "
+            f"the other {len(silent)}: {states}"
+        )
+    return answers
 
 
 class StoreContract:
@@ -355,19 +493,27 @@ class StoreContract:
 
     def test_concurrent_claims_processes(self, store_url: str, key: str) -> None:
         n = 8
-        ctx = multiprocessing.get_context("spawn")
+        ctx = process_context()
         barrier = ctx.Barrier(n)
         results = ctx.Queue()
+        deadline = time.time() + PROCESS_GROUP_DEADLINE
         procs = [
-            ctx.Process(target=_claim_in_process, args=(store_url, key, barrier, results))
+            start_process(_claim_in_process, store_url, key, barrier, results, deadline)
             for _ in range(n)
         ]
-        for p in procs:
-            p.start()
-        outcomes = [results.get(timeout=60) for _ in procs]
-        for p in procs:
-            p.join(timeout=60)
-            assert p.exitcode == 0
+        try:
+            answers = list(_gather(results, procs, deadline, "their claim").values())
+            outcomes = [a for a in answers if isinstance(a, bool)]
+            errors = [a for a in answers if not isinstance(a, bool)]
+            assert not errors, f"the claim failed in {len(errors)} of {n} processes: {errors}"
+            for p in procs:
+                p.join(timeout=max(1.0, deadline - time.time()))
+            assert [p.exitcode for p in procs] == [0] * n
+        finally:
+            for p in procs:
+                if p.exitcode is None:
+                    p.kill()
+                    p.join(5)
         assert sorted(outcomes) == [False] * (n - 1) + [True]
 
 

@@ -1,4 +1,4 @@
-"""Concurrency at scale: 8 spawned processes x 16 threads call one decorated function for
+"""Concurrency at scale: 8 processes x 16 threads call one decorated function for
 200 keys, every key 8 times, all released at once. Each key's body runs exactly once
 (side-effect ledger), and every caller gets either that execution's result (same nonce)
 or a clean ``AlreadyInProgressError``."""
@@ -6,7 +6,6 @@ or a clean ``AlreadyInProgressError``."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import random
 import threading
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from idempotence import AlreadyInProgressError, Idempotency
 from idempotence._record import Status
+from idempotence.testing import process_context, start_process
 from tests.reliability import report, workers
 from tests.reliability.conftest import MULTIPROCESS
 
@@ -72,25 +72,22 @@ def _check(url: str, namespace: str, workdir: Path, name: str, seconds: float) -
 @pytest.mark.parametrize("backend_url", MULTIPROCESS, indirect=True)
 def test_processes_and_threads_run_each_body_once(backend_url: str, tmp_path: Path) -> None:
     namespace = f"reliability.concurrency.{uuid.uuid4().hex[:8]}"
-    ctx = multiprocessing.get_context("spawn")
-    start = ctx.Barrier(PROCESSES + 1)
+    # Forks of the preloaded forkserver (idempotence.testing.process_context): separate
+    # processes, each with its own store and connections, without an interpreter start-up.
+    start = process_context().Barrier(PROCESSES + 1)
     plan = _plan(seed=1, groups=PROCESSES * THREADS)
     procs = [
-        ctx.Process(
-            target=workers.hammer,
-            args=(
-                backend_url,
-                namespace,
-                plan[p * THREADS : (p + 1) * THREADS],
-                str(tmp_path),
-                str(p),
-                start,
-            ),
+        start_process(
+            workers.hammer,
+            backend_url,
+            namespace,
+            plan[p * THREADS : (p + 1) * THREADS],
+            str(tmp_path),
+            str(p),
+            start,
         )
         for p in range(PROCESSES)
     ]
-    for p in procs:
-        p.start()
     start.wait(timeout=90)  # every process has built its store and connected
     began = time.monotonic()
     for p in procs:

@@ -7,17 +7,18 @@ number of duplicate executions equals the number of such kills, exactly."""
 
 from __future__ import annotations
 
-import multiprocessing
 import random
 import signal
 import time
 import uuid
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import pytest
 
 from idempotence import Idempotency
 from idempotence._record import Status
+from idempotence.testing import start_process
 from tests.reliability import report, workers
 from tests.reliability.conftest import MULTIPROCESS
 
@@ -39,18 +40,24 @@ def test_sigkill_storm_duplicates_only_in_the_known_window(
     namespace = f"reliability.crash.{uuid.uuid4().hex[:8]}"
     keys = [f"c{i:02d}" for i in range(KEYS)]
     plan = _kill_plan(keys, seed=7)
-    ctx = multiprocessing.get_context("spawn")
     deadline = time.time() + 90
     seeds = iter(range(1000))
     began = time.monotonic()
 
-    def spawn() -> multiprocessing.process.BaseProcess:
-        proc = ctx.Process(
-            target=workers.crash_worker,
-            args=(backend_url, namespace, keys, plan, str(tmp_path), LEASE, next(seeds), deadline),
+    def spawn() -> BaseProcess:
+        # A fork of the preloaded forkserver (idempotence.testing.process_context): no
+        # interpreter start-up and imports per worker, nothing shared with this process.
+        return start_process(
+            workers.crash_worker,
+            backend_url,
+            namespace,
+            keys,
+            plan,
+            str(tmp_path),
+            LEASE,
+            next(seeds),
+            deadline,
         )
-        proc.start()
-        return proc
 
     running = [spawn() for _ in range(CONCURRENT)]
     killed = finished = 0
