@@ -5,9 +5,6 @@ store, the Serverless table passes cfn-lint, and the store runs against a table 
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ import yaml
 from idempotence import Idempotency
 from idempotence.stores import DynamoDBStore
 from idempotence.stores._dynamodb import CLOUDFORMATION_TEMPLATE
+from tests import cfn_lint
 from tests.moto_server import dynamodb_endpoint  # noqa: F401
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "infrastructure"
@@ -57,14 +55,6 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
-def cfn_lint(path: Path) -> None:
-    tool = shutil.which("cfn-lint", path=str(Path(sys.executable).parent))
-    if tool is None:
-        pytest.skip("cfn-lint is not installed (pip install cfn-lint)")
-    result = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 # -- CloudFormation -----------------------------------------------------------------------
 def test_cloudformation_table_matches_the_store() -> None:
     template = yaml.load((EXAMPLE / "cloudformation.yaml").read_text(), Loader=_Loader)
@@ -75,8 +65,11 @@ def test_cloudformation_table_matches_the_store() -> None:
     assert set(statement["Statement"][0]["Action"]) == STORE_ACTIONS
 
 
+cfn_lint.register("infrastructure/cloudformation.yaml", EXAMPLE / "cloudformation.yaml")
+
+
 def test_cloudformation_passes_cfn_lint() -> None:
-    cfn_lint(EXAMPLE / "cloudformation.yaml")
+    cfn_lint.assert_passes("infrastructure/cloudformation.yaml")
 
 
 # -- Serverless Framework -----------------------------------------------------------------
@@ -101,13 +94,20 @@ def test_serverless_table_matches_the_store() -> None:
     )
 
 
-def test_serverless_resources_pass_cfn_lint(tmp_path: Path) -> None:
+def serverless_resources_template() -> str:
+    """The resources of serverless.yml as a CloudFormation template (the table name
+    resolved as for the dev stage)."""
     resources = serverless()["resources"]["Resources"]
     resources["IdempotencyTable"]["Properties"]["TableName"] = "orders-idempotency-dev"
     template = {"AWSTemplateFormatVersion": "2010-09-09", "Resources": resources}
-    path = tmp_path / "template.yaml"
-    path.write_text(yaml.safe_dump(template))
-    cfn_lint(path)
+    return yaml.safe_dump(template)
+
+
+cfn_lint.register("infrastructure/serverless-resources", serverless_resources_template)
+
+
+def test_serverless_resources_pass_cfn_lint() -> None:
+    cfn_lint.assert_passes("infrastructure/serverless-resources")
 
 
 # -- Terraform ----------------------------------------------------------------------------

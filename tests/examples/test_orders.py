@@ -6,9 +6,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import shutil
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests import moto_server
+from tests import cfn_lint, moto_server
 from tests.aws_lambda.events import FakeContext, load
 
 pytest.importorskip("boto3")
@@ -195,14 +192,11 @@ def test_paid_transition_happens_once(app: ModuleType) -> None:
     assert order(app, order_id)["charge_id"] == "ch_1"
 
 
+cfn_lint.register("orders/template.yaml", EXAMPLE / "template.yaml")
+
+
 def test_template_passes_cfn_lint() -> None:
-    cfn_lint = shutil.which("cfn-lint", path=str(Path(sys.executable).parent))
-    if cfn_lint is None:
-        pytest.skip("cfn-lint is not installed (pip install cfn-lint)")
-    result = subprocess.run(
-        [cfn_lint, str(EXAMPLE / "template.yaml")], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    cfn_lint.assert_passes("orders/template.yaml")
 
 
 def test_docs_include_the_example_files_verbatim() -> None:

@@ -9,8 +9,6 @@ import contextvars
 import functools
 import json
 import secrets
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -33,7 +31,7 @@ from idempotence import (
 from idempotence.stores import LargeResultStore, MemoryStore, Store, store_from_url
 from idempotence.stores._registry import validate_store_url
 from idempotence.testing import ManualClock, StoreContract
-from tests import moto_server
+from tests import cfn_lint, moto_server
 from tests.http.conftest import make_store, mysql_admin, postgres_admin, redis_ok
 
 pytest.importorskip("boto3")
@@ -687,15 +685,13 @@ def test_the_lifecycle_rule_is_accepted_by_s3(s3: Any, s3_bucket: str) -> None:
     assert got[0]["Status"] == "Enabled"
 
 
+cfn_lint.register("large_results/template.yaml", EXAMPLE / "template.yaml")
+
+
 def test_the_bucket_template_passes_cfn_lint() -> None:
     """examples/large_results/template.yaml, as docs/stores.md shows it."""
-    tool = shutil.which("cfn-lint", path=str(Path(sys.executable).parent))
-    if tool is None:
-        pytest.skip("cfn-lint is not installed (pip install cfn-lint)")
-    path = EXAMPLE / "template.yaml"
-    result = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    text = path.read_text()
+    cfn_lint.assert_passes("large_results/template.yaml")
+    text = (EXAMPLE / "template.yaml").read_text()
     assert "ExpirationInDays: 2" in text
     assert "Default: results/" in text
 
