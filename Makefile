@@ -13,16 +13,20 @@ DEMO_STAMP := $(VENV)/.installed-demo
 
 # The stamps are the real targets: a fresh clone bootstraps, later runs reuse the venv until
 # pyproject.toml changes. Dependencies come from pyproject only (extras + dev group).
+# --compile-bytecode: installed packages get their .pyc files at install time (about 12 s
+# once), so the many Python subprocesses the tests start (workers, CLIs, crash tests, where
+# PYTHONDONTWRITEBYTECODE is set) do not compile boto3, redis-py... from source each time:
+# about 1.3 s less per such process.
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip uv
 
 $(STAMP): pyproject.toml | $(BIN)/uv
-	$(BIN)/uv pip install --python $(BIN)/python -e '.[all]' --group dev
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -e '.[all]' --group dev
 	touch $@
 
 $(DEMO_STAMP): pyproject.toml | $(BIN)/uv
-	$(BIN)/uv pip install --python $(BIN)/python -e '.[cli]'
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -e '.[cli]'
 	touch $@
 
 demo: $(DEMO_STAMP)
