@@ -12,13 +12,14 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
-from . import _log, observe
+from . import _log
 from ._context import CURRENT_KEY
 from ._drive import adrive, drive
 from ._protocol import ClaimOp, CompleteOp, Op, Plan, ReleaseOp, RunOp, SleepOp, protocol
@@ -45,8 +46,6 @@ def _renew(store: Store, key: str, fence: int, lease: float) -> bool:
 
 def _renew_failed(key: str) -> None:
     # the failure's type only: a client library's message may quote the key
-    import sys
-
     exc = sys.exc_info()[1]
     cause = exc.__cause__ if exc is not None else None
     reason = type(exc).__name__ + (f" from {type(cause).__name__}" if cause is not None else "")
@@ -68,6 +67,12 @@ def _lease_lost(key: str) -> None:
 
 _timers = Timers("idempotence-heartbeat")
 
+#: Where :mod:`idempotence.observe` is once imported. Nobody can subscribe without importing
+#: it, so the shells look it up instead of importing it: it loads ``logging`` and
+#: ``dataclasses`` (-> ``inspect``), about half of the package's cold import.
+_OBSERVE = __package__ + ".observe"
+_modules = sys.modules
+
 
 def invocation(plan: Plan, store: Store) -> Generator[Op, Any, Any]:
     """The protocol generator of one invocation of ``plan`` against ``store``: what
@@ -75,8 +80,11 @@ def invocation(plan: Plan, store: Store) -> Generator[Op, Any, Any]:
     :mod:`idempotence.observe` when any is subscribed. A front-end that drives several
     invocations itself (batching their store operations) starts each with this."""
     machine = protocol(plan)
-    if observe.observers:  # the only cost of observability when nobody observes
-        machine = observe.watch(machine, plan, store)
+    observe = _modules.get(_OBSERVE)
+    if observe is not None and getattr(observe, "observers", None):  # all it costs unobserved
+        watch: Callable[[Generator[Op, Any, Any], Plan, Store], Generator[Op, Any, Any]]
+        watch = observe.watch
+        machine = watch(machine, plan, store)
     return machine
 
 

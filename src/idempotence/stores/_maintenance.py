@@ -4,11 +4,9 @@ the statistics of a set of records, and the in-process sweep of expired records.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._record import Record, Status
@@ -16,7 +14,6 @@ from .._record import Record, Status
 if TYPE_CHECKING:
     from .capabilities import Maintainable
 
-_log = logging.getLogger("idempotence.stores")
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -129,21 +126,55 @@ class CountedByScan:
         )
 
 
-@dataclass
 class StoreStats:
     """Counts of a store's records. ``expired`` counts the records past retention that
     are still stored and that ``purge()`` would delete now (their lease is over too; stores
     without native expiry keep them until purged): the same set as ``count(expired=True)``.
     A record past retention whose lease still runs (released by an owner whose lease is
-    not over) is in ``total`` but not in ``expired`` until its lease ends."""
+    not over) is in ``total`` but not in ``expired`` until its lease ends.
 
-    total: int = 0
-    by_status: dict[str, int] = field(default_factory=dict)
-    by_namespace: dict[str, int] = field(default_factory=dict)
-    expired: int = 0
-    #: First-creation time (epoch seconds) of the oldest live in-progress record.
-    oldest_in_progress: float | None = None
-    oldest_in_progress_key: str | None = None
+    Written out rather than a ``@dataclass`` (same constructor, repr and equality):
+    :mod:`dataclasses` imports :mod:`inspect`, a cold-import cost of every store."""
+
+    __match_args__ = (
+        "total",
+        "by_status",
+        "by_namespace",
+        "expired",
+        "oldest_in_progress",
+        "oldest_in_progress_key",
+    )
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __init__(
+        self,
+        total: int = 0,
+        by_status: dict[str, int] | None = None,
+        by_namespace: dict[str, int] | None = None,
+        expired: int = 0,
+        oldest_in_progress: float | None = None,
+        oldest_in_progress_key: str | None = None,
+    ) -> None:
+        self.total = total
+        self.by_status: dict[str, int] = {} if by_status is None else by_status
+        self.by_namespace: dict[str, int] = {} if by_namespace is None else by_namespace
+        self.expired = expired
+        #: First-creation time (epoch seconds) of the oldest live in-progress record.
+        self.oldest_in_progress = oldest_in_progress
+        self.oldest_in_progress_key = oldest_in_progress_key
+
+    def _fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__match_args__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, StoreStats)
+        return self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__match_args__)
+        return f"{type(self).__name__}({fields})"
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the statistics."""
@@ -265,7 +296,9 @@ class Sweeper:
             self.deleted += self._purge()
             self.runs += 1
         except Exception as exc:  # retried at the next interval
-            _log.warning(
+            import logging  # on the first failure: not a cold-import cost
+
+            logging.getLogger("idempotence.stores").warning(
                 "idempotence: expired-record sweep failed (%s); retrying later", type(exc).__name__
             )
         finally:

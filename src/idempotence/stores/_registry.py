@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from ._base import Store
 
@@ -107,6 +106,8 @@ def split_large_result_options(url: str) -> tuple[str, dict[str, str]]:
     kept byte for byte."""
     if "?" not in url:
         return url, {}
+    from urllib.parse import parse_qsl, unquote_plus  # on first parse: not a cold-import cost
+
     base, _, rest = url.partition("?")
     query, hash_, fragment = rest.partition("#")
     kept: list[str] = []
@@ -149,6 +150,8 @@ def url_query(
     """The query options of ``url`` (the last value of a repeated one wins). An option
     neither in ``known`` nor accepted by ``extra(name)`` raises ``ValueError`` listing
     ``known``. Values are never echoed (they may hold secrets)."""
+    from urllib.parse import parse_qsl, urlsplit  # on first parse: not a cold-import cost
+
     options: dict[str, str] = {}
     for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
         if name not in known and (extra is None or not extra(name)):
