@@ -572,3 +572,38 @@ def test_a_forked_child_opens_its_own_connections(admin: Any) -> None:
         assert conn.thread_id() == parent
         conn.ping(reconnect=False)  # still open: the child did not close it
     store.close()
+
+
+def test_a_connection_the_server_dropped_while_idle_is_retired_not_used(
+    admin: Any, key: str
+) -> None:
+    """The server closes a connection left idle (``wait_timeout``; here ``KILL``, as a
+    restart or a NAT timeout would): used as is, the next call fails; once it has been idle
+    longer than the pool's max_idle (600 s by default, as PostgresStore's pool), the call
+    closes it and runs on a new connection."""
+    store = MySQLStore(URL, table=TABLE)
+    try:
+
+        def drop_the_idle_connection() -> int:
+            (conn,) = store._pool._idle
+            thread_id = int(conn.thread_id())
+            with admin.cursor() as cursor:
+                cursor.execute(f"KILL {thread_id}")
+            return thread_id
+
+        assert store.claim(key, "fp", lease=LEASE, ttl=TTL).acquired
+        drop_the_idle_connection()
+        with pytest.raises(StoreError):  # younger than max_idle: used, and it is gone
+            store.get(key)
+        assert store.get(key) is not None  # the broken one was discarded
+        dropped = drop_the_idle_connection()
+        store._pool.max_idle = 0.05
+        time.sleep(0.1)
+        record = store.get(key)  # the idle connection is retired, a new one opened
+        assert record is not None
+        assert record.status is Status.IN_PROGRESS
+        (fresh,) = store._pool._idle
+        assert int(fresh.thread_id()) != dropped
+        assert store._pool.open == 1
+    finally:
+        store.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 
 import pytest
 
@@ -132,4 +133,37 @@ async def test_an_async_waiter_times_out_with_the_store_error() -> None:
             async with pool.connection(aconnect):
                 pass
         assert not pool._waiters
+    assert pool.open == 1
+
+
+def test_idle_connections_older_than_max_idle_are_retired() -> None:
+    """A connection idle for more than max_idle is closed when a caller comes, and the
+    caller gets a new one; a younger one is reused; the count of open connections
+    follows."""
+    pool: Pool[Conn] = Pool("S", 2, 1.0, close, max_idle=0.05)
+    with pool.connection(Conn) as first, pool.connection(Conn) as second:
+        pass
+    assert pool.open == 2
+    with pool.connection(Conn) as again:  # young: reused (the last one given back)
+        assert again is first
+    time.sleep(0.1)
+    with pool.connection(Conn) as fresh:  # both idle ones too old: closed, a new one
+        assert fresh not in (first, second)
+        assert first.closed
+        assert second.closed
+        assert pool.open == 1
+    assert pool.open == 1
+    assert not fresh.closed
+
+
+async def test_async_idle_connections_older_than_max_idle_are_retired() -> None:
+    pool: AsyncPool[Conn] = AsyncPool("S", 1, 1.0, close, max_idle=0.05)
+    async with pool.connection(aconnect) as first:
+        pass
+    async with pool.connection(aconnect) as again:
+        assert again is first
+    await asyncio.sleep(0.1)
+    async with pool.connection(aconnect) as fresh:
+        assert fresh is not first
+        assert first.closed
     assert pool.open == 1

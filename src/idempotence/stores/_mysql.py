@@ -383,9 +383,12 @@ class MySQLStore(OperationStore):
     10) open, idle or in use, opened on demand; a call beyond them waits for one to be
     returned, first come first served, up to ``pool_timeout`` seconds (default 5), then
     fails with :class:`~idempotence.StoreError` saying to raise ``pool_size`` or make
-    fewer concurrent calls. A connection whose operation failed is closed, not returned.
-    :meth:`close` (and :meth:`aclose` in an event loop) closes the idle connections at once
-    and those in use when they are returned. In a forked child the parent's connections
+    fewer concurrent calls. A connection whose operation failed is closed, not returned;
+    idle connections unused for 10 minutes are retired (closed, and a new one opened for
+    the call that finds them), as psycopg_pool's ``max_idle`` does for PostgresStore, so a
+    connection the server or a NAT dropped while idle is not used. :meth:`close` (and
+    :meth:`aclose` in an event loop) closes the idle connections at once and those in use
+    when they are returned. In a forked child the parent's connections
     are left to the parent and new ones are opened. Connections run in autocommit mode
     with ``CLIENT_MULTI_STATEMENTS`` (the claim batch) and ``CLIENT_FOUND_ROWS`` (an update
     reports the rows it matched).

@@ -9,8 +9,13 @@ it waits, first come first served, up to ``timeout`` seconds: a connection given
 handed to the first waiter, and the place of a discarded one goes to it (it opens a new
 connection). A waiter that is not served in time gets :func:`pool_exhausted`'s
 :class:`~idempotence.StoreError`. A connection whose block raised is closed and discarded,
-never reused (its session state is unknown). ``close()`` closes the idle connections at
-once and those in use when they come back; the pool stays usable and opens new ones.
+never reused (its session state is unknown). Idle connections are retired after
+``max_idle`` seconds unused (:data:`DEFAULT_MAX_IDLE`, psycopg_pool's default, which
+PostgresStore uses): the server (MariaDB's ``wait_timeout``) or a NAT or load balancer
+on the way drops long-idle connections without telling the client, and the first call on
+one would fail; a caller that finds the idle connections that old closes them and opens
+a new one. ``close()`` closes the idle connections at once and those in use when they
+come back; the pool stays usable and opens new ones.
 
 Fork: a pool's state is reset in a child process (``os.register_at_fork``): the parent's
 connections are dropped there without being closed (closing would speak on the parent's
@@ -23,6 +28,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -33,6 +39,7 @@ from .._errors import StoreError
 from ._registry import option_number
 
 __all__ = [
+    "DEFAULT_MAX_IDLE",
     "DEFAULT_POOL_SIZE",
     "DEFAULT_POOL_TIMEOUT",
     "AsyncPool",
@@ -48,6 +55,8 @@ _C = TypeVar("_C")
 DEFAULT_POOL_SIZE = 10
 #: Seconds a caller waits for a free connection of a full pool.
 DEFAULT_POOL_TIMEOUT = 5.0
+#: Seconds an idle connection is kept before it is retired (psycopg_pool's ``max_idle``).
+DEFAULT_MAX_IDLE = 600.0
 
 
 def pool_url_options(options: Mapping[str, str]) -> dict[str, Any]:
@@ -113,9 +122,19 @@ class _Book(Generic[_C]):
     open (idle, in use or being opened), the waiters in arrival order, and a generation
     that :meth:`close` ends (a connection of an earlier one is closed when given back)."""
 
-    def __init__(self, store: str, size: int, timeout: float, close: Callable[[_C], None]) -> None:
+    def __init__(
+        self,
+        store: str,
+        size: int,
+        timeout: float,
+        close: Callable[[_C], None],
+        *,
+        max_idle: float = DEFAULT_MAX_IDLE,
+    ) -> None:
         check_pool_options(size, timeout)
         self.store, self.size, self.timeout = store, size, timeout
+        #: Seconds an idle connection is kept (see the module).
+        self.max_idle = max_idle
         self._close = close
         self._generation = 0
         self._reset()
@@ -124,6 +143,7 @@ class _Book(Generic[_C]):
     def _reset(self) -> None:
         self._lock = threading.Lock()
         self._idle: list[_C] = []
+        self._idle_since: list[float] = []  # when each of _idle was given back
         self._open = 0
         self._waiters: deque[_Waiter[_C]] = deque()
         self._generation += 1
@@ -141,17 +161,26 @@ class _Book(Generic[_C]):
 
     def _checkout(self, waiter: _Waiter[_C]) -> bool:
         """Serve ``waiter`` now (an idle connection, or a place to open one), or queue it
-        (``False``)."""
+        (``False``). Idle connections unused for more than ``max_idle`` are closed first
+        (the most recently returned is the youngest: when it is too old, all are)."""
+        stale: list[_C] = []
         with self._lock:
+            if self._idle and time.monotonic() - self._idle_since[-1] > self.max_idle:
+                stale, self._idle, self._idle_since = self._idle, [], []
+                self._open -= len(stale)
             if self._idle:
+                self._idle_since.pop()
                 self._serve(waiter, self._idle.pop())
             elif self._open < self.size:
                 self._open += 1
                 self._serve(waiter, None)
             else:
                 self._waiters.append(waiter)
-                return False
-            return True
+            queued = not waiter.served
+        for conn in stale:
+            with contextlib.suppress(Exception):
+                self._close(conn)
+        return not queued
 
     def _withdraw(self, waiter: _Waiter[_C]) -> bool:
         """Take a waiter that stops waiting out of the queue; ``False`` if it was served
@@ -182,6 +211,7 @@ class _Book(Generic[_C]):
                     waiter.wake()
                 else:
                     self._idle.append(conn)
+                    self._idle_since.append(time.monotonic())
                 return
         with contextlib.suppress(Exception):
             self._close(conn)
@@ -203,7 +233,7 @@ class _Book(Generic[_C]):
     def close(self) -> None:
         """Close the idle connections now and those in use when they are given back."""
         with self._lock:
-            idle, self._idle = self._idle, []
+            idle, self._idle, self._idle_since = self._idle, [], []
             self._open -= len(idle)
             self._generation += 1
         for conn in idle:
