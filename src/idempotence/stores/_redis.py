@@ -25,7 +25,7 @@ import types
 import weakref
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._drive import adrive, drive
@@ -255,6 +255,35 @@ def _cluster_nodes(url: str) -> list[tuple[str, int]]:
     return nodes
 
 
+def _redirected_too_often() -> StoreError:
+    return StoreError(
+        "Redis Cluster kept redirecting the command (slots being migrated or a failover "
+        "in progress); retry later"
+    )
+
+
+class _ConnectFailures:
+    """``with`` block: a connection error (or a cluster's "no startup node answered")
+    that :func:`_connect_failure` recognises becomes its :class:`StoreError` (raised
+    from it); any other exception passes unchanged. A class, not a generator context
+    manager: it sits on every call's path."""
+
+    __slots__ = ("errors",)
+
+    def __init__(self, redis: Any) -> None:
+        self.errors = (redis.exceptions.ConnectionError, _cluster_errors(redis))
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
+        if isinstance(exc, self.errors):
+            failure = _connect_failure(exc)
+            if failure is not None:
+                raise failure from exc
+        return False
+
+
 def _cluster_errors(redis: Any) -> type[Exception]:
     """``RedisClusterException``: what a cluster client raises when no startup node
     answers (it is not a ``RedisError``)."""
@@ -328,6 +357,17 @@ class _Call(Generic[_T]):
     wrote: Callable[[_T], bool] | None = None
     #: Further keys (the batch scripts; all in ``key``'s hash slot on a cluster).
     more: tuple[str, ...] = ()
+
+    def argv(self) -> tuple[Any, ...]:
+        """What follows the script in ``EVALSHA``/``EVAL``: the key count, the keys, ARGV."""
+        return (1 + len(self.more), self.key, *self.more, *self.args)
+
+    def command(self, use_eval: bool = False) -> tuple[Any, ...]:
+        """The whole command: ``EVALSHA sha ...``, or ``EVAL source ...`` (after
+        ``NOSCRIPT``)."""
+        if use_eval:
+            return ("EVAL", self.script.source, *self.argv())
+        return ("EVALSHA", self.script.sha, *self.argv())
 
 
 @dataclass(frozen=True)
@@ -957,6 +997,7 @@ class RedisStore(CountedByScan, OperationStore):
         **options: Any,
     ) -> None:
         self._redis = require("redis", "redis")
+        self._connect_failures = _ConnectFailures(self._redis)
         _load_packer()
         require("redis.asyncio", "redis")  # binds self._redis.asyncio
         require("redis.asyncio.cluster", "redis")
@@ -1172,28 +1213,22 @@ class RedisStore(CountedByScan, OperationStore):
 
     # -- running a call -----------------------------------------------------------------
     def _run(self, call: _Call[_T]) -> _T:
-        key, args, script = call.key, call.args, call.script
-        try:
+        script = call.script
+        with self._connect_failures:
             direct = self._direct
             if (
                 direct is not None
                 and not (self.wait_replicas and call.wrote is not None)
                 and direct.plain()
             ):
-                reply = direct.execute(script, (1 + len(call.more), key, *call.more, *args))
-                return call.parse(reply)
+                return call.parse(direct.execute(script, call.argv()))
             client = self._sync_client()
             if self.wait_replicas and call.wrote is not None:
                 return self._drive(client, self._waited(call))
             try:
-                reply = client.evalsha(script.sha, 1 + len(call.more), key, *call.more, *args)
+                reply = client.evalsha(script.sha, *call.argv())
             except self._redis.exceptions.NoScriptError:
-                reply = client.eval(script.source, 1 + len(call.more), key, *call.more, *args)
-        except (self._redis.exceptions.ConnectionError, _cluster_errors(self._redis)) as exc:
-            failure = _connect_failure(exc)
-            if failure is None:
-                raise
-            raise failure from exc
+                reply = client.eval(script.source, *call.argv())
         return call.parse(reply)
 
     async def _arun(self, call: _Call[_T]) -> _T:
@@ -1204,22 +1239,12 @@ class RedisStore(CountedByScan, OperationStore):
         coalescer = self._coalescers.get(asyncio.get_running_loop())
         if coalescer is None or (self.wait_replicas and call.wrote is not None):
             return await self._arun_client(call)
-        keys = 1 + len(call.more)
-        errors = self._redis.exceptions
-        try:
-            command = ("EVALSHA", call.script.sha, keys, call.key, *call.more, *call.args)
-            reply = await coalescer.submit(command)
+        with self._connect_failures:
+            reply = await coalescer.submit(call.command())
             if isinstance(reply, Exception):
-                if not isinstance(reply, errors.NoScriptError):
+                if not isinstance(reply, self._redis.exceptions.NoScriptError):
                     raise reply
-                reply = await coalescer.client.eval(
-                    call.script.source, keys, call.key, *call.more, *call.args
-                )
-        except (errors.ConnectionError, _cluster_errors(self._redis)) as exc:
-            failure = _connect_failure(exc)
-            if failure is None:
-                raise
-            raise failure from exc
+                reply = await coalescer.client.eval(call.script.source, *call.argv())
         return call.parse(reply)
 
     async def _arun_client(self, call: _Call[_T]) -> _T:
@@ -1229,8 +1254,8 @@ class RedisStore(CountedByScan, OperationStore):
         client = await self._async_client()
         if client is None:
             return await asyncio.to_thread(self._run, call)
-        key, args, script = call.key, call.args, call.script
-        try:
+        script = call.script
+        with self._connect_failures:
             cluster = isinstance(client, self._redis.asyncio.cluster.RedisCluster)
             if cluster:
                 # Locked and a no-op once done. redis-py 8.1's lazy initialisation inside a
@@ -1239,23 +1264,17 @@ class RedisStore(CountedByScan, OperationStore):
                 await client.initialize()
             if self.wait_replicas and call.wrote is not None:
                 return await self._adrive(client, self._waited(call))
-            keys = 1 + len(call.more)
             if cluster:
                 try:
-                    reply = await client.evalsha(script.sha, keys, key, *call.more, *args)
+                    reply = await client.evalsha(script.sha, *call.argv())
                 except self._redis.exceptions.NoScriptError:
-                    reply = await client.eval(script.source, keys, key, *call.more, *args)
+                    reply = await client.eval(script.source, *call.argv())
             else:  # one pipeline per loop iteration for all concurrent calls
                 loop = asyncio.get_running_loop()
                 coalescer = self._coalescers.get(loop)
                 if coalescer is None or coalescer.client is not client:
                     self._coalescers[loop] = _Coalescer(client)
                 return await self._arun(call)  # now on the fast path
-        except (self._redis.exceptions.ConnectionError, _cluster_errors(self._redis)) as exc:
-            failure = _connect_failure(exc)
-            if failure is None:
-                raise
-            raise failure from exc
         return call.parse(reply)
 
     # -- WAIT: the script and WAIT pipelined on one connection of the key's master --------
@@ -1271,13 +1290,8 @@ class RedisStore(CountedByScan, OperationStore):
         use_eval = False
         node: tuple[str, int] | None = None
         for _ in range(_MAX_REDIRECTS):
-            script = ("EVAL", call.script.source) if use_eval else ("EVALSHA", call.script.sha)
             asking: tuple[tuple[Any, ...], ...] = (("ASKING",),) if node is not None else ()
-            replies = yield _Batch(
-                call.key,
-                node,
-                (*asking, (*script, 1 + len(call.more), call.key, *call.more, *call.args), wait),
-            )
+            replies = yield _Batch(call.key, node, (*asking, call.command(use_eval), wait))
             assert replies is not None
             reply, acked = replies[-2], replies[-1]
             if isinstance(reply, errors.NoScriptError) and not use_eval:
@@ -1294,19 +1308,10 @@ class RedisStore(CountedByScan, OperationStore):
                 if isinstance(acked, BaseException):
                     raise acked
                 assert call.wrote is not None
-                if call.wrote(result) and int(acked) < self.wait_replicas:
-                    raise StoreError(
-                        f"Redis applied the write on the primary, but only {int(acked)} of "
-                        f"the {self.wait_replicas} replica(s) asked for (wait_replicas) "
-                        f"acknowledged it within {self.wait_timeout:g} s: a failover could "
-                        "lose it, so it counts as failed. Check the replicas (INFO "
-                        "replication), or raise wait_timeout / lower wait_replicas."
-                    )
+                if call.wrote(result):
+                    self._check_replicated(acked)
                 return result
-        raise StoreError(
-            "Redis Cluster kept redirecting the command (slots being migrated or a failover "
-            "in progress); retry later"
-        )
+        raise _redirected_too_often()
 
     def _drive(self, client: Any, steps: _Waited[_T]) -> _T:
         """Run :meth:`_waited`'s steps on the sync client (a failure propagates)."""
@@ -1579,7 +1584,7 @@ class RedisStore(CountedByScan, OperationStore):
     def _run_many(self, calls: list[_Call[_T]]) -> list[_T]:
         """Run a batch's calls: on a cluster client all at once (:meth:`_scattered`), else
         each in turn (a single node has one call)."""
-        try:
+        with self._connect_failures:
             client = self._sync_client()
             if not isinstance(client, self._redis.cluster.RedisCluster):
                 return [self._run(call) for call in calls]
@@ -1594,11 +1599,6 @@ class RedisStore(CountedByScan, OperationStore):
                 return self._scatter(client, request)
 
             return drive(self._scattered(calls), step, catch=())
-        except (self._redis.exceptions.ConnectionError, _cluster_errors(self._redis)) as exc:
-            failure = _connect_failure(exc)
-            if failure is None:
-                raise
-            raise failure from exc
 
     async def _arun_many(self, calls: list[_Call[_T]]) -> list[_T]:
         """Async :meth:`_run_many` (the masters written to concurrently)."""
@@ -1617,14 +1617,9 @@ class RedisStore(CountedByScan, OperationStore):
                 return None
             return await self._ascatter(client, request)
 
-        try:
+        with self._connect_failures:
             await client.initialize()  # locked, a no-op once done (see _arun)
             return await adrive(self._scattered(calls), step, catch=())
-        except (self._redis.exceptions.ConnectionError, _cluster_errors(self._redis)) as exc:
-            failure = _connect_failure(exc)
-            if failure is None:
-                raise
-            raise failure from exc
 
     def _scattered(self, calls: Sequence[_Call[_T]]) -> _Scattered[list[_T]]:
         """The steps of a cluster batch's ``calls`` (one per hash slot; sans-I/O, run by
@@ -1648,13 +1643,9 @@ class RedisStore(CountedByScan, OperationStore):
             todo = [i for i in range(len(calls)) if i not in done]
             batches = []
             for i in todo:
-                call = calls[i]
-                script = (
-                    ("EVAL", call.script.source) if use_eval[i] else ("EVALSHA", call.script.sha)
-                )
-                command = (*script, 1 + len(call.more), call.key, *call.more, *call.args)
                 asking: tuple[tuple[Any, ...], ...] = (("ASKING",),) if asked[i] else ()
-                batches.append(_Batch(call.key, asked[i], (*asking, command)))
+                command = calls[i].command(use_eval[i])
+                batches.append(_Batch(calls[i].key, asked[i], (*asking, command)))
             replies = yield _Scatter(tuple(batches), wait)
             assert replies is not None
             refresh = pause = False
@@ -1682,10 +1673,7 @@ class RedisStore(CountedByScan, OperationStore):
                 yield _Refresh()
             if pause:
                 yield _Pause(0.05)
-        raise StoreError(
-            "Redis Cluster kept redirecting the command (slots being migrated or a failover "
-            "in progress); retry later"
-        )
+        raise _redirected_too_often()
 
     def _check_replicated(self, acked: Any) -> None:
         """Raise unless ``WAIT`` answered ``acked`` >= ``wait_replicas``."""
