@@ -477,12 +477,7 @@ async def _anode_pipeline(node: Any, commands: list[Any]) -> list[Any]:
     try:
         await node.disconnect_if_needed(connection)
         await connection.send_packed_command(connection.pack_commands(commands))
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await connection.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
+        replies = await _replies(connection, len(commands), ResponseError, None)
     except BaseException:
         await connection.disconnect(nowait=True)
         raise
